@@ -1,0 +1,104 @@
+"""Effects: what the pure core asks its shell to do. The core never performs them.
+
+A shell (the simulator, the daemon) executes them in list order. Ordering matters for
+persistence: a vote (ECHO/READY) appears in a ``Broadcast`` effect and the shell writes
+it to its store before the bytes leave the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dagrider.messages import Message, NodeId, Vertex, VertexRef
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``msg`` to one peer."""
+
+    to: NodeId
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Send ``msg`` to every other member (the core has already applied it to itself)."""
+
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Reliable broadcast delivered this vertex (persist it: it is part of the DAG)."""
+
+    vertex: Vertex
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """This process created its vertex for a round (persist before its VAL leaves)."""
+
+    vertex: Vertex
+
+
+@dataclass(frozen=True)
+class RoundAdvanced:
+    """The process moved to ``round`` (its DAG holds 2f+1 vertices of ``round - 1``)."""
+
+    round: int
+
+
+@dataclass(frozen=True)
+class AwaitBatch:
+    """The process may propose for ``round`` but waits for a fuller batch.
+
+    The shell calls ``propose_now(round)`` when its batch timer fires.
+    """
+
+    round: int
+
+
+@dataclass(frozen=True)
+class LeaderDecided:
+    """Outcome of one wave: its leader was committed (directly or recursively) or skipped."""
+
+    wave: int
+    leader: VertexRef | None
+    committed: bool
+    direct: bool
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One vertex appended to the total order.
+
+    ``index`` is its position among ordered vertices, ``tx_index`` the global log index of
+    its first transaction; both are the same on every correct process.
+    """
+
+    index: int
+    tx_index: int
+    vertex: Vertex
+    wave: int
+    leader: VertexRef
+
+
+@dataclass(frozen=True)
+class Misbehaviour:
+    """A peer sent something a correct peer never sends; the shell may score or log it."""
+
+    peer: NodeId
+    reason: str
+
+
+Effect = (
+    Send
+    | Broadcast
+    | Delivered
+    | Proposed
+    | RoundAdvanced
+    | AwaitBatch
+    | LeaderDecided
+    | Commit
+    | Misbehaviour
+)

@@ -1,0 +1,336 @@
+"""One DAG-Rider process: reliable broadcast + DAG + coin + ordering behind one API.
+
+This is the pure state machine that the simulator and the daemon both drive. Inputs are
+method calls (a message from an authenticated peer, client transactions, the batch
+timer); outputs are lists of effects. It never reads a clock, draws randomness or
+touches I/O; the coin's unpredictability comes from the threshold key.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from dagrider.codec import Codec
+from dagrider.coin import CoinPublicKey, CoinSecretShare, CoinShare, WaveCoin, leader_of, make_share
+from dagrider.dag import Dag, check_structure
+from dagrider.effects import (
+    AwaitBatch,
+    Broadcast,
+    Commit,
+    Delivered,
+    Effect,
+    Misbehaviour,
+    Proposed,
+    RoundAdvanced,
+    Send,
+)
+from dagrider.errors import DecodeError, InvalidVertex
+from dagrider.messages import (
+    CoinShareMsg,
+    Echo,
+    Message,
+    NodeId,
+    Ready,
+    Val,
+    Vertex,
+    VertexRequest,
+    VertexResponse,
+)
+from dagrider.ordering import Ordering
+from dagrider.params import Parameters
+from dagrider.rbc import ReliableBroadcast
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """Everything a process is constructed from: its identity, the committee, parameters."""
+
+    me: NodeId
+    n: int
+    f: int
+    coin_public: CoinPublicKey
+    coin_secret: CoinSecretShare
+    domain: bytes  # committee id: separates coins of different committees
+    params: Parameters = field(default_factory=Parameters)
+
+
+@dataclass
+class Recovery:
+    """What a restarted process reloads from its store (see :meth:`Process.recover`)."""
+
+    delivered: list[Vertex] = field(default_factory=list)
+    votes: list[Echo | Ready] = field(default_factory=list)
+    own: list[Vertex] = field(default_factory=list)
+    coin_shares: list[CoinShare] = field(default_factory=list)
+    committed: int = 0  # number of Commit effects already applied by the shell
+
+
+class Process:
+    """A committee member running DAG-Rider."""
+
+    def __init__(self, cfg: ProcessConfig) -> None:
+        if cfg.n != 3 * cfg.f + 1 or not 0 <= cfg.me < cfg.n:
+            raise ValueError(f"bad process config: me={cfg.me} n={cfg.n} f={cfg.f}")
+        self.cfg = cfg
+        self.me = cfg.me
+        self.n = cfg.n
+        self.quorum = 2 * cfg.f + 1
+        p = cfg.params
+        self.codec = Codec(cfg.n, p.limits)
+        self.rbc = ReliableBroadcast(cfg.me, cfg.n, cfg.f)
+        self.dag = Dag(cfg.n, cfg.f, p.gc_depth)
+        self.ordering = Ordering(cfg.n, cfg.f, p.gc_depth)
+        self.round = 0  # highest round this process has proposed in (0: only genesis)
+        self.mempool: deque[bytes] = deque()
+        self.awaiting_batch = False
+        self._coins: dict[int, WaveCoin] = {}
+        self._own: dict[int, Vertex] = {}  # our proposals still above the GC floor
+        self._replayed_own: dict[int, Vertex] = {}  # proposals reloaded after a restart
+        self._suppress_commits_below = 0
+        self.completed_wave = 0
+        self.started = False
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def start(self) -> list[Effect]:
+        """Leave genesis: propose for round 1."""
+        if self.started:
+            return []
+        self.started = True
+        return self._advance()
+
+    def submit(self, txs: Iterable[bytes]) -> list[Effect]:
+        """Queue client transactions; proposes at once if a batch was waiting for them."""
+        limit = self.cfg.params.limits.max_tx_bytes
+        for tx in txs:
+            if len(tx) > limit:
+                raise ValueError(f"transaction of {len(tx)} bytes exceeds {limit}")
+            self.mempool.append(tx)
+        if self.awaiting_batch and len(self.mempool) >= self.cfg.params.batch_size:
+            return self.propose_now(self.round + 1)
+        return []
+
+    def propose_now(self, rnd: int) -> list[Effect]:
+        """The shell's batch timer for ``rnd`` fired: propose with whatever is pending."""
+        if not self.awaiting_batch or rnd != self.round + 1:
+            return []
+        self.awaiting_batch = False
+        out = self._propose()
+        return out + self._advance()
+
+    def receive_bytes(self, sender: NodeId, data: bytes) -> list[Effect]:
+        """Decode a frame from an authenticated peer; garbage is reported, never raised."""
+        try:
+            msg = self.codec.decode(data)
+        except DecodeError as exc:
+            return [Misbehaviour(sender, f"undecodable message: {exc}")]
+        return self.receive(sender, msg)
+
+    def receive(self, sender: NodeId, msg: Message) -> list[Effect]:
+        """Handle one decoded message from authenticated peer ``sender``."""
+        if not 0 <= sender < self.n or sender == self.me:
+            return [Misbehaviour(sender, "message from outside the committee")]
+        match msg:
+            case Val(vertex):
+                try:
+                    check_structure(vertex, self.n, self.cfg.f, self.cfg.params.gc_depth)
+                except InvalidVertex as exc:
+                    return [Misbehaviour(sender, f"invalid vertex: {exc}")]
+                return self._after_rbc(self.rbc.on_val(sender, vertex))
+            case Echo():
+                return self._after_rbc(self.rbc.on_echo(sender, msg))
+            case Ready():
+                return self._after_rbc(self.rbc.on_ready(sender, msg))
+            case VertexRequest():
+                return self._answer_request(sender, msg)
+            case VertexResponse(vertex):
+                return self._after_rbc(self.rbc.on_response(sender, vertex))
+            case CoinShareMsg(share):
+                return self._on_coin_share(sender, share)
+        return [Misbehaviour(sender, f"unexpected message {type(msg).__name__}")]
+
+    def resync(self, peer: NodeId) -> list[Effect]:
+        """A link to ``peer`` (re)connected: resend what it may have missed.
+
+        Messages to a peer that was down are lost; Bracha needs every correct process to
+        eventually get our VALs and votes, so we resend them for every live round.
+        """
+        out: list[Effect] = []
+        for rnd in sorted(self._own):
+            out.append(Send(peer, Val(self._own[rnd])))
+        out += [Send(peer, vote) for vote in self.rbc.sent_votes()]
+        for wave in sorted(self._coins):
+            if wave <= self.completed_wave:
+                out.append(Send(peer, CoinShareMsg(self._own_share(wave))))
+        return out
+
+    def recover(self, state: Recovery) -> list[Effect]:
+        """Rebuild after a restart from what the shell persisted, then resume.
+
+        Votes are restored first so that no different vote can ever be sent; our own
+        vertices are re-used rather than re-created (a new vertex would equivocate);
+        commits the shell has already applied are not emitted again.
+        """
+        for vote in state.votes:
+            kind = "echo" if isinstance(vote, Echo) else "ready"
+            self.rbc.restore_vote(kind, vote.source, vote.round, vote.digest)
+        self._replayed_own = {v.round: v for v in state.own}
+        self._suppress_commits_below = state.committed
+        self.started = True
+        out: list[Effect] = []
+        for share in state.coin_shares:
+            out += self._on_coin_share(share.signer, share)
+        for v in sorted(state.delivered, key=lambda x: (x.round, x.source)):
+            self.rbc.mark_delivered(v)
+            out += self._on_delivered(v)
+        out += self._advance()
+        return [e for e in out if not isinstance(e, Delivered)]
+
+    # -- reliable broadcast -> DAG ------------------------------------------------------
+
+    def _after_rbc(self, effects: list[Effect]) -> list[Effect]:
+        out: list[Effect] = []
+        for e in effects:
+            out.append(e)
+            if isinstance(e, Delivered):
+                out += self._on_delivered(e.vertex)
+        return out
+
+    def _on_delivered(self, vertex: Vertex) -> list[Effect]:
+        inserted, rejected = self.dag.add(vertex, self.round)
+        out: list[Effect] = [
+            Misbehaviour(v.source, f"vertex ({v.round}, {v.source}) rejected: {why}")
+            for v, why in rejected
+        ]
+        if inserted:
+            out += self._advance()
+        return out
+
+    def _advance(self) -> list[Effect]:
+        """Move through every round whose quorum is present, proposing at each step."""
+        out: list[Effect] = []
+        while not self.awaiting_batch and self.dag.round_size(self.round) >= self.quorum:
+            if self.round > 0 and self.round % 4 == 0:
+                out += self._complete_wave(self.round // 4)
+            nxt = self.round + 1
+            out.append(RoundAdvanced(nxt))
+            params = self.cfg.params
+            if (
+                nxt in self._replayed_own
+                or params.propose_empty
+                or len(self.mempool) >= params.batch_size
+            ):
+                out += self._propose()
+            else:
+                self.awaiting_batch = True
+                out.append(AwaitBatch(nxt))
+                break
+        return out
+
+    def _propose(self) -> list[Effect]:
+        nxt = self.round + 1
+        vertex = self._replayed_own.pop(nxt, None)
+        if vertex is None:
+            strong = sorted(self.dag.by_round[self.round].values(), key=lambda v: v.source)
+            weak = self.dag.weak_candidates(nxt, strong)
+            take = min(len(self.mempool), self.cfg.params.batch_size)
+            block = tuple(self.mempool.popleft() for _ in range(take))
+            vertex = Vertex(
+                nxt,
+                self.me,
+                block,
+                tuple(v.ref for v in strong),
+                tuple(sorted(v.ref for v in weak)),
+            )
+        self.round = nxt
+        self.rbc.current_round = nxt
+        self._own[nxt] = vertex
+        out: list[Effect] = [Proposed(vertex)]
+        out += self._after_rbc(self.rbc.broadcast(vertex))
+        _, rejected = self.dag.drain(self.round)
+        out += [Misbehaviour(v.source, f"vertex rejected: {why}") for v, why in rejected]
+        return out
+
+    # -- coin and ordering --------------------------------------------------------------
+
+    def _own_share(self, wave: int) -> CoinShare:
+        secret = self.cfg.coin_secret
+        y = self.cfg.coin_public.verification_keys[self.me]
+        return make_share(secret, y, wave, self.cfg.domain)
+
+    def _coin(self, wave: int) -> WaveCoin:
+        coin = self._coins.get(wave)
+        if coin is None:
+            coin = self._coins[wave] = WaveCoin(self.cfg.coin_public, wave, self.cfg.domain)
+        return coin
+
+    def _complete_wave(self, wave: int) -> list[Effect]:
+        """We completed round 4 of ``wave``: only now may our coin share be revealed."""
+        self.completed_wave = wave
+        share = self._own_share(wave)
+        out: list[Effect] = [Broadcast(CoinShareMsg(share))]
+        out += self._on_coin_share(self.me, share)
+        return out + self._order()
+
+    def _on_coin_share(self, sender: NodeId, share: CoinShare) -> list[Effect]:
+        if share.signer != sender:
+            return [Misbehaviour(sender, f"coin share signed by {share.signer}")]
+        if share.wave < self.ordering.next_wave or share.wave > self.round // 4 + 10_000:
+            return []
+        coin = self._coin(share.wave)
+        if coin.value is not None:
+            return []
+        out: list[Effect] = [
+            Misbehaviour(peer, f"invalid coin share for wave {share.wave}: {why}")
+            for peer, why in coin.add(share)
+        ]
+        if coin.value is not None:
+            self.ordering.set_leader(share.wave, leader_of(coin.value, self.n))
+            out += self._order()
+        return out
+
+    def _order(self) -> list[Effect]:
+        out = self.ordering.advance(self.dag, self.completed_wave)
+        if not out:
+            return out
+        floor = self.ordering.floor()
+        if floor > self.dag.floor:
+            self.dag.prune(floor)
+            self.rbc.prune(floor)
+            self.ordering.prune(floor)
+            self._own = {r: v for r, v in self._own.items() if r >= floor}
+            for w in [w for w in self._coins if w < self.ordering.next_wave]:
+                del self._coins[w]
+        return [e for e in out if not self._suppressed(e)]
+
+    def _suppressed(self, e: Effect) -> bool:
+        return isinstance(e, Commit) and e.index < self._suppress_commits_below
+
+    # -- catch-up -----------------------------------------------------------------------
+
+    def _answer_request(self, sender: NodeId, req: VertexRequest) -> list[Effect]:
+        v = self.dag.get(req.digest)
+        if v is not None and v.round == req.round and v.source == req.source:
+            return [Send(sender, VertexResponse(v))]
+        return self.rbc.on_request(sender, req)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, int]:
+        return {
+            "round": self.round,
+            "wave": self.round // 4 + 1,
+            "decided_wave": self.ordering.decided_wave,
+            "ordered_vertices": self.ordering.next_index,
+            "ordered_transactions": self.ordering.next_tx_index,
+            "dag_vertices": len(self.dag),
+            "buffered_vertices": self.dag.buffered(),
+            "mempool": len(self.mempool),
+        }
+
+
+def pending_rounds(effects: Sequence[Effect]) -> list[int]:
+    """Rounds for which the process is waiting on a batch timer."""
+    return [e.round for e in effects if isinstance(e, AwaitBatch)]

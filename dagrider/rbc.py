@@ -1,0 +1,237 @@
+"""Bracha's reliable broadcast, one instance per (source, round), as a pure state machine.
+
+Guarantees (n = 3f+1, authenticated links): if a correct process delivers digest d for
+(source, round), every correct process eventually delivers d and no correct process
+delivers another digest for that instance, even when the source equivocates. VAL
+carries the vertex; ECHO and READY carry only its digest, so a vertex whose VAL never
+arrived is fetched by digest from processes that voted for it.
+
+The manager applies its own votes to itself (so quorums count the local vote) and
+returns ``Broadcast`` effects for them; it never sends more than one ECHO and one READY
+per instance, including after a restart (see :meth:`ReliableBroadcast.restore_vote`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dagrider.effects import Broadcast, Delivered, Effect, Misbehaviour, Send
+from dagrider.messages import (
+    Digest,
+    Echo,
+    NodeId,
+    Ready,
+    Val,
+    Vertex,
+    VertexRequest,
+    VertexResponse,
+)
+
+
+@dataclass
+class _Instance:
+    """Votes and payloads of one (source, round) broadcast."""
+
+    echo_by: dict[NodeId, Digest] = field(default_factory=dict)
+    ready_by: dict[NodeId, Digest] = field(default_factory=dict)
+    echo_count: dict[Digest, int] = field(default_factory=dict)
+    ready_count: dict[Digest, int] = field(default_factory=dict)
+    vertices: dict[Digest, Vertex] = field(default_factory=dict)
+    sent_echo: Digest | None = None
+    sent_ready: Digest | None = None
+    delivered: Digest | None = None
+    delivered_vertex: bool = False
+    waiting: dict[NodeId, Digest] = field(default_factory=dict)
+
+
+class ReliableBroadcast:
+    """All reliable-broadcast instances of one process.
+
+    ``horizon`` is the lowest round still tracked: messages below it are ignored and
+    instances below it are forgotten by :meth:`prune`. ``lookahead`` bounds how far
+    above the process's own round a peer can make it allocate state.
+    """
+
+    def __init__(self, me: NodeId, n: int, f: int, lookahead: int = 10_000) -> None:
+        self.me = me
+        self.n = n
+        self.quorum = 2 * f + 1
+        self.small = f + 1
+        self.lookahead = lookahead
+        self.horizon = 1
+        self.current_round = 0
+        self._instances: dict[tuple[NodeId, int], _Instance] = {}
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def broadcast(self, vertex: Vertex) -> list[Effect]:
+        """Start the instance for our own vertex: send VAL and handle it ourselves."""
+        return [Broadcast(Val(vertex)), *self.on_val(self.me, vertex)]
+
+    def on_val(self, sender: NodeId, vertex: Vertex) -> list[Effect]:
+        if sender != vertex.source:
+            return [Misbehaviour(sender, f"VAL for source {vertex.source} from {sender}")]
+        inst = self._instance(vertex.source, vertex.round)
+        if inst is None:
+            return []
+        d = vertex.digest
+        if inst.delivered_vertex:
+            return []
+        # Hold at most the first VAL plus a payload someone else vouched for, so that an
+        # equivocating source cannot make us store an unbounded number of vertices.
+        if (
+            inst.sent_echo is None
+            or d == inst.delivered
+            or inst.ready_count.get(d, 0) >= self.small
+        ):
+            inst.vertices.setdefault(d, vertex)
+        out: list[Effect] = []
+        if inst.sent_echo is None:
+            out += self._vote_echo(vertex.source, vertex.round, inst, vertex.digest)
+        elif inst.sent_echo != vertex.digest and sender != self.me:
+            out.append(Misbehaviour(sender, f"second VAL for round {vertex.round}"))
+        return out + self._try_deliver_payload(inst, vertex.digest)
+
+    def on_echo(self, sender: NodeId, msg: Echo) -> list[Effect]:
+        inst = self._instance(msg.source, msg.round)
+        if inst is None:
+            return []
+        prev = inst.echo_by.get(sender)
+        if prev is not None:
+            return [] if prev == msg.digest else [Misbehaviour(sender, "conflicting ECHO")]
+        inst.echo_by[sender] = msg.digest
+        inst.echo_count[msg.digest] = inst.echo_count.get(msg.digest, 0) + 1
+        return self._check(msg.source, msg.round, inst, msg.digest)
+
+    def on_ready(self, sender: NodeId, msg: Ready) -> list[Effect]:
+        inst = self._instance(msg.source, msg.round)
+        if inst is None:
+            return []
+        prev = inst.ready_by.get(sender)
+        if prev is not None:
+            return [] if prev == msg.digest else [Misbehaviour(sender, "conflicting READY")]
+        inst.ready_by[sender] = msg.digest
+        inst.ready_count[msg.digest] = inst.ready_count.get(msg.digest, 0) + 1
+        return self._check(msg.source, msg.round, inst, msg.digest)
+
+    def on_request(self, sender: NodeId, req: VertexRequest) -> list[Effect]:
+        """Answer a catch-up request now, or as soon as we hold the vertex."""
+        inst = self._instance(req.source, req.round)
+        if inst is None:
+            return []
+        vertex = inst.vertices.get(req.digest)
+        if vertex is not None:
+            return [Send(sender, VertexResponse(vertex))]
+        inst.waiting[sender] = req.digest
+        return []
+
+    def on_response(self, sender: NodeId, vertex: Vertex) -> list[Effect]:
+        """Accept a fetched vertex only if it is the digest this instance delivered."""
+        inst = self._instances.get((vertex.source, vertex.round))
+        if inst is None or inst.delivered is None or inst.delivered_vertex:
+            return []
+        if vertex.digest != inst.delivered:
+            return [Misbehaviour(sender, "VertexResponse with a digest nobody delivered")]
+        inst.vertices[vertex.digest] = vertex
+        return self._try_deliver_payload(inst, vertex.digest)
+
+    # -- recovery and memory ------------------------------------------------------------
+
+    def restore_vote(self, kind: str, source: NodeId, rnd: int, digest: Digest) -> None:
+        """Reload a vote we sent before a restart so that we never send a different one."""
+        inst = self._instance(source, rnd)
+        if inst is None:
+            return
+        if kind == "echo" and inst.sent_echo is None:
+            inst.sent_echo = digest
+            inst.echo_by[self.me] = digest
+            inst.echo_count[digest] = inst.echo_count.get(digest, 0) + 1
+        elif kind == "ready" and inst.sent_ready is None:
+            inst.sent_ready = digest
+            inst.ready_by[self.me] = digest
+            inst.ready_count[digest] = inst.ready_count.get(digest, 0) + 1
+
+    def mark_delivered(self, vertex: Vertex) -> None:
+        """Reload a vertex delivered before a restart: the instance is finished."""
+        inst = self._instance(vertex.source, vertex.round)
+        if inst is None:
+            return
+        inst.delivered = vertex.digest
+        inst.delivered_vertex = True
+        inst.vertices = {vertex.digest: vertex}
+
+    def sent_votes(self) -> list[Echo | Ready]:
+        """Every vote this process has sent in live instances (to retransmit after reconnect)."""
+        votes: list[Echo | Ready] = []
+        for (source, rnd), inst in sorted(self._instances.items(), key=lambda kv: kv[0][::-1]):
+            if inst.sent_echo is not None:
+                votes.append(Echo(rnd, source, inst.sent_echo))
+            if inst.sent_ready is not None:
+                votes.append(Ready(rnd, source, inst.sent_ready))
+        return votes
+
+    def prune(self, horizon: int) -> None:
+        """Forget every instance below ``horizon``; later messages for them are ignored."""
+        if horizon <= self.horizon:
+            return
+        self.horizon = horizon
+        for key in [k for k in self._instances if k[1] < horizon]:
+            del self._instances[key]
+
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _instance(self, source: NodeId, rnd: int) -> _Instance | None:
+        if rnd < self.horizon or rnd > self.current_round + self.lookahead:
+            return None
+        key = (source, rnd)
+        inst = self._instances.get(key)
+        if inst is None:
+            inst = self._instances[key] = _Instance()
+        return inst
+
+    def _vote_echo(self, source: NodeId, rnd: int, inst: _Instance, d: Digest) -> list[Effect]:
+        inst.sent_echo = d
+        inst.echo_by[self.me] = d
+        inst.echo_count[d] = inst.echo_count.get(d, 0) + 1
+        return [Broadcast(Echo(rnd, source, d)), *self._check(source, rnd, inst, d)]
+
+    def _check(self, source: NodeId, rnd: int, inst: _Instance, d: Digest) -> list[Effect]:
+        out: list[Effect] = []
+        if inst.sent_ready is None and (
+            inst.echo_count.get(d, 0) >= self.quorum or inst.ready_count.get(d, 0) >= self.small
+        ):
+            inst.sent_ready = d
+            inst.ready_by[self.me] = d
+            inst.ready_count[d] = inst.ready_count.get(d, 0) + 1
+            out.append(Broadcast(Ready(rnd, source, d)))
+        if inst.delivered is None and inst.ready_count.get(d, 0) >= self.quorum:
+            inst.delivered = d
+            if d in inst.vertices:
+                out += self._try_deliver_payload(inst, d)
+            else:
+                holders = sorted(
+                    {v for v, x in inst.echo_by.items() if x == d}
+                    | {v for v, x in inst.ready_by.items() if x == d}
+                )
+                req = VertexRequest(rnd, source, d)
+                out += [Send(h, req) for h in holders if h != self.me]
+        return out
+
+    def _try_deliver_payload(self, inst: _Instance, d: Digest) -> list[Effect]:
+        out: list[Effect] = []
+        vertex = inst.vertices.get(d)
+        if vertex is None:
+            return out
+        for peer, wanted in list(inst.waiting.items()):
+            if wanted == d:
+                out.append(Send(peer, VertexResponse(vertex)))
+                del inst.waiting[peer]
+        if inst.delivered == d and not inst.delivered_vertex:
+            inst.delivered_vertex = True
+            # Keep only the delivered payload: equivocating VALs are dead weight now.
+            inst.vertices = {d: vertex}
+            out.append(Delivered(vertex))
+        return out

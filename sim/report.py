@@ -1,0 +1,121 @@
+"""Results of a simulated run: verdicts, metrics, a readable summary and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sim.invariants import Verdict
+
+if TYPE_CHECKING:
+    from sim.runner import SimConfig
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max by the nearest-rank method (empty input gives an empty dict)."""
+    if not values:
+        return {}
+    xs = sorted(values)
+
+    def rank(p: float) -> float:
+        return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)]
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": xs[-1]}
+
+
+@dataclass(frozen=True)
+class SimResult:
+    config: SimConfig
+    seed: int
+    verdicts: list[Verdict]
+    virtual_ms: float
+    events: int
+    messages: int
+    bytes: int
+    committed_vertices: int
+    committed_transactions: int
+    leaders_committed: int
+    leaders_direct: int
+    leaders_skipped: int
+    waves_per_commit: float
+    vertex_latency_ms: dict[str, float]
+    tx_latency_ms: dict[str, float]
+    misbehaviour_reports: int
+    node_kinds: dict[int, str]
+    trace_hash: str
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts)
+
+    @property
+    def replay(self) -> str:
+        return self.config.replay_command(self.seed)
+
+    def per_transaction(self) -> tuple[float, float]:
+        txs = max(1, self.committed_transactions)
+        return self.messages / txs, self.bytes / txs
+
+    def to_dict(self) -> dict[str, Any]:
+        msgs, byts = self.per_transaction()
+        return {
+            "config": asdict(self.config),
+            "seed": self.seed,
+            "ok": self.ok,
+            "verdicts": [asdict(v) for v in self.verdicts],
+            "virtual_ms": round(self.virtual_ms, 3),
+            "events": self.events,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "committed_vertices": self.committed_vertices,
+            "committed_transactions": self.committed_transactions,
+            "leaders_committed": self.leaders_committed,
+            "leaders_direct": self.leaders_direct,
+            "leaders_skipped": self.leaders_skipped,
+            "waves_per_commit": self.waves_per_commit,
+            "vertex_latency_ms": self.vertex_latency_ms,
+            "tx_latency_ms": self.tx_latency_ms,
+            "messages_per_tx": msgs,
+            "bytes_per_tx": byts,
+            "misbehaviour_reports": self.misbehaviour_reports,
+            "faulty_nodes": {str(k): v for k, v in self.node_kinds.items()},
+            "trace_hash": self.trace_hash,
+            "replay": self.replay,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def summary(self) -> str:
+        c = self.config
+        msgs, byts = self.per_transaction()
+        lines = [
+            f"dagrider sim: n={c.nodes} f={c.f} faulty={c.faults} ({c.byzantine}) "
+            f"latency={c.latency}{' adversarial' if c.adversarial else ''} seed={self.seed}",
+            f"  virtual time      {self.virtual_ms / 1000:.2f} s, {self.events} events",
+            f"  committed         {self.committed_transactions} transactions in "
+            f"{self.committed_vertices} vertices",
+            f"  leaders           {self.leaders_committed} committed "
+            f"({self.leaders_direct} directly), {self.leaders_skipped} skipped; "
+            f"{self.waves_per_commit:.2f} waves per committed leader",
+            f"  tx latency (ms)   {_fmt(self.tx_latency_ms)}",
+            f"  vertex latency    {_fmt(self.vertex_latency_ms)}",
+            f"  traffic           {self.messages} messages, {self.bytes / 1e6:.1f} MB "
+            f"({msgs:.1f} msgs, {byts:.0f} B per ordered tx)",
+            f"  misbehaviour seen {self.misbehaviour_reports} reports by correct nodes",
+            "  invariants:",
+        ]
+        for v in self.verdicts:
+            lines.append(f"    {'PASS' if v.ok else 'FAIL'} {v.name:<10} {v.detail}")
+        if not self.ok:
+            lines.append(f"  replay with: {self.replay}")
+        return "\n".join(lines)
+
+
+def _fmt(p: dict[str, float]) -> str:
+    if not p:
+        return "n/a"
+    return " ".join(f"{k}={v:.0f}" for k, v in p.items())

@@ -1,0 +1,381 @@
+"""Run a simulated committee: a pure function of (SimConfig, seed) -> SimResult."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from dagrider.codec import Codec, encode
+from dagrider.coin import CoinShare, deal
+from dagrider.effects import (
+    AwaitBatch,
+    Broadcast,
+    Commit,
+    Delivered,
+    Effect,
+    LeaderDecided,
+    Misbehaviour,
+    Proposed,
+    Send,
+)
+from dagrider.messages import CoinShareMsg, Digest, Echo, Message, Ready
+from dagrider.params import Parameters
+from dagrider.process import Process, ProcessConfig, Recovery
+from sim import byzantine, latency
+from sim.invariants import Verdict, agreement, integrity, validity
+from sim.report import SimResult, percentiles
+from sim.world import Adversary, World
+
+FAULT_KINDS = ("none", "crash", "mixed", *sorted(byzantine.STRATEGIES))
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate. ``faults`` nodes (at most f) behave as ``byzantine`` says.
+
+    ``byzantine="crash"`` makes the faulty nodes crash and restart from their store;
+    any strategy name from :mod:`sim.byzantine` (or ``mixed``) makes them Byzantine.
+    """
+
+    nodes: int = 4
+    faults: int = 0
+    byzantine: str = "none"
+    waves: int = 10
+    latency: str = "uniform"
+    adversarial: bool = False
+    partitions: int = 0
+    tx_per_second: float = 200.0  # per correct node, virtual time
+    tx_size: int = 64
+    batch_size: int = 500
+    batch_delay: float = 0.0  # ms; 0 proposes as soon as a round completes
+    gc_depth: int = 50
+    max_time: float = 0.0  # ms of virtual time; 0 means 120 s per wave
+
+    def __post_init__(self) -> None:
+        if self.nodes < 4 or (self.nodes - 1) % 3:
+            raise ValueError(f"--nodes must be 3f+1 >= 4, got {self.nodes}")
+        f = (self.nodes - 1) // 3
+        if not 0 <= self.faults <= f:
+            raise ValueError(f"--faults must be in 0..{f} for n={self.nodes}, got {self.faults}")
+        if self.byzantine not in FAULT_KINDS:
+            raise ValueError(f"--byzantine must be one of {list(FAULT_KINDS)}")
+        if self.waves < 1:
+            raise ValueError("--waves must be >= 1")
+        latency.by_name(self.latency)
+
+    @property
+    def f(self) -> int:
+        return (self.nodes - 1) // 3
+
+    def replay_command(self, seed: int) -> str:
+        cmd = (
+            f"dagrider sim --nodes {self.nodes} --faults {self.faults} "
+            f"--byzantine {self.byzantine} --waves {self.waves} --seed {seed} "
+            f"--latency {self.latency}"
+        )
+        if self.adversarial:
+            cmd += " --adversarial"
+        if self.partitions:
+            cmd += f" --partitions {self.partitions}"
+        if self.batch_delay:
+            cmd += f" --batch-delay {self.batch_delay:g}"
+        return cmd
+
+
+@dataclass
+class _Node:
+    process: Process
+    kind: str  # "correct", "crash" or a Byzantine strategy name
+    strategy: byzantine.Strategy | None
+    store: Recovery = field(default_factory=Recovery)
+    log: list[Digest] = field(default_factory=list)
+    tx_count: int = 0
+    decided: list[LeaderDecided] = field(default_factory=list)
+    seen_shares: set[tuple[int, int]] = field(default_factory=set)
+    misbehaviour: int = 0
+
+
+class _Run:
+    def __init__(self, cfg: SimConfig, seed: int, progress: Callable[[float], None] | None) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.progress = progress
+        n, f = cfg.nodes, cfg.f
+        self.codec = Codec(n, Parameters().limits)
+        pub, secrets = deal(n, f + 1, self.rng.randbytes)
+        self.domain = hashlib.blake2b(b"sim-committee-%d" % seed, digest_size=32).digest()
+        self.params = Parameters(
+            gc_depth=cfg.gc_depth,
+            batch_size=cfg.batch_size,
+            propose_empty=cfg.batch_delay == 0,
+        )
+        self.configs = [
+            ProcessConfig(i, n, f, pub, secrets[i], self.domain, self.params) for i in range(n)
+        ]
+        adversary = None
+        if cfg.adversarial:
+            adversary = Adversary(slow_nodes=f)
+        self.world = World(n, self.rng, latency.by_name(cfg.latency), adversary)
+        faulty = set(self.rng.sample(range(n), cfg.faults)) if cfg.byzantine != "none" else set()
+        self.nodes: list[_Node] = []
+        for i in range(n):
+            kind, strategy = "correct", None
+            if i in faulty and cfg.byzantine == "crash":
+                kind = "crash"
+            elif i in faulty:
+                kind, strategy = byzantine.by_name(cfg.byzantine, self.rng)
+            self.nodes.append(_Node(Process(self.configs[i]), kind, strategy))
+        self.correct = [i for i, x in enumerate(self.nodes) if x.kind == "correct"]
+        self.honest = [i for i, x in enumerate(self.nodes) if x.strategy is None]
+        self.proposed_at: dict[Digest, tuple[float, int, int]] = {}
+        self.committed_at: dict[tuple[int, Digest], float] = {}
+        self.tx_submitted: dict[bytes, float] = {}
+        self.tx_latency: list[float] = []
+        self.vertex_latency: list[float] = []
+        self.tx_counter = 0
+        self.events = 0
+        self.max_time = cfg.max_time or 120_000.0 * cfg.waves
+        self.goal_time: float | None = None  # when every correct node decided `waves` waves
+        self.required: dict[Digest, tuple[int, int]] = {}  # proposals validity waits for
+        self.log_sets: list[set[Digest]] = [set() for _ in range(cfg.nodes)]
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        w = self.world
+        for i in range(self.cfg.nodes):
+            w.schedule(self.rng.uniform(0, 5), "start", i)
+            if self.nodes[i].strategy is None and self.cfg.tx_per_second > 0:
+                w.schedule(self.rng.uniform(0, 100), "load", i)
+        horizon = 250.0 * 4 * self.cfg.waves
+        for _ in range(self.cfg.partitions):
+            start = self.rng.uniform(0, horizon)
+            w.schedule(start, "split", -1, self.rng.uniform(200, 2_000))
+        for i, node in enumerate(self.nodes):
+            if node.kind == "crash":
+                t = self.rng.uniform(50, horizon)
+                w.schedule(t, "crash", i, self.rng.uniform(300, 3_000))
+
+    def run(self) -> SimResult:
+        """Phase 1: until every correct node decided ``waves`` waves. Phase 2: until every
+        vertex a correct node proposed in phase 1 is ordered by every correct node (the
+        "eventually" of validity), bounded by ``max_time``.
+        """
+        self.setup()
+        w = self.world
+        goal = self.cfg.waves
+        last_report = -1.0
+        while True:
+            ev = w.pop()
+            if ev is None or w.now > self.max_time:
+                break
+            self.events += 1
+            self.dispatch(ev.kind, ev.node, ev.payload)
+            if self.events % 256:
+                continue
+            if self.goal_time is None:
+                done = min(self.nodes[i].process.ordering.next_wave - 1 for i in self.correct)
+                if self.progress is not None and done != last_report:
+                    last_report = done
+                    self.progress(min(1.0, done / goal))
+                if done >= goal:
+                    self.goal_time = w.now
+                    self.required = {d: (r, s) for d, (_, r, s) in self.proposed_at.items()}
+            elif self._all_ordered():
+                break
+        return self.report()
+
+    def _all_ordered(self) -> bool:
+        return all(self.log_sets[i].issuperset(self.required) for i in self.correct)
+
+    def dispatch(self, kind: str, i: int, payload: object) -> None:
+        node = self.nodes[i]
+        if kind == "deliver":
+            if not self.world.alive[i]:
+                self.world.dropped += 1
+                return
+            src, data, msg = cast(tuple[int, bytes, Message | None], payload)
+            if msg is not None and isinstance(msg, CoinShareMsg):
+                self._remember_share(node, msg.share)
+            if msg is None:
+                effects = node.process.receive_bytes(src, data)
+            else:
+                effects = node.process.receive(src, msg)
+            self.apply(i, effects)
+        elif kind == "start":
+            self.apply(i, node.process.start())
+        elif kind == "timer":
+            if self.world.alive[i]:
+                self.apply(i, node.process.propose_now(int(payload)))  # type: ignore[call-overload]
+        elif kind == "load":
+            self.load(i)
+        elif kind == "split":
+            self.split(float(payload))  # type: ignore[arg-type]
+        elif kind == "heal":
+            self.world.heal()
+        elif kind == "crash":
+            self.world.alive[i] = False
+            self.world.schedule(self.world.now + float(payload), "restart", i)  # type: ignore[arg-type]
+        elif kind == "restart":
+            self.restart(i)
+
+    def _remember_share(self, node: _Node, share: CoinShare) -> None:
+        key = (share.wave, share.signer)
+        if key not in node.seen_shares:
+            node.seen_shares.add(key)
+            node.store.coin_shares.append(share)
+
+    def load(self, i: int) -> None:
+        """Client load: a few transactions every 50 ms of virtual time, while running."""
+        interval = 50.0
+        count = max(1, round(self.cfg.tx_per_second * interval / 1000.0))
+        txs = []
+        for _ in range(count):
+            self.tx_counter += 1
+            tx = struct.pack(">IQ", i, self.tx_counter).ljust(self.cfg.tx_size, b"\x00")
+            self.tx_submitted[tx] = self.world.now
+            txs.append(tx)
+        if self.world.alive[i]:
+            self.apply(i, self.nodes[i].process.submit(txs))
+        self.world.schedule(self.world.now + interval, "load", i)
+
+    def split(self, duration: float) -> None:
+        if self.world.partition is not None:
+            return
+        groups = [self.rng.randrange(2) for _ in range(self.cfg.nodes)]
+        self.world.split(groups)
+        self.world.schedule(self.world.now + duration, "heal", -1)
+
+    def restart(self, i: int) -> None:
+        """Rebuild the node from its store, as a restarted daemon would, and resync."""
+        old = self.nodes[i]
+        fresh = Process(self.configs[i])
+        old.process = fresh
+        self.world.alive[i] = True
+        committed_before = len(old.log)
+        self.apply(i, fresh.recover(old.store), replay=True)
+        assert len(old.log) >= committed_before
+        for peer in range(self.cfg.nodes):
+            if peer != i and self.world.alive[peer]:
+                self.apply(peer, self.nodes[peer].process.resync(i))
+                self.apply(i, fresh.resync(peer))
+
+    # -- effects ------------------------------------------------------------------------
+
+    def apply(self, i: int, effects: list[Effect], replay: bool = False) -> None:
+        node = self.nodes[i]
+        self._record(i, node, effects, replay)
+        if node.strategy is not None:
+            for ob in node.strategy(i, self.cfg.nodes, effects, self.rng):
+                for dst in ob.to:
+                    self.world.send(i, dst, ob.data, ob.msg)
+            return
+        for e in effects:
+            if isinstance(e, Broadcast):
+                data, msg = self._wire(e.msg)
+                for dst in range(self.cfg.nodes):
+                    if dst != i:
+                        self.world.send(i, dst, data, msg)
+            elif isinstance(e, Send):
+                data, msg = self._wire(e.msg)
+                self.world.send(i, e.to, data, msg)
+            elif isinstance(e, AwaitBatch):
+                self.world.schedule(self.world.now + self.cfg.batch_delay, "timer", i, e.round)
+
+    def _wire(self, msg: Message) -> tuple[bytes, Message]:
+        """Encode once and decode once: every broadcast goes through the strict codec."""
+        data = encode(msg)
+        return data, self.codec.decode(data)
+
+    def _record(self, i: int, node: _Node, effects: list[Effect], replay: bool) -> None:
+        now = self.world.now
+        store = node.store
+        for e in effects:
+            if isinstance(e, Commit):
+                node.log.append(e.vertex.digest)
+                self.log_sets[i].add(e.vertex.digest)
+                node.tx_count += len(e.vertex.block)
+                store.committed += 1
+                self._on_commit(i, e, now)
+            elif isinstance(e, Delivered):
+                store.delivered.append(e.vertex)
+            elif isinstance(e, Proposed):
+                if not store.own or store.own[-1].round < e.vertex.round:
+                    store.own.append(e.vertex)
+                if node.kind == "correct" and not replay:
+                    self.proposed_at.setdefault(e.vertex.digest, (now, e.vertex.round, i))
+            elif isinstance(e, Broadcast) and isinstance(e.msg, Echo | Ready):
+                store.votes.append(e.msg)
+            elif isinstance(e, LeaderDecided):
+                node.decided.append(e)
+            elif isinstance(e, Misbehaviour):
+                node.misbehaviour += 1
+
+    def _on_commit(self, i: int, e: Commit, now: float) -> None:
+        d = e.vertex.digest
+        self.committed_at.setdefault((i, d), now)
+        origin = self.proposed_at.get(d)
+        if origin is not None and origin[2] == i:
+            self.vertex_latency.append(now - origin[0])
+            for tx in e.vertex.block:
+                submitted = self.tx_submitted.get(tx)
+                if submitted is not None:
+                    self.tx_latency.append(now - submitted)
+
+    # -- report -------------------------------------------------------------------------
+
+    def report(self) -> SimResult:
+        logs = {i: self.nodes[i].log for i in self.honest}
+        correct_logs = {i: self.nodes[i].log for i in self.correct}
+        reached = self.goal_time is not None
+        verdicts = [
+            agreement(logs),
+            integrity(logs),
+            validity(self.required, correct_logs),
+            Verdict(
+                "liveness",
+                reached,
+                f"all correct nodes decided {self.cfg.waves} waves"
+                if reached
+                else f"stopped at {self.world.now:.0f} ms before {self.cfg.waves} waves",
+            ),
+        ]
+        best = max(self.correct, key=lambda k: len(self.nodes[k].log))
+        decided = self.nodes[best].decided
+        committed = [d for d in decided if d.committed]
+        last_wave = max((d.wave for d in committed), default=0)
+        ordered_txs = self.nodes[best].tx_count
+        trace = hashlib.blake2b(digest_size=16)
+        for i in sorted(logs):
+            trace.update(b"".join(logs[i]))
+        trace.update(struct.pack(">dQ", self.world.now, self.events))
+        return SimResult(
+            config=self.cfg,
+            seed=self.seed,
+            verdicts=verdicts,
+            virtual_ms=self.world.now,
+            events=self.events,
+            messages=self.world.sent.messages,
+            bytes=self.world.sent.bytes,
+            committed_vertices=len(self.nodes[best].log),
+            committed_transactions=ordered_txs,
+            leaders_committed=len(committed),
+            leaders_direct=sum(1 for d in committed if d.direct),
+            leaders_skipped=sum(1 for d in decided if not d.committed),
+            waves_per_commit=(last_wave / len(committed)) if committed else float("inf"),
+            vertex_latency_ms=percentiles(self.vertex_latency),
+            tx_latency_ms=percentiles(self.tx_latency),
+            misbehaviour_reports=sum(self.nodes[i].misbehaviour for i in self.honest),
+            node_kinds={i: x.kind for i, x in enumerate(self.nodes) if x.kind != "correct"},
+            trace_hash=trace.hexdigest(),
+        )
+
+
+def run(cfg: SimConfig, seed: int, progress: Callable[[float], None] | None = None) -> SimResult:
+    """Simulate ``cfg`` with ``seed``. The same inputs always give the same result."""
+    return _Run(cfg, seed, progress).run()

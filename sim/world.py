@@ -1,0 +1,120 @@
+"""The simulated world: virtual clock, event queue, links, partitions and crashes.
+
+Only this module (and the runner that drives it) owns randomness and time. Nodes are
+the shipped :class:`~dagrider.process.Process`; every message crosses the wire as the
+bytes the codec produced.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagrider.messages import Message
+from sim.latency import LatencyModel
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """Adversarial scheduling: random extra delays and a rotating set of slowed nodes.
+
+    Every message is still delivered (the asynchronous model's only promise); the
+    adversary chooses when. ``slow_nodes`` of them, re-drawn every ``epoch`` ms, have
+    their outgoing messages held back by up to ``slow_delay`` ms.
+    """
+
+    reorder_probability: float = 0.3
+    reorder_factor: float = 8.0
+    slow_nodes: int = 0
+    slow_delay: float = 800.0
+    epoch: float = 600.0
+
+
+@dataclass
+class Link:
+    """Counters for one direction of traffic, for the run's report."""
+
+    messages: int = 0
+    bytes: int = 0
+
+
+@dataclass(order=True)
+class Event:
+    time: float
+    seq: int
+    kind: str = field(compare=False)
+    node: int = field(compare=False)
+    payload: Any = field(compare=False, default=None)
+
+
+class World:
+    """Event queue plus the network between ``n`` nodes."""
+
+    def __init__(
+        self, n: int, rng: random.Random, latency: LatencyModel, adversary: Adversary | None
+    ) -> None:
+        self.n = n
+        self.rng = rng
+        self.latency = latency
+        self.adversary = adversary
+        self.now = 0.0
+        self._queue: list[Event] = []
+        self._seq = 0
+        self.alive = [True] * n
+        self.partition: list[int] | None = None  # group id per node while partitioned
+        self.held: list[tuple[int, int, bytes, Message | None]] = []
+        self.sent = Link()
+        self.dropped = 0
+        self._slow: set[int] = set()
+        self._slow_epoch = -1
+
+    def schedule(self, at: float, kind: str, node: int, payload: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, Event(at, self._seq, kind, node, payload))
+
+    def pop(self) -> Event | None:
+        if not self._queue:
+            return None
+        ev = heapq.heappop(self._queue)
+        self.now = ev.time
+        return ev
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def send(self, src: int, dst: int, data: bytes, msg: Message | None) -> None:
+        """Put a message on the wire; partitions hold it back until they heal."""
+        self.sent.messages += 1
+        self.sent.bytes += len(data)
+        if self.partition is not None and self.partition[src] != self.partition[dst]:
+            self.held.append((src, dst, data, msg))
+            return
+        self.schedule(self.now + self._delay(src, dst), "deliver", dst, (src, data, msg))
+
+    def _delay(self, src: int, dst: int) -> float:
+        d = self.latency.sample(self.rng, src, dst)
+        adv = self.adversary
+        if adv is None:
+            return d
+        if adv.slow_nodes:
+            epoch = int(self.now // adv.epoch)
+            if epoch != self._slow_epoch:
+                self._slow_epoch = epoch
+                self._slow = set(self.rng.sample(range(self.n), adv.slow_nodes))
+            if src in self._slow:
+                d += self.rng.uniform(0, adv.slow_delay)
+        if self.rng.random() < adv.reorder_probability:
+            d *= self.rng.uniform(1.0, adv.reorder_factor)
+        return d
+
+    def split(self, groups: list[int]) -> None:
+        self.partition = groups
+
+    def heal(self) -> None:
+        """End the partition: every held message is delivered after a normal delay."""
+        self.partition = None
+        held, self.held = self.held, []
+        for src, dst, data, msg in held:
+            self.schedule(self.now + self._delay(src, dst), "deliver", dst, (src, data, msg))
