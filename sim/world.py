@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dagrider.messages import Message
@@ -40,13 +40,16 @@ class Link:
     bytes: int = 0
 
 
-@dataclass(order=True)
+@dataclass(frozen=True)
 class Event:
     time: float
     seq: int
-    kind: str = field(compare=False)
-    node: int = field(compare=False)
-    payload: Any = field(compare=False, default=None)
+    kind: str
+    node: int
+    payload: Any = None
+
+
+_Entry = tuple[float, int, str, int, Any]  # heap entries are plain tuples: fast to compare
 
 
 class World:
@@ -60,7 +63,7 @@ class World:
         self.latency = latency
         self.adversary = adversary
         self.now = 0.0
-        self._queue: list[Event] = []
+        self._queue: list[_Entry] = []
         self._seq = 0
         self.alive = [True] * n
         self.partition: list[int] | None = None  # group id per node while partitioned
@@ -72,14 +75,14 @@ class World:
 
     def schedule(self, at: float, kind: str, node: int, payload: Any = None) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, Event(at, self._seq, kind, node, payload))
+        heapq.heappush(self._queue, (at, self._seq, kind, node, payload))
 
     def pop(self) -> Event | None:
         if not self._queue:
             return None
-        ev = heapq.heappop(self._queue)
-        self.now = ev.time
-        return ev
+        entry = heapq.heappop(self._queue)
+        self.now = entry[0]
+        return Event(*entry)
 
     def pending(self) -> int:
         return len(self._queue)
