@@ -5,14 +5,11 @@ It is meant for tests, local clusters and small deployments where one operator r
 the ceremony and then hands each node its own key file. Randomness is a parameter so
 that tests and the simulator can generate reproducible committees from a seed.
 
-Command line::
-
-    python -m dagrider.keygen --n 4 --out configs/local-4 --base-port 7001 --note "..."
+Command line: ``dagrider keygen --nodes 4 --out DIR [--base-port 7001]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,26 +95,6 @@ def write_committee_dir(
     return targets
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Generate a committee directory from the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, required=True, help="committee size, 3f+1")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--host", default="127.0.0.1", help="host for --base-port addresses")
-    parser.add_argument("--base-port", type=int, help="give node i the address host:base+i")
-    parser.add_argument("--note", help="free text stored in every file")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files")
-    args = parser.parse_args(argv)
-    addresses = None
-    if args.base_port is not None:
-        addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.n)]
-    committee, secrets = generate(args.n, addresses=addresses)
-    paths = write_committee_dir(args.out, committee, secrets, args.note, overwrite=args.overwrite)
-    for path in paths:
-        print(path)
-    return 0
-
-
 def _seed(random_bytes: Callable[[int], bytes]) -> bytes:
     seed = random_bytes(32)
     if len(seed) != 32:
@@ -127,7 +104,3 @@ def _seed(random_bytes: Callable[[int], bytes]) -> bytes:
 
 def _identity_key(seed: bytes) -> bytes:
     return bytes(SigningKey(seed).verify_key)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

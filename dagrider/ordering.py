@@ -87,8 +87,13 @@ class Ordering:
         return out
 
     def _order_history(self, dag: Dag, wave: int, leader: Vertex) -> list[Effect]:
-        """Append the leader's not-yet-ordered causal history, sorted by (round, source)."""
-        floor = max(0, leader.round - self.gc_depth)
+        """Append the leader's not-yet-ordered causal history, sorted by (round, source).
+
+        The history is cut ``gc_depth`` rounds below the *previous* committed leader, a
+        round every correct process agrees on, so all of them cut at the same place and
+        skipped waves between two committed leaders never push vertices below the cut.
+        """
+        floor = self.floor()
         out: list[Effect] = []
         for u in dag.history(leader, floor, self._ordered.keys()):
             self._ordered[u.digest] = u.round

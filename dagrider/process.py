@@ -161,9 +161,9 @@ class Process:
         for rnd in sorted(self._own):
             out.append(Send(peer, Val(self._own[rnd])))
         out += [Send(peer, vote) for vote in self.rbc.sent_votes()]
-        for wave in sorted(self._coins):
-            if wave <= self.completed_wave:
-                out.append(Send(peer, CoinShareMsg(self._own_share(wave))))
+        first_wave = max(1, self.dag.floor // 4)
+        for wave in range(first_wave, self.completed_wave + 1):
+            out.append(Send(peer, CoinShareMsg(self._own_share(wave))))
         return out
 
     def recover(self, state: Recovery) -> list[Effect]:

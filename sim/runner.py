@@ -81,8 +81,15 @@ class SimConfig:
             cmd += " --adversarial"
         if self.partitions:
             cmd += f" --partitions {self.partitions}"
-        if self.batch_delay:
-            cmd += f" --batch-delay {self.batch_delay:g}"
+        defaults = SimConfig()
+        for flag, name in (
+            ("--tx-rate", "tx_per_second"),
+            ("--tx-size", "tx_size"),
+            ("--batch-delay", "batch_delay"),
+            ("--gc-depth", "gc_depth"),
+        ):
+            if getattr(self, name) != getattr(defaults, name):
+                cmd += f" {flag} {getattr(self, name):g}"
         return cmd
 
 
