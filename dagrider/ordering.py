@@ -9,6 +9,8 @@ vertices of a round intersect.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dagrider.dag import Dag
 from dagrider.effects import Commit, Effect, LeaderDecided
 from dagrider.messages import Digest, NodeId, Vertex
@@ -17,6 +19,22 @@ from dagrider.messages import Digest, NodeId, Vertex
 def wave_round(wave: int, k: int) -> int:
     """Round k (1..4) of wave ``wave`` (1-based): round(w, k) = 4(w-1) + k."""
     return 4 * (wave - 1) + k
+
+
+@dataclass(frozen=True)
+class OrderingState:
+    """What a restarted process needs to resume ordering without the pruned DAG.
+
+    Persisted with the commits it describes (one store transaction), so that a restart
+    continues at exactly the next log index.
+    """
+
+    next_wave: int
+    decided_wave: int
+    last_leader_round: int
+    next_index: int
+    next_tx_index: int
+    ordered: tuple[tuple[bytes, int], ...]  # (digest, round) above the GC floor
 
 
 class Ordering:
@@ -33,6 +51,24 @@ class Ordering:
         self.next_tx_index = 0
         self.leaders: dict[int, NodeId] = {}
         self._ordered: dict[Digest, int] = {}  # digest -> round, pruned with the DAG
+
+    def export_state(self) -> OrderingState:
+        return OrderingState(
+            self.next_wave,
+            self.decided_wave,
+            self.last_leader_round,
+            self.next_index,
+            self.next_tx_index,
+            tuple(sorted(self._ordered.items(), key=lambda kv: (kv[1], kv[0]))),
+        )
+
+    def import_state(self, state: OrderingState) -> None:
+        self.next_wave = state.next_wave
+        self.decided_wave = state.decided_wave
+        self.last_leader_round = state.last_leader_round
+        self.next_index = state.next_index
+        self.next_tx_index = state.next_tx_index
+        self._ordered = dict(state.ordered)
 
     def set_leader(self, wave: int, leader: NodeId) -> None:
         self.leaders.setdefault(wave, leader)

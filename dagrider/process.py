@@ -38,7 +38,7 @@ from dagrider.messages import (
     VertexRequest,
     VertexResponse,
 )
-from dagrider.ordering import Ordering
+from dagrider.ordering import Ordering, OrderingState
 from dagrider.params import Parameters
 from dagrider.rbc import ReliableBroadcast
 
@@ -65,6 +65,7 @@ class Recovery:
     own: list[Vertex] = field(default_factory=list)
     coin_shares: list[CoinShare] = field(default_factory=list)
     committed: int = 0  # number of Commit effects already applied by the shell
+    ordering: OrderingState | None = None  # snapshot at the last commit, if any
 
 
 class Process:
@@ -173,16 +174,33 @@ class Process:
         vertices are re-used rather than re-created (a new vertex would equivocate);
         commits the shell has already applied are not emitted again.
         """
+        floor = 0
+        if state.ordering is not None:
+            self.ordering.import_state(state.ordering)
+            floor = self.ordering.floor()
+            self.dag.prune(floor)
+            self.rbc.prune(floor)
+        own = {v.round: v for v in state.own if v.round >= floor}
+        self._suppress_commits_below = state.committed
+        self.started = True
+        if floor > 0 and own:
+            # Rounds below the floor are gone: resume at our last proposal instead of
+            # walking up from genesis. Its VAL goes out again with ``resync``.
+            self.round = max(own)
+            self.rbc.current_round = self.round
+            self.completed_wave = (self.round - 1) // 4
+            self._own = own
+        else:
+            self._replayed_own = own
         for vote in state.votes:
             kind = "echo" if isinstance(vote, Echo) else "ready"
             self.rbc.restore_vote(kind, vote.source, vote.round, vote.digest)
-        self._replayed_own = {v.round: v for v in state.own}
-        self._suppress_commits_below = state.committed
-        self.started = True
         out: list[Effect] = []
         for share in state.coin_shares:
             out += self._on_coin_share(share.signer, share)
         for v in sorted(state.delivered, key=lambda x: (x.round, x.source)):
+            if v.round < floor:
+                continue
             self.rbc.mark_delivered(v)
             out += self._on_delivered(v)
         out += self._advance()
@@ -317,6 +335,10 @@ class Process:
         return self.rbc.on_request(sender, req)
 
     # -- introspection ------------------------------------------------------------------
+
+    def ordering_state(self) -> OrderingState:
+        """Snapshot for the store, taken after the commits of the last batch of effects."""
+        return self.ordering.export_state()
 
     def status(self) -> dict[str, int]:
         return {

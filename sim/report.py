@@ -44,6 +44,7 @@ class SimResult:
     vertex_latency_ms: dict[str, float]
     tx_latency_ms: dict[str, float]
     misbehaviour_reports: int
+    restarts: int
     node_kinds: dict[int, str]
     trace_hash: str
 
@@ -81,6 +82,7 @@ class SimResult:
             "messages_per_tx": msgs,
             "bytes_per_tx": byts,
             "misbehaviour_reports": self.misbehaviour_reports,
+            "restarts": self.restarts,
             "faulty_nodes": {str(k): v for k, v in self.node_kinds.items()},
             "trace_hash": self.trace_hash,
             "replay": self.replay,
@@ -105,7 +107,8 @@ class SimResult:
             f"  vertex latency    {_fmt(self.vertex_latency_ms)}",
             f"  traffic           {self.messages} messages, {self.bytes / 1e6:.1f} MB "
             f"({msgs:.1f} msgs, {byts:.0f} B per ordered tx)",
-            f"  misbehaviour seen {self.misbehaviour_reports} reports by correct nodes",
+            f"  misbehaviour seen {self.misbehaviour_reports} reports by correct nodes"
+            + (f"; {self.restarts} crash restarts" if self.restarts else ""),
             "  invariants:",
         ]
         for v in self.verdicts:

@@ -146,6 +146,8 @@ class _Run:
         self.vertex_latency: list[float] = []
         self.tx_counter = 0
         self.events = 0
+        self.restarts = 0
+        self.crash_horizon = 0.0
         self.max_time = cfg.max_time or 120_000.0 * cfg.waves
         self.goal_time: float | None = None  # when every correct node decided `waves` waves
         self.required: dict[Digest, tuple[int, int]] = {}  # proposals validity waits for
@@ -163,9 +165,10 @@ class _Run:
         for _ in range(self.cfg.partitions):
             start = self.rng.uniform(0, horizon)
             w.schedule(start, "split", -1, self.rng.uniform(200, 2_000))
+        self.crash_horizon = horizon
         for i, node in enumerate(self.nodes):
             if node.kind == "crash":
-                t = self.rng.uniform(50, horizon)
+                t = self.rng.uniform(50, horizon / 2)
                 w.schedule(t, "crash", i, self.rng.uniform(300, 3_000))
 
     def run(self) -> SimResult:
@@ -267,6 +270,10 @@ class _Run:
         committed_before = len(old.log)
         self.apply(i, fresh.recover(old.store), replay=True)
         assert len(old.log) >= committed_before
+        self.restarts += 1
+        if self.rng.random() < 0.5:  # crash again later
+            at = self.world.now + self.rng.uniform(500, self.crash_horizon / 2)
+            self.world.schedule(at, "crash", i, self.rng.uniform(300, 3_000))
         for peer in range(self.cfg.nodes):
             if peer != i and self.world.alive[peer]:
                 self.apply(peer, self.nodes[peer].process.resync(i))
@@ -300,8 +307,16 @@ class _Run:
         return data, self.codec.decode(data)
 
     def _record(self, i: int, node: _Node, effects: list[Effect], replay: bool) -> None:
+        """Keep the node's "store" as the daemon would: what recovery needs, GC'd."""
         now = self.world.now
         store = node.store
+        if any(isinstance(e, Commit) for e in effects):
+            store.ordering = node.process.ordering_state()
+            floor = node.process.ordering.floor()
+            if store.delivered and store.delivered[0].round < floor - 8:
+                store.delivered = [v for v in store.delivered if v.round >= floor]
+                store.votes = [v for v in store.votes if v.round >= floor]
+                store.own = [v for v in store.own if v.round >= floor]
         for e in effects:
             if isinstance(e, Commit):
                 node.log.append(e.vertex.digest)
@@ -378,6 +393,7 @@ class _Run:
             vertex_latency_ms=percentiles(self.vertex_latency),
             tx_latency_ms=percentiles(self.tx_latency),
             misbehaviour_reports=sum(self.nodes[i].misbehaviour for i in self.honest),
+            restarts=self.restarts,
             node_kinds={i: x.kind for i, x in enumerate(self.nodes) if x.kind != "correct"},
             trace_hash=trace.hexdigest(),
         )
