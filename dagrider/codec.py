@@ -18,6 +18,7 @@ from dagrider.coin import CoinShare
 from dagrider.errors import DecodeError
 from dagrider.messages import (
     DIGEST_BYTES,
+    CatchupRequest,
     CoinShareMsg,
     Echo,
     Message,
@@ -32,7 +33,7 @@ from dagrider.messages import (
 from dagrider.params import Limits
 
 VERSION = 1
-T_VAL, T_ECHO, T_READY, T_COIN, T_REQ, T_RESP = 1, 2, 3, 4, 5, 6
+T_VAL, T_ECHO, T_READY, T_COIN, T_REQ, T_RESP, T_CATCHUP = 1, 2, 3, 4, 5, 6, 7
 _SCALAR_BYTES = 32
 
 
@@ -50,6 +51,8 @@ def encode(msg: Message) -> bytes:
             body = {"t": T_READY, "r": r, "s": s, "d": d}
         case VertexRequest(r, s, d):
             body = {"t": T_REQ, "r": r, "s": s, "d": d}
+        case CatchupRequest(r, count):
+            body = {"t": T_CATCHUP, "r": r, "n": count}
         case CoinShareMsg(share):
             body = {
                 "t": T_COIN,
@@ -77,6 +80,7 @@ class Codec:
             T_READY: (frozenset("tvrsd"), lambda m: Ready(*self._vote(m))),
             T_REQ: (frozenset("tvrsd"), lambda m: VertexRequest(*self._vote(m))),
             T_COIN: (frozenset("tvwspcz"), self._coin),
+            T_CATCHUP: (frozenset("tvrn"), self._catchup),
         }
 
     def decode(self, data: bytes) -> Message:
@@ -94,7 +98,8 @@ class Codec:
                 strict_map_key=True,
                 max_bin_len=self.limits.max_tx_bytes + DIGEST_BYTES,
                 max_str_len=16,
-                max_array_len=max(self.limits.max_txs_per_vertex, self.limits.max_edges, 8),
+                # One above each limit, so that the field check below names the field.
+                max_array_len=max(self.limits.max_txs_per_vertex, self.limits.max_edges, 8) + 1,
                 max_map_len=16,
                 max_ext_len=0,
             )
@@ -105,7 +110,7 @@ class Codec:
         if not isinstance(obj, dict):
             raise DecodeError("frame", f"expected a map, got {type(obj).__name__}")
         t = _int(obj.get("t"), "t")
-        if obj.get("v") != VERSION:
+        if type(obj.get("v")) is not int or obj.get("v") != VERSION:
             raise DecodeError("v", f"unsupported version {obj.get('v')!r}")
         entry = self._decoders.get(t)
         if entry is None:
@@ -151,6 +156,12 @@ class Codec:
                 response=_bin(m["z"], "response", _SCALAR_BYTES),
             )
         )
+
+    def _catchup(self, m: dict[str, Any]) -> Message:
+        count = _int(m["n"], "rounds")
+        if not 1 <= count <= 100_000:
+            raise DecodeError("rounds", f"{count} out of range 1..100000")
+        return CatchupRequest(self._round(m["r"], "round"), count)
 
     def _ref(self, value: object, name: str) -> VertexRef:
         if not isinstance(value, list) or len(value) != 3:

@@ -98,8 +98,14 @@ class Dag:
     def add(self, v: Vertex, current_round: int) -> tuple[list[Vertex], list[tuple[Vertex, str]]]:
         """Buffer a delivered vertex and insert everything that became insertable.
 
-        Returns (inserted vertices in insertion order, rejected (vertex, reason) pairs).
+        Returns (inserted vertices in insertion order, flagged (vertex, reason) pairs).
         Vertices above ``current_round`` wait in the buffer, as in the paper.
+
+        A *flagged* vertex broke the weak-edge rule (a weak edge to a vertex its other
+        edges already reach). It is inserted all the same: such an edge changes no path,
+        and rejecting it would make acceptance depend on how far this process has pruned
+        (a pruned target cannot be checked), so correct processes could end up with
+        different DAGs. The flag is reported against the source instead.
         """
         if v.round < self.floor or v.digest in self._vertex:
             return [], []
@@ -116,7 +122,7 @@ class Dag:
         inserts everything that can be inserted.
         """
         inserted: list[Vertex] = []
-        rejected: list[tuple[Vertex, str]] = []
+        flagged: list[tuple[Vertex, str]] = []
         for rnd in sorted(r for r in self._buffer if r <= current_round):
             bucket = self._buffer[rnd]
             for v in sorted(bucket.values(), key=lambda x: x.source):
@@ -126,13 +132,12 @@ class Dag:
                 try:
                     self._check_weak_edges(v)
                 except InvalidVertex as exc:
-                    rejected.append((v, str(exc)))
-                    continue
-                self._insert(v)
-                inserted.append(v)
+                    flagged.append((v, str(exc)))
+                if self._insert(v):
+                    inserted.append(v)
             if not bucket:
                 del self._buffer[rnd]
-        return inserted, rejected
+        return inserted, flagged
 
     def _parents_present(self, v: Vertex) -> bool:
         floor = self.floor
@@ -154,10 +159,10 @@ class Dag:
                 raise InvalidVertex(f"weak edge to ({e.round}, {e.source}) already reachable")
             reach |= self._hist[e.digest]
 
-    def _insert(self, v: Vertex) -> None:
+    def _insert(self, v: Vertex) -> bool:
         slot = self.by_round.setdefault(v.round, {})
         if v.source in slot:
-            return  # reliable broadcast delivers one vertex per (source, round)
+            return False  # reliable broadcast delivers one vertex per (source, round)
         bit = 1 << self._next_bit
         self._next_bit += 1
         hist = shist = bit
@@ -173,6 +178,7 @@ class Dag:
         self._bit[v.digest] = bit
         self._hist[v.digest] = hist
         self._shist[v.digest] = shist
+        return True
 
     def weak_candidates(self, new_round: int, strong: list[Vertex]) -> list[Vertex]:
         """Vertices of rounds new_round-2 down to the gc window unreachable from ``strong``.

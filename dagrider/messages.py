@@ -124,4 +124,17 @@ class VertexResponse:
     vertex: Vertex
 
 
-Message = Val | Echo | Ready | CoinShareMsg | VertexRequest | VertexResponse
+@dataclass(frozen=True)
+class CatchupRequest:
+    """Ask a peer to resend what it has from ``round`` on (up to ``rounds`` rounds).
+
+    Served by the daemon from its store for a node that was down longer than the
+    in-memory GC window: the peer answers with its own READY votes, the vertices and its
+    coin shares, which the lagging node runs through normal reliable broadcast.
+    """
+
+    round: int
+    rounds: int
+
+
+Message = Val | Echo | Ready | CoinShareMsg | VertexRequest | VertexResponse | CatchupRequest

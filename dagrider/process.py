@@ -28,6 +28,7 @@ from dagrider.effects import (
 )
 from dagrider.errors import DecodeError, InvalidVertex
 from dagrider.messages import (
+    CatchupRequest,
     CoinShareMsg,
     Echo,
     Message,
@@ -150,6 +151,8 @@ class Process:
                 return self._after_rbc(self.rbc.on_response(sender, vertex))
             case CoinShareMsg(share):
                 return self._on_coin_share(sender, share)
+            case CatchupRequest():
+                return []  # served by the shell from its store
         return [Misbehaviour(sender, f"unexpected message {type(msg).__name__}")]
 
     def resync(self, peer: NodeId) -> list[Effect]:
@@ -164,7 +167,7 @@ class Process:
         out += [Send(peer, vote) for vote in self.rbc.sent_votes()]
         first_wave = max(1, self.dag.floor // 4)
         for wave in range(first_wave, self.completed_wave + 1):
-            out.append(Send(peer, CoinShareMsg(self._own_share(wave))))
+            out.append(Send(peer, CoinShareMsg(self.own_share(wave))))
         return out
 
     def recover(self, state: Recovery) -> list[Effect]:
@@ -217,10 +220,9 @@ class Process:
         return out
 
     def _on_delivered(self, vertex: Vertex) -> list[Effect]:
-        inserted, rejected = self.dag.add(vertex, self.round)
+        inserted, flagged = self.dag.add(vertex, self.round)
         out: list[Effect] = [
-            Misbehaviour(v.source, f"vertex ({v.round}, {v.source}) rejected: {why}")
-            for v, why in rejected
+            Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
         ]
         if inserted:
             out += self._advance()
@@ -267,13 +269,16 @@ class Process:
         self._own[nxt] = vertex
         out: list[Effect] = [Proposed(vertex)]
         out += self._after_rbc(self.rbc.broadcast(vertex))
-        _, rejected = self.dag.drain(self.round)
-        out += [Misbehaviour(v.source, f"vertex rejected: {why}") for v, why in rejected]
+        _, flagged = self.dag.drain(self.round)
+        out += [
+            Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
+        ]
         return out
 
     # -- coin and ordering --------------------------------------------------------------
 
-    def _own_share(self, wave: int) -> CoinShare:
+    def own_share(self, wave: int) -> CoinShare:
+        """Our share of ``wave``'s coin (deterministic: re-deriving it is safe)."""
         secret = self.cfg.coin_secret
         y = self.cfg.coin_public.verification_keys[self.me]
         return make_share(secret, y, wave, self.cfg.domain)
@@ -287,7 +292,7 @@ class Process:
     def _complete_wave(self, wave: int) -> list[Effect]:
         """We completed round 4 of ``wave``: only now may our coin share be revealed."""
         self.completed_wave = wave
-        share = self._own_share(wave)
+        share = self.own_share(wave)
         out: list[Effect] = [Broadcast(CoinShareMsg(share))]
         out += self._on_coin_share(self.me, share)
         return out + self._order()

@@ -80,7 +80,7 @@ class ReliableBroadcast:
         # Hold at most the first VAL plus a payload someone else vouched for, so that an
         # equivocating source cannot make us store an unbounded number of vertices.
         if (
-            inst.sent_echo is None
+            inst.sent_echo in (None, d)
             or d == inst.delivered
             or inst.ready_count.get(d, 0) >= self.small
         ):
@@ -139,7 +139,7 @@ class ReliableBroadcast:
 
     def restore_vote(self, kind: str, source: NodeId, rnd: int, digest: Digest) -> None:
         """Reload a vote we sent before a restart so that we never send a different one."""
-        inst = self._instance(source, rnd)
+        inst = self._instance(source, rnd, trusted=True)
         if inst is None:
             return
         if kind == "echo" and inst.sent_echo is None:
@@ -153,7 +153,7 @@ class ReliableBroadcast:
 
     def mark_delivered(self, vertex: Vertex) -> None:
         """Reload a vertex delivered before a restart: the instance is finished."""
-        inst = self._instance(vertex.source, vertex.round)
+        inst = self._instance(vertex.source, vertex.round, trusted=True)
         if inst is None:
             return
         inst.delivered = vertex.digest
@@ -183,8 +183,13 @@ class ReliableBroadcast:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _instance(self, source: NodeId, rnd: int) -> _Instance | None:
-        if rnd < self.horizon or rnd > self.current_round + self.lookahead:
+    def _instance(self, source: NodeId, rnd: int, trusted: bool = False) -> _Instance | None:
+        """The instance for (source, round), created on first use within the window.
+
+        ``trusted`` (our own store, after a restart) bypasses the lookahead bound, which
+        exists only to limit what peers can make us allocate.
+        """
+        if rnd < self.horizon or (rnd > self.current_round + self.lookahead and not trusted):
             return None
         key = (source, rnd)
         inst = self._instances.get(key)

@@ -405,6 +405,28 @@ def test_pruning_does_not_change_the_log() -> None:
     check_log(pruned)
 
 
+def test_skipped_waves_do_not_push_history_below_the_cut() -> None:
+    # gc_depth 8: wave 1 commits (1, 0); waves 2..4 have no leader vertex; wave 5's
+    # leader (17, 0) is cut 8 rounds below the *previous* committed leader, not below
+    # itself, so rounds 2..8 are still ordered.
+    gc = 8
+    rounds = make_rounds(4, 1, 20, missing={(5, 0), (9, 0), (13, 0)})
+    dag = dag_of(4, rounds, gc_depth=gc)
+    o = ordering_for(4, dict.fromkeys(range(1, 6), 0), gc_depth=gc)
+    out = o.advance(dag, 5)
+    assert [(d.wave, d.committed) for d in decisions(out)] == [
+        (1, True),
+        (2, False),
+        (3, False),
+        (4, False),
+        (5, True),
+    ]
+    expected = [k for k in index(rounds) if 1 <= k[0] <= 16] + [(17, 0)]
+    assert sorted(keys(out)) == sorted(expected)
+    check_log(commits(out))
+    assert o.floor() == 17 - gc
+
+
 def test_floor_follows_the_last_leader() -> None:
     rounds = make_rounds(4, 1, 12)
     dag = dag_of(4, rounds)

@@ -428,11 +428,6 @@ def test_restore_vote_is_idempotent() -> None:
     assert rbc.on_ready(2, Ready(1, 0, d1)) == [Send(1, req), Send(2, req)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: restore_vote silently drops votes above current_round + lookahead "
-    "(rbc.py _instance); Process.recover restores before current_round is set",
-)
 def test_restore_vote_far_above_current_round() -> None:
     n, f = 4, 1
     rnd = 10_001
