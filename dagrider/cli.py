@@ -1,7 +1,8 @@
-"""The ``dagrider`` command line: key generation and the simulation harness.
+"""The ``dagrider`` command line: keys, the simulator, the daemon and a local cluster.
 
 Exit codes: 0 success, 1 an invariant failed in a simulation, 2 bad arguments or
-input files (with a message naming the problem).
+input files (with a message naming the problem), 3 a runtime start-up failure (address
+in use, unusable data directory).
 """
 
 from __future__ import annotations
@@ -69,6 +70,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     sm.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sm.set_defaults(handler=_sim)
+
+    nd = sub.add_parser("node", help="run one committee member as a daemon")
+    nd.add_argument("--config", "-c", type=Path, required=True, help="node TOML config")
+    nd.set_defaults(handler=_node)
+
+    cl = sub.add_parser("cluster", help="a local cluster of daemons on loopback")
+    cl_sub = cl.add_subparsers(dest="action", required=True)
+    up = cl_sub.add_parser("up", help="start the daemons; Ctrl-C stops them all")
+    up.add_argument("--nodes", "-n", type=int, default=4, help="committee size n = 3f+1")
+    up.add_argument("--config", type=Path, help="existing committee dir (e.g. configs/local-4)")
+    up.add_argument("--dir", type=Path, default=Path(".dagrider-cluster"), help="work dir")
+    up.add_argument("--base-port", type=int, default=7001, help="peer port of node 0")
+    up.add_argument("--api-port", type=int, default=8001, help="API port of node 0")
+    up.add_argument("--batch-size", type=int, default=1_000)
+    up.add_argument("--batch-delay-ms", type=int, default=50)
+    up.set_defaults(handler=_cluster_up)
+
+    sb = sub.add_parser("submit", help="send transactions to a node")
+    sb.add_argument("--api", default="http://127.0.0.1:8001", help="node API base URL")
+    sb.add_argument("--token", help="bearer token")
+    sb.add_argument("text", nargs="*", help="transactions as UTF-8 text")
+    sb.add_argument("--file", type=Path, help="one transaction: the file's bytes")
+    sb.add_argument("--count", type=int, default=0, help="also send N random transactions")
+    sb.add_argument("--size", type=int, default=512, help="size of random transactions")
+    sb.set_defaults(handler=_submit)
+
+    tl = sub.add_parser("tail", help="follow the committed log of a node")
+    tl.add_argument("--api", default="http://127.0.0.1:8001", help="node API base URL")
+    tl.add_argument("--token", help="bearer token")
+    tl.add_argument("--after", type=int, default=-1, help="start after this log index")
+    tl.add_argument("--json", action="store_true", help="print raw JSON entries")
+    tl.set_defaults(handler=_tail)
     return parser
 
 
@@ -127,6 +160,94 @@ def _sim(args: argparse.Namespace) -> int:
     if args.seeds > 1 and not to_stdout:
         print(f"{args.seeds - failed}/{args.seeds} seeds passed")
     return 1 if failed else 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from dagrider.node.daemon import run as run_node
+
+    return run_node(args.config)
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dagrider.node.cluster import ClusterSpec, LocalCluster
+
+    spec = ClusterSpec(
+        directory=args.dir,
+        nodes=args.nodes,
+        committee_dir=args.config,
+        base_port=args.base_port,
+        api_base_port=args.api_port,
+        batch_size=args.batch_size,
+        batch_delay_ms=args.batch_delay_ms,
+    )
+    cluster = LocalCluster(spec)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster.start_all()
+    try:
+        cluster.wait_ready(timeout=60)
+        for i in range(cluster.n):
+            print(f"node {i}: api {cluster.api_url(i)}  log {cluster.log_path(i)}")
+        print("cluster is up; Ctrl-C stops it", flush=True)
+        while not stop.wait(1.0):
+            for i in range(cluster.n):
+                if not cluster.alive(i):
+                    print(f"node {i} exited; see {cluster.log_path(i)}", file=sys.stderr)
+                    stop.set()
+    finally:
+        cluster.stop_all()
+        print("cluster stopped")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import os
+
+    from dagrider.node.client import ApiError, submit_batch, submit_one
+
+    txs = [t.encode() for t in args.text]
+    if args.file is not None:
+        txs.append(args.file.read_bytes())
+    txs += [os.urandom(args.size) for _ in range(args.count)]
+    if not txs:
+        raise ValueError("nothing to submit: give TEXT, --file or --count")
+    try:
+        if len(txs) == 1:
+            print(submit_one(args.api, txs[0], args.token))
+        else:
+            print(json.dumps(submit_batch(args.api, txs, args.token)))
+    except ApiError as exc:
+        print(f"dagrider submit: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dagrider submit: cannot reach {args.api}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import base64
+
+    from dagrider.node.client import stream_log
+
+    try:
+        for entry in stream_log(args.api, args.after, args.token):
+            if args.json:
+                print(json.dumps(entry), flush=True)
+                continue
+            data = base64.b64decode(entry["data"])
+            text = data.decode("utf-8", errors="replace") if data.isascii() else data.hex()
+            print(f"{entry['index']:>8} wave {entry['wave']:>5} {entry['tx_id'][:16]} {text}")
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"dagrider tail: cannot reach {args.api}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 class _ProgressBar:

@@ -84,6 +84,11 @@ class Dag:
     def strong_path(self, frm: Vertex, to: Vertex) -> bool:
         return bool(self._shist[frm.digest] & self._bit[to.digest])
 
+    def highest_buffered_round(self) -> int:
+        """Highest round among vertices waiting in the buffer (0 if none): peers that
+        far ahead mean this process is lagging."""
+        return max(self._buffer, default=0)
+
     def buffered(self) -> int:
         return sum(len(b) for b in self._buffer.values())
 

@@ -42,6 +42,14 @@ class Proposed:
 
 
 @dataclass(frozen=True)
+class Requeued:
+    """Transactions of our own vertex that can no longer be ordered went back to the
+    mempool (persist them as pending again)."""
+
+    txs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class RoundAdvanced:
     """The process moved to ``round`` (its DAG holds 2f+1 vertices of ``round - 1``)."""
 
@@ -96,6 +104,7 @@ Effect = (
     | Broadcast
     | Delivered
     | Proposed
+    | Requeued
     | RoundAdvanced
     | AwaitBatch
     | LeaderDecided

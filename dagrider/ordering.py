@@ -35,6 +35,9 @@ class OrderingState:
     next_index: int
     next_tx_index: int
     ordered: tuple[tuple[bytes, int], ...]  # (digest, round) above the GC floor
+    # Leaders of waves above decided_wave: a later commit walks back through them, and
+    # their coins cannot be rebuilt once peers have moved on.
+    leaders: tuple[tuple[int, NodeId], ...] = ()
 
 
 class Ordering:
@@ -60,6 +63,7 @@ class Ordering:
             self.next_index,
             self.next_tx_index,
             tuple(sorted(self._ordered.items(), key=lambda kv: (kv[1], kv[0]))),
+            tuple(sorted((w, x) for w, x in self.leaders.items() if w > self.decided_wave)),
         )
 
     def import_state(self, state: OrderingState) -> None:
@@ -69,6 +73,7 @@ class Ordering:
         self.next_index = state.next_index
         self.next_tx_index = state.next_tx_index
         self._ordered = dict(state.ordered)
+        self.leaders.update(dict(state.leaders))
 
     def set_leader(self, wave: int, leader: NodeId) -> None:
         self.leaders.setdefault(wave, leader)
@@ -90,6 +95,7 @@ class Ordering:
 
     def prune(self, floor: int) -> None:
         self._ordered = {d: r for d, r in self._ordered.items() if r >= floor}
+        self.leaders = {w: x for w, x in self.leaders.items() if w > self.decided_wave}
 
     def _leader_vertex(self, dag: Dag, wave: int) -> Vertex | None:
         return dag.vertex_at(wave_round(wave, 1), self.leaders[wave])

@@ -23,6 +23,7 @@ from dagrider.effects import (
     Effect,
     Misbehaviour,
     Proposed,
+    Requeued,
     RoundAdvanced,
     Send,
 )
@@ -237,7 +238,12 @@ class Process:
             nxt = self.round + 1
             out.append(RoundAdvanced(nxt))
             params = self.cfg.params
-            if (
+            lagging = self.dag.highest_buffered_round() > nxt
+            if lagging:
+                # Peers are rounds ahead: catch up without waiting for batches, and keep
+                # the transactions for a vertex that is not born orphaned.
+                out += self._propose(with_block=False)
+            elif (
                 nxt in self._replayed_own
                 or params.propose_empty
                 or len(self.mempool) >= params.batch_size
@@ -249,13 +255,13 @@ class Process:
                 break
         return out
 
-    def _propose(self) -> list[Effect]:
+    def _propose(self, with_block: bool = True) -> list[Effect]:
         nxt = self.round + 1
         vertex = self._replayed_own.pop(nxt, None)
         if vertex is None:
             strong = sorted(self.dag.by_round[self.round].values(), key=lambda v: v.source)
             weak = self.dag.weak_candidates(nxt, strong)
-            take = min(len(self.mempool), self.cfg.params.batch_size)
+            take = min(len(self.mempool), self.cfg.params.batch_size) if with_block else 0
             block = tuple(self.mempool.popleft() for _ in range(take))
             vertex = Vertex(
                 nxt,
@@ -320,6 +326,7 @@ class Process:
             return out
         floor = self.ordering.floor()
         if floor > self.dag.floor:
+            out += self._requeue_orphans(floor)
             self.dag.prune(floor)
             self.rbc.prune(floor)
             self.ordering.prune(floor)
@@ -327,6 +334,18 @@ class Process:
             for w in [w for w in self._coins if w < self.ordering.next_wave]:
                 del self._coins[w]
         return [e for e in out if not self._suppressed(e)]
+
+    def _requeue_orphans(self, floor: int) -> list[Effect]:
+        """Our vertices that fall below the GC cut unordered will never be ordered: put
+        their transactions back in the mempool, so a client's accepted transaction is
+        not lost with a vertex that arrived too late (e.g. just before a crash)."""
+        out: list[Effect] = []
+        for rnd in sorted(self._own, reverse=True):
+            v = self._own[rnd]
+            if rnd < floor and v.block and not self.ordering.is_ordered(v.digest):
+                self.mempool.extendleft(reversed(v.block))
+                out.append(Requeued(v.block))
+        return out
 
     def _suppressed(self, e: Effect) -> bool:
         return isinstance(e, Commit) and e.index < self._suppress_commits_below

@@ -1,0 +1,1 @@
+"""The daemon: config, keys, store, client API, metrics and the asyncio shell."""

@@ -1,0 +1,202 @@
+"""A local cluster of real daemons on loopback, as child processes.
+
+Used by ``dagrider cluster up``, by the end-to-end tests and by ``bench/cluster.py``:
+one place knows how to lay out a committee directory, write node configs, start, kill
+(SIGKILL, for crash tests), restart and stop the daemons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from dagrider.committee import Committee
+from dagrider.keygen import COMMITTEE_FILE, generate, key_file_name, write_committee_dir
+
+TEST_KEYS_NOTE = "TEST KEYS for a local loopback cluster - never use in production"
+
+
+@dataclass
+class ClusterSpec:
+    """Where the cluster lives and how its nodes are configured."""
+
+    directory: Path
+    nodes: int = 4
+    committee_dir: Path | None = None  # an existing committee (e.g. configs/local-4)
+    host: str = "127.0.0.1"
+    base_port: int = 7001  # peer port of node i = base_port + i (new committees only)
+    api_base_port: int = 8001  # API port of node i = api_base_port + i
+    batch_size: int = 1_000
+    batch_delay_ms: int = 50
+    max_pending: int = 500_000
+    gc_depth: int = 50
+    log_level: str = "info"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalCluster:
+    """Start/stop/kill/restart the daemons of one committee on this machine."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.dir = spec.directory
+        self.committee_dir = spec.committee_dir or (self.dir / "committee")
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._logs: dict[int, IO[bytes]] = {}
+        self.committee = self._ensure_committee()
+        self.n = self.committee.n
+        self.configs = [self._write_config(i) for i in range(self.n)]
+
+    def _ensure_committee(self) -> Committee:
+        path = self.committee_dir / COMMITTEE_FILE
+        if not path.exists():
+            if self.spec.committee_dir is not None:
+                raise FileNotFoundError(f"no {COMMITTEE_FILE} in {self.spec.committee_dir}")
+            addresses = [
+                f"{self.spec.host}:{self.spec.base_port + i}" for i in range(self.spec.nodes)
+            ]
+            committee, secrets = generate(self.spec.nodes, addresses=addresses)
+            write_committee_dir(self.committee_dir, committee, secrets, TEST_KEYS_NOTE)
+        return Committee.load(path)
+
+    def api_url(self, i: int) -> str:
+        return f"http://{self.spec.host}:{self.spec.api_base_port + i}"
+
+    def data_dir(self, i: int) -> Path:
+        return self.dir / "data" / f"node-{i}"
+
+    def log_path(self, i: int) -> Path:
+        return self.dir / "logs" / f"node-{i}.log"
+
+    def _write_config(self, i: int) -> Path:
+        s = self.spec
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"node-{i}.toml"
+        committee_file = (self.committee_dir / COMMITTEE_FILE).resolve()
+        key_file = (self.committee_dir / key_file_name(i)).resolve()
+        path.write_text(
+            "\n".join(
+                [
+                    "[node]",
+                    f'key_file = "{key_file}"',
+                    f'committee_file = "{committee_file}"',
+                    f'data_dir = "{self.data_dir(i).resolve()}"',
+                    "",
+                    "[api]",
+                    f'listen = "{s.host}:{s.api_base_port + i}"',
+                    "",
+                    "[consensus]",
+                    f"batch_size = {s.batch_size}",
+                    f"batch_delay_ms = {s.batch_delay_ms}",
+                    f"gc_depth = {s.gc_depth}",
+                    "",
+                    "[mempool]",
+                    f"max_pending = {s.max_pending}",
+                    "",
+                    "[log]",
+                    'format = "json"',
+                    f'level = "{s.log_level}"',
+                    "",
+                ]
+            )
+        )
+        return path
+
+    # -- processes ----------------------------------------------------------------------
+
+    def start(self, i: int) -> None:
+        if i in self.procs and self.procs[i].poll() is None:
+            raise RuntimeError(f"node {i} is already running")
+        self.log_path(i).parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path(i), "ab")  # noqa: SIM115 - closed in _reap
+        self._logs[i] = log
+        env = {**os.environ, **self.spec.extra_env}
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "dagrider", "node", "--config", str(self.configs[i])],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+
+    def start_all(self) -> None:
+        for i in range(self.n):
+            self.start(i)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL: a crash, nothing flushed beyond what the node already committed."""
+        self._signal(i, signal.SIGKILL)
+
+    def stop(self, i: int, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait: a clean shutdown."""
+        self._signal(i, signal.SIGTERM, timeout)
+        proc = self.procs.get(i)
+        return None if proc is None else proc.returncode
+
+    def _signal(self, i: int, sig: int, timeout: float = 15.0) -> None:
+        proc = self.procs.get(i)
+        if proc is None or proc.poll() is not None:
+            self._reap(i)
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._reap(i)
+
+    def _reap(self, i: int) -> None:
+        log = self._logs.pop(i, None)
+        if log is not None:
+            log.close()
+
+    def stop_all(self) -> None:
+        for i in list(self.procs):
+            self.stop(i)
+
+    def alive(self, i: int) -> bool:
+        proc = self.procs.get(i)
+        return proc is not None and proc.poll() is None
+
+    def pid(self, i: int) -> int | None:
+        proc = self.procs.get(i)
+        return None if proc is None else proc.pid
+
+    # -- readiness ----------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float = 30.0, nodes: list[int] | None = None) -> None:
+        """Wait until every node's API answers /healthz."""
+        deadline = time.monotonic() + timeout
+        for i in nodes if nodes is not None else range(self.n):
+            while True:
+                if not self.alive(i):
+                    raise RuntimeError(f"node {i} exited: see {self.log_path(i)}")
+                try:
+                    with urllib.request.urlopen(self.api_url(i) + "/healthz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {i} not ready after {timeout} s")
+                time.sleep(0.1)
+
+    def get_json(self, i: int, path: str, timeout: float = 10.0) -> Any:
+        with urllib.request.urlopen(self.api_url(i) + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()

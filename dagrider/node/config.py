@@ -1,0 +1,201 @@
+"""The node's TOML configuration: one typed object, validated once at load.
+
+Relative paths are resolved against the config file's directory, so a committee
+directory with its node configs can be moved as a whole. Every problem is reported as a
+:class:`ConfigError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagrider.params import Limits, Parameters
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    key_file: Path
+    committee_file: Path
+    data_dir: Path
+    listen: tuple[str, int] | None = None  # default: this member's committee address
+    api_listen: tuple[str, int] = ("127.0.0.1", 8000)
+    api_token: str | None = None
+    peers: dict[int, tuple[str, int]] = field(default_factory=dict)  # overrides
+    batch_size: int = 1_000
+    batch_delay: float = 0.05  # seconds
+    gc_depth: int = 50
+    max_pending: int = 500_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+    fsync: bool = False
+    log_format: str = "json"
+    log_level: str = "info"
+
+    def parameters(self) -> Parameters:
+        return Parameters(
+            gc_depth=self.gc_depth,
+            batch_size=self.batch_size,
+            propose_empty=self.batch_delay <= 0,
+            limits=self.limits,
+        )
+
+
+_SECTIONS: dict[str, set[str]] = {
+    "node": {"key_file", "committee_file", "data_dir", "listen", "peers"},
+    "api": {"listen", "token", "max_body_bytes"},
+    "consensus": {
+        "batch_size",
+        "batch_delay_ms",
+        "gc_depth",
+        "max_txs_per_vertex",
+        "max_tx_bytes",
+        "max_edges",
+        "max_message_bytes",
+    },
+    "mempool": {"max_pending"},
+    "storage": {"fsync"},
+    "log": {"format", "level"},
+}
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate ``path``; raises ConfigError with a specific message."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(raw, path.parent)
+
+
+def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
+    for section, value in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}]; known: {sorted(_SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        unknown = set(value) - _SECTIONS[section]
+        if unknown:
+            raise ConfigError(f"[{section}] unknown keys {sorted(unknown)}")
+    node = raw.get("node", {})
+    api = raw.get("api", {})
+    cons = raw.get("consensus", {})
+    for key in ("key_file", "committee_file", "data_dir"):
+        if key not in node:
+            raise ConfigError(f"[node] {key} is required")
+    defaults = Limits()
+    try:
+        limits = Limits(
+            max_txs_per_vertex=_int(cons, "max_txs_per_vertex", defaults.max_txs_per_vertex),
+            max_tx_bytes=_int(cons, "max_tx_bytes", defaults.max_tx_bytes),
+            max_edges=_int(cons, "max_edges", defaults.max_edges),
+            max_message_bytes=_int(cons, "max_message_bytes", defaults.max_message_bytes),
+        )
+        cfg = NodeConfig(
+            key_file=_path(node, "key_file", base),
+            committee_file=_path(node, "committee_file", base),
+            data_dir=_path(node, "data_dir", base),
+            listen=_addr(node["listen"], "[node] listen") if "listen" in node else None,
+            api_listen=_addr(api.get("listen", "127.0.0.1:8000"), "[api] listen"),
+            api_token=_opt_str(api, "token"),
+            peers=_peers(node.get("peers", {})),
+            batch_size=_int(cons, "batch_size", 1_000),
+            batch_delay=_int(cons, "batch_delay_ms", 50) / 1000.0,
+            gc_depth=_int(cons, "gc_depth", 50),
+            max_pending=_int(raw.get("mempool", {}), "max_pending", 500_000),
+            max_body_bytes=_int(api, "max_body_bytes", 64 * 1024 * 1024),
+            limits=limits,
+            fsync=_bool(raw.get("storage", {}), "fsync", False),
+            log_format=_choice(raw.get("log", {}), "format", "json", ("json", "kv")),
+            log_level=_choice(
+                raw.get("log", {}), "level", "info", ("debug", "info", "warning", "error")
+            ),
+        )
+        cfg.parameters()  # cross-field checks (batch size vs limits, gc depth)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.batch_delay < 0:
+        raise ConfigError("[consensus] batch_delay_ms must be >= 0")
+    if cfg.max_pending < 1:
+        raise ConfigError("[mempool] max_pending must be >= 1")
+    return cfg
+
+
+def _path(table: dict[str, Any], key: str, base: Path) -> Path:
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"[node] {key} must be a non-empty string, got {value!r}")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def parse_address(value: object, name: str = "address") -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) -> (host, port)."""
+    return _addr(value, name)
+
+
+def _addr(value: object, name: str) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{name} must be 'host:port', got {value!r}")
+    host, _, port_s = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"{name}: port {port_s!r} is not a number") from None
+    if not host or not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: invalid address {value!r}")
+    return host, port
+
+
+def _peers(value: object) -> dict[int, tuple[str, int]]:
+    if not isinstance(value, dict):
+        raise ConfigError("[node] peers must be a table of node id = 'host:port'")
+    out: dict[int, tuple[str, int]] = {}
+    for k, v in value.items():
+        try:
+            node_id = int(k)
+        except ValueError:
+            raise ConfigError(f"[node] peers: key {k!r} is not a node id") from None
+        out[node_id] = _addr(v, f"[node] peers.{k}")
+    return out
+
+
+def _int(table: dict[str, Any], key: str, default: int) -> int:
+    value = table.get(key, default)
+    if type(value) is not int:
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _bool(table: dict[str, Any], key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if type(value) is not bool:
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _opt_str(table: dict[str, Any], key: str) -> str | None:
+    value = table.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _choice(table: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = table.get(key, default)
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+    return str(value)

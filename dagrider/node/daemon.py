@@ -1,0 +1,162 @@
+"""``dagrider node --config FILE``: the composition root of one committee member.
+
+Loads and validates the configuration, key and committee; opens the store; starts the
+peer transport and the HTTP API; turns SIGTERM/SIGINT into a clean shutdown with the
+store flushed. Every start-up failure ends with one clear line and a distinct exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dagrider.errors import CommitteeError
+from dagrider.node.api import build_app
+from dagrider.node.config import ConfigError, NodeConfig, load_config
+from dagrider.node.runtime import Node
+from dagrider.node.store import StoreError
+
+EXIT_CONFIG = 2  # bad config, key or committee file
+EXIT_RUNTIME = 3  # address in use, unusable data directory
+
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and every ``extra`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS:
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=... msg="..." key=value`` lines for humans and grep."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            f"ts={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(record.created))}",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"msg={json.dumps(record.getMessage())}",
+        ]
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS:
+                parts.append(f"{key}={json.dumps(value, default=str)}")
+        return " ".join(parts)
+
+
+def setup_logging(fmt: str, level: str) -> logging.Logger:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger("dagrider")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    for name in ("p2p", "aiohttp.access"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.setLevel(logging.WARNING if name == "aiohttp.access" else level.upper())
+        lg.propagate = False
+    return root
+
+
+def run(config_path: Path) -> int:
+    """Entry point of ``dagrider node``; returns the process exit code."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(f"dagrider node: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    log = setup_logging(cfg.log_format, cfg.log_level)
+    if os.environ.get("DAGRIDER_LOOP", "asyncio") == "uvloop":
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable
+            pass
+    try:
+        return asyncio.run(_serve(cfg, log))
+    except KeyboardInterrupt:  # pragma: no cover - signals are handled in _serve
+        return 0
+
+
+async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
+    try:
+        node = Node(cfg, log.getChild("node"))
+    except FileNotFoundError as exc:
+        return _fail(log, EXIT_CONFIG, f"missing file: {exc.filename}")
+    except (CommitteeError, ConfigError, ValueError) as exc:
+        return _fail(log, EXIT_CONFIG, f"invalid key or committee: {exc}")
+    except (StoreError, OSError) as exc:
+        return _fail(log, EXIT_RUNTIME, f"cannot open the data directory: {exc}")
+    runner: web.AppRunner | None = None
+    try:
+        try:
+            await node.start()
+        except OSError as exc:
+            node.store.close()
+            return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"peer listen {cfg.listen}"))
+        app = build_app(node, cfg.api_token, cfg.max_body_bytes)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = cfg.api_listen
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await node.stop()
+            return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"API listen {host}:{port}"))
+        log.info(
+            "serving",
+            extra={"node": node.me, "api": f"http://{host}:{port}", "peer_listen": node.listen},
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down", extra={"node": node.me})
+    finally:
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+    await node.stop()
+    return 0
+
+
+def _os_reason(exc: OSError, what: str) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{what}: address already in use"
+    return f"{what}: {exc.strerror or exc}"
+
+
+def _fail(log: logging.Logger, code: int, reason: str) -> int:
+    log.error(reason)
+    print(f"dagrider node: error: {reason}", file=sys.stderr)
+    return code
+
+
+__all__ = ["EXIT_CONFIG", "EXIT_RUNTIME", "NodeConfig", "run"]

@@ -1,0 +1,426 @@
+"""The node's asyncio shell around the pure :class:`~dagrider.process.Process`.
+
+Inputs (peer frames, client batches, batch timers, link events) are fed to the process
+on the event loop; the effects they produce are collected and flushed once per loop
+iteration: first persisted in one SQLite transaction, then sent. Persist-then-send is
+what makes a restart safe (a vote that left the node is on disk) and batching the
+store writes is what makes it affordable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from dagrider.codec import encode
+from dagrider.coin import CoinSecretShare, CoinShare
+from dagrider.committee import Committee, NodeSecret
+from dagrider.effects import (
+    AwaitBatch,
+    Broadcast,
+    Commit,
+    Effect,
+    LeaderDecided,
+    Misbehaviour,
+    Proposed,
+    Requeued,
+    RoundAdvanced,
+    Send,
+)
+from dagrider.errors import DecodeError
+from dagrider.messages import (
+    CatchupRequest,
+    CoinShareMsg,
+    Ready,
+    VertexResponse,
+)
+from dagrider.node.config import NodeConfig
+from dagrider.node.metrics import Metrics
+from dagrider.node.service import LogEntry, MempoolFull, TxStatus, TxTooLarge
+from dagrider.node.store import Store, tx_digest
+from dagrider.process import Process, ProcessConfig
+from p2p.config import TransportConfig
+from p2p.identity import Identity
+from p2p.transport import PeerTransport
+
+CATCHUP_CHUNK_ROUNDS = 64
+LATENCY_TRACKED = 200_000
+
+
+class Node:
+    """One committee member as a running process: the composition root's main object."""
+
+    def __init__(self, cfg: NodeConfig, log: logging.Logger) -> None:
+        self.cfg = cfg
+        self.logger = log
+        self.committee = Committee.load(cfg.committee_file)
+        self.secret = NodeSecret.load(cfg.key_file, self.committee)
+        self.me = self.secret.node_id
+        c = self.committee
+        self.params = cfg.parameters()
+        self.process = Process(
+            ProcessConfig(
+                me=self.me,
+                n=c.n,
+                f=c.f,
+                coin_public=c.coin_public_key(),
+                coin_secret=CoinSecretShare(self.me, self.secret.coin_share),
+                domain=c.committee_id,
+                params=self.params,
+            )
+        )
+        self.max_tx_bytes = self.params.limits.max_tx_bytes
+        self.identity = Identity.from_seed(self.secret.identity_seed)
+        self.key_of = {m.node_id: m.identity_key for m in c.members}
+        self.id_of = {m.identity_key: m.node_id for m in c.members}
+        self.peers = [m.node_id for m in c.members if m.node_id != self.me]
+        listen = cfg.listen or _member_address(c, self.me)
+        self.listen = listen
+        addresses = {self.key_of[p]: cfg.peers.get(p) or _member_address(c, p) for p in self.peers}
+        self.transport = PeerTransport(
+            self.identity,
+            TransportConfig(listen_host=listen[0], listen_port=listen[1]),
+            peers=addresses,
+            allowed=set(self.key_of.values()),
+            on_frame=self._on_frame,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            logger=log.getChild("transport"),
+        )
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(
+            cfg.data_dir / "node.sqlite3",
+            self.process.codec,
+            c.committee_id,
+            self.params.gc_depth,
+            cfg.fsync,
+        )
+        self._effects: list[Effect] = []
+        self._shares: list[CoinShare] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._log_changed = asyncio.Event()
+        self._submitted: OrderedDict[bytes, float] = OrderedDict()
+        self._pending_ids: dict[bytes, int] = {}
+        self._highest_seen_round = 0
+        self._catchup_task: asyncio.Task[None] | None = None
+        self.last_leader: dict[str, Any] | None = None
+        self.started_at = time.time()
+        self._stopped = False
+        self._init_metrics()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        recovery, mempool = self.store.load_recovery()
+        resumed = bool(recovery.delivered or recovery.own or recovery.ordering)
+        for tx in mempool:
+            self._pending_ids[tx_digest(tx)] = self._pending_ids.get(tx_digest(tx), 0) + 1
+        self.process.mempool.extend(mempool)
+        self._emit(self.process.recover(recovery))
+        self.logger.info(
+            "node started",
+            extra={
+                "node": self.me,
+                "resumed": resumed,
+                "round": self.process.round,
+                "log_head": self.store.log_head(),
+                "mempool": len(mempool),
+            },
+        )
+        await self.transport.start()
+        self._catchup_task = asyncio.create_task(self._catchup_loop())
+
+    async def stop(self) -> None:
+        if self._catchup_task is not None:
+            self._catchup_task.cancel()
+        await self.transport.close()
+        self._flush()
+        self._stopped = True
+        self.store.close()
+        self.logger.info("node stopped", extra={"node": self.me, "round": self.process.round})
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _on_frame(self, peer_key: bytes, data: bytes) -> None:
+        sender = self.id_of.get(peer_key)
+        if sender is None:
+            return
+        self.m_frames_in.labels(str(sender)).inc()
+        self.m_bytes_in.labels(str(sender)).inc(len(data))
+        try:
+            msg = self.process.codec.decode(data)
+        except DecodeError as exc:
+            self._misbehaviour(sender, f"undecodable message: {exc}")
+            return
+        if isinstance(msg, CatchupRequest):
+            self._serve_catchup(sender, msg)
+            return
+        if isinstance(msg, CoinShareMsg) and msg.share.signer == sender:
+            self._shares.append(msg.share)
+        rnd = getattr(msg, "round", 0)
+        if isinstance(rnd, int) and rnd > self._highest_seen_round:
+            self._highest_seen_round = rnd
+        self._emit(self.process.receive(sender, msg))
+
+    def _on_connected(self, peer_key: bytes) -> None:
+        peer = self.id_of[peer_key]
+        self.logger.info("peer connected", extra={"peer": peer})
+        self._emit(self.process.resync(peer))
+
+    def _on_disconnected(self, peer_key: bytes) -> None:
+        self.logger.info("peer disconnected", extra={"peer": self.id_of.get(peer_key)})
+
+    def _propose_timer(self, rnd: int) -> None:
+        self._emit(self.process.propose_now(rnd))
+
+    # -- catch-up -----------------------------------------------------------------------
+
+    async def _catchup_loop(self) -> None:
+        """Ask peers for rounds we lag behind on (a node that was down for a long time).
+
+        Live rounds come back through ``resync`` on reconnect; rounds that peers have
+        already garbage-collected from memory are served from their stores.
+        """
+        while True:
+            await asyncio.sleep(1.0)
+            behind = self._highest_seen_round - self.process.round
+            if behind > self.params.gc_depth // 2:
+                req = CatchupRequest(self.process.round, CATCHUP_CHUNK_ROUNDS)
+                data = encode(req)
+                for peer in self.peers:
+                    self.transport.send(self.key_of[peer], data)
+                self.m_catchup_requests.inc()
+
+    def _serve_catchup(self, peer: int, req: CatchupRequest) -> None:
+        """Resend, from the store, our READY votes, the vertices and our coin shares."""
+        key = self.key_of[peer]
+        last = req.round + min(req.rounds, CATCHUP_CHUNK_ROUNDS)
+        for vote, vertex in self.store.catchup(req.round, last):
+            self.transport.send(key, encode(Ready(vote.round, vote.source, vote.digest)))
+            if vertex is not None:
+                self.transport.send(key, encode(VertexResponse(vertex)))
+        for wave in range(max(1, req.round // 4), last // 4 + 1):
+            if wave <= self.process.completed_wave:
+                share = self.process.own_share(wave)
+                self.transport.send(key, encode(CoinShareMsg(share)))
+
+    # -- effects ------------------------------------------------------------------------
+
+    def _emit(self, effects: list[Effect]) -> None:
+        if not effects:
+            return
+        self._effects.extend(effects)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Persist the batch, then perform it. Runs once per event-loop iteration."""
+        self._flush_handle = None
+        if self._stopped:
+            return
+        effects, self._effects = self._effects, []
+        shares, self._shares = self._shares, []
+        if not effects and not shares:
+            return
+        committed = any(isinstance(e, Commit) for e in effects)
+        ordering = self.process.ordering_state() if committed else None
+        now = time.time()
+        self.store.apply(effects, ordering, shares, now)
+        encoded: dict[int, bytes] = {}
+        for e in effects:
+            if isinstance(e, Broadcast):
+                data = encoded.get(id(e.msg)) or encode(e.msg)
+                encoded[id(e.msg)] = data
+                for peer in self.peers:
+                    self._send(peer, data)
+            elif isinstance(e, Send):
+                self._send(e.to, encode(e.msg))
+            elif isinstance(e, Commit):
+                self._on_commit(e, now)
+            elif isinstance(e, Proposed):
+                self._on_proposed(e)
+            elif isinstance(e, Requeued):
+                for tx in e.txs:
+                    d = tx_digest(tx)
+                    self._pending_ids[d] = self._pending_ids.get(d, 0) + 1
+                self.m_requeued.inc(len(e.txs))
+            elif isinstance(e, AwaitBatch):
+                asyncio.get_running_loop().call_later(
+                    self.cfg.batch_delay, self._propose_timer, e.round
+                )
+            elif isinstance(e, RoundAdvanced):
+                self.m_round.set(e.round)
+            elif isinstance(e, LeaderDecided):
+                self._on_leader(e)
+            elif isinstance(e, Misbehaviour):
+                self._misbehaviour(e.peer, e.reason)
+        if committed:
+            self._log_changed.set()
+            self._log_changed = asyncio.Event()
+
+    def _send(self, peer: int, data: bytes) -> None:
+        if self.transport.send(self.key_of[peer], data):
+            self.m_frames_out.labels(str(peer)).inc()
+            self.m_bytes_out.labels(str(peer)).inc(len(data))
+
+    def _on_commit(self, e: Commit, now: float) -> None:
+        self.m_commits.inc()
+        self.m_committed_txs.inc(len(e.vertex.block))
+        for tx in e.vertex.block:
+            submitted = self._submitted.pop(tx_digest(tx), None)
+            if submitted is not None:
+                self.m_latency.observe(now - submitted)
+
+    def _on_proposed(self, e: Proposed) -> None:
+        for tx in e.vertex.block:
+            d = tx_digest(tx)
+            left = self._pending_ids.get(d, 0) - 1
+            if left > 0:
+                self._pending_ids[d] = left
+            else:
+                self._pending_ids.pop(d, None)
+        self.m_proposed.inc()
+
+    def _on_leader(self, e: LeaderDecided) -> None:
+        if e.committed and e.leader is not None:
+            self.m_leaders.labels("direct" if e.direct else "recursive").inc()
+            self.last_leader = {
+                "wave": e.wave,
+                "round": e.leader.round,
+                "source": e.leader.source,
+                "digest": e.leader.digest.hex(),
+            }
+        else:
+            self.m_leaders.labels("skipped").inc()
+
+    def _misbehaviour(self, peer: int, reason: str) -> None:
+        self.m_misbehaviour.labels(str(peer)).inc()
+        self.logger.warning("peer misbehaviour", extra={"peer": peer, "reason": reason})
+
+    # -- NodeService (the client API's view) ---------------------------------------------
+
+    def submit(self, txs: Sequence[bytes]) -> list[str]:
+        for i, tx in enumerate(txs):
+            if len(tx) > self.max_tx_bytes:
+                raise TxTooLarge(
+                    f"transaction {i} has {len(tx)} bytes, limit is {self.max_tx_bytes}"
+                )
+        pending = len(self.process.mempool)
+        if pending + len(txs) > self.cfg.max_pending:
+            raise MempoolFull(
+                f"mempool holds {pending} of {self.cfg.max_pending} transactions",
+                retry_after=max(0.1, self.cfg.batch_delay * 4),
+            )
+        ids = self.store.add_to_mempool(txs)
+        now = time.time()
+        for d in ids:
+            self._pending_ids[d] = self._pending_ids.get(d, 0) + 1
+            self._submitted[d] = now
+        while len(self._submitted) > LATENCY_TRACKED:
+            self._submitted.popitem(last=False)
+        self.m_submitted.inc(len(txs))
+        self._emit(self.process.submit(txs))
+        return [d.hex() for d in ids]
+
+    def tx_status(self, tx_id_hex: str) -> TxStatus:
+        d = bytes.fromhex(tx_id_hex)
+        row = self.store.find_tx(d)
+        if row is not None:
+            return TxStatus(tx_id_hex, "committed", row.index, row.round, row.wave)
+        if d in self._pending_ids or self.store.pending(d):
+            return TxStatus(tx_id_hex, "pending", None, None, None)
+        return TxStatus(tx_id_hex, "unknown", None, None, None)
+
+    def log(self, after: int, limit: int) -> list[LogEntry]:
+        return [
+            LogEntry(r.index, r.tx_id.hex(), r.data, r.round, r.source, r.wave, r.committed_at)
+            for r in self.store.log_after(after, limit)
+        ]
+
+    def log_head(self) -> int:
+        return self.process.ordering.next_tx_index - 1
+
+    async def wait_for_log(self, after: int, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.log_head() <= after:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._log_changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def status(self) -> dict[str, Any]:
+        st: dict[str, Any] = dict(self.process.status())
+        st.update(
+            node=self.me,
+            committee=self.committee.committee_id.hex(),
+            n=self.committee.n,
+            f=self.committee.f,
+            listen=f"{self.listen[0]}:{self.listen[1]}",
+            last_committed_leader=self.last_leader,
+            log_head=self.log_head(),
+            uptime_seconds=round(time.time() - self.started_at, 3),
+            peers=self.transport.stats(),
+        )
+        return st
+
+    def metrics(self) -> Metrics:
+        return self.registry
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def _init_metrics(self) -> None:
+        r = self.registry = Metrics()
+        self.m_round = r.gauge("dagrider_round", "Current DAG round of this node")
+        self.m_commits = r.counter("dagrider_committed_vertices_total", "Vertices ordered")
+        self.m_committed_txs = r.counter(
+            "dagrider_committed_transactions_total", "Transactions ordered"
+        )
+        self.m_submitted = r.counter(
+            "dagrider_submitted_transactions_total", "Transactions accepted from clients"
+        )
+        self.m_proposed = r.counter("dagrider_proposed_vertices_total", "Vertices proposed")
+        self.m_leaders = r.counter(
+            "dagrider_leaders_total", "Wave leaders by outcome", ("outcome",)
+        )
+        self.m_latency = r.histogram(
+            "dagrider_commit_latency_seconds",
+            "Client submission to commit on this node, for transactions submitted here",
+        )
+        self.m_frames_in = r.counter(
+            "dagrider_peer_messages_received_total", "Messages from peers", ("peer",)
+        )
+        self.m_bytes_in = r.counter(
+            "dagrider_peer_bytes_received_total", "Bytes from peers", ("peer",)
+        )
+        self.m_frames_out = r.counter(
+            "dagrider_peer_messages_sent_total", "Messages to peers", ("peer",)
+        )
+        self.m_bytes_out = r.counter("dagrider_peer_bytes_sent_total", "Bytes to peers", ("peer",))
+        self.m_misbehaviour = r.counter(
+            "dagrider_peer_misbehaviour_total", "Invalid input from peers", ("peer",)
+        )
+        self.m_requeued = r.counter(
+            "dagrider_requeued_transactions_total",
+            "Transactions of own vertices that fell below the GC cut unordered, re-proposed",
+        )
+        self.m_catchup_requests = r.counter(
+            "dagrider_catchup_requests_total", "Catch-up requests sent"
+        )
+        mempool = r.gauge("dagrider_mempool_transactions", "Transactions waiting for a vertex")
+        mempool.set_function(lambda: float(len(self.process.mempool)))
+
+
+def _member_address(c: Committee, node_id: int) -> tuple[str, int]:
+    from dagrider.node.config import ConfigError, parse_address
+
+    address = c.member(node_id).address
+    if address is None:
+        raise ConfigError(f"committee member {node_id} has no address and no [node] override")
+    return parse_address(address, f"committee member {node_id} address")

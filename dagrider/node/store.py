@@ -1,0 +1,325 @@
+"""The node's SQLite store (WAL): everything a restart needs, written before it matters.
+
+One store transaction per batch of effects, committed *before* the batch's messages are
+handed to the transport: a vote (ECHO/READY) that left the node is always on disk, so a
+restarted node can never send a conflicting one. Tables:
+
+* ``vertices``: delivered vertices (the DAG above the GC floor), in delivery order;
+* ``votes``: the ECHO/READY this node sent, one per (kind, source, round);
+* ``own``: this node's proposals (re-used, never re-created, after a restart);
+* ``coin_shares``: shares received from peers, for waves not yet decided;
+* ``log``: the committed transaction log (global index, tx id, bytes, vertex, wave);
+* ``mempool``: accepted client transactions not yet proposed;
+* ``meta``: the ordering snapshot that matches the log.
+
+Rows below the GC floor are deleted as the floor rises; the log is kept in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from dagrider.codec import Codec, encode
+from dagrider.coin import CoinShare
+from dagrider.effects import Broadcast, Commit, Delivered, Effect, Proposed, Requeued
+from dagrider.messages import CoinShareMsg, Echo, Ready, Val, Vertex
+from dagrider.ordering import OrderingState
+from dagrider.process import Recovery
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vertices (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest BLOB NOT NULL UNIQUE, round INTEGER NOT NULL, source INTEGER NOT NULL,
+    body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS vertices_round ON vertices(round);
+CREATE TABLE IF NOT EXISTS votes (
+    kind INTEGER NOT NULL, round INTEGER NOT NULL, source INTEGER NOT NULL,
+    digest BLOB NOT NULL, PRIMARY KEY (kind, round, source));
+CREATE TABLE IF NOT EXISTS own (round INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS coin_shares (
+    wave INTEGER NOT NULL, signer INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (wave, signer));
+CREATE TABLE IF NOT EXISTS log (
+    idx INTEGER PRIMARY KEY, tx_id BLOB NOT NULL, data BLOB NOT NULL,
+    round INTEGER NOT NULL, source INTEGER NOT NULL, wave INTEGER NOT NULL,
+    vertex_index INTEGER NOT NULL, committed_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS log_tx_id ON log(tx_id);
+CREATE TABLE IF NOT EXISTS mempool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, tx_id BLOB NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS mempool_tx_id ON mempool(tx_id);
+"""
+
+_ECHO, _READY = 1, 2
+
+
+def tx_digest(data: bytes) -> bytes:
+    """A transaction's id: BLAKE2b-256 of its bytes (the API shows it in hex)."""
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+@dataclass(frozen=True)
+class LogRow:
+    index: int
+    tx_id: bytes
+    data: bytes
+    round: int
+    source: int
+    wave: int
+    committed_at: float
+
+
+class StoreError(Exception):
+    """The data directory or database cannot be used (wrong committee, newer schema...)."""
+
+
+class Store:
+    """One SQLite file per node. Not thread-safe: the node's event loop owns it."""
+
+    def __init__(
+        self,
+        path: Path,
+        codec: Codec,
+        committee_id: bytes,
+        gc_depth: int,
+        fsync: bool = False,
+        retain_rounds: int = 2_000,
+    ) -> None:
+        self.path = path
+        self.codec = codec
+        self.gc_depth = gc_depth
+        self.retain_rounds = retain_rounds  # kept below the GC floor to serve catch-up
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL survives a process crash (SIGKILL); FULL also survives power loss.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        self._check_identity(committee_id)
+        self.floor = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _check_identity(self, committee_id: bytes) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='committee'").fetchone()
+        version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('committee', ?)", (committee_id,))
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            return
+        if bytes(row[0]) != committee_id:
+            raise StoreError(f"{self.path} belongs to another committee ({bytes(row[0]).hex()})")
+        if version is not None and int(version[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema {version[0]}, newer than {SCHEMA_VERSION}")
+
+    # -- writes -------------------------------------------------------------------------
+
+    def apply(
+        self,
+        effects: Sequence[Effect],
+        ordering: OrderingState | None,
+        received_shares: Iterable[CoinShare],
+        now: float,
+    ) -> None:
+        """Persist one batch of effects atomically (call before sending its messages)."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            self._apply(effects, received_shares, now)
+            if ordering is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('ordering', ?)",
+                    (_pack_ordering(ordering),),
+                )
+                self._gc(ordering)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, effects: Sequence[Effect], shares: Iterable[CoinShare], now: float) -> None:
+        db = self._db
+        votes: list[tuple[int, int, int, bytes]] = []
+        log_rows: list[tuple[int, bytes, bytes, int, int, int, int, float]] = []
+        for e in effects:
+            if isinstance(e, Broadcast):
+                msg = e.msg
+                if isinstance(msg, Echo):
+                    votes.append((_ECHO, msg.round, msg.source, msg.digest))
+                elif isinstance(msg, Ready):
+                    votes.append((_READY, msg.round, msg.source, msg.digest))
+            elif isinstance(e, Delivered):
+                v = e.vertex
+                db.execute(
+                    "INSERT OR IGNORE INTO vertices(digest, round, source, body) VALUES (?,?,?,?)",
+                    (v.digest, v.round, v.source, encode(Val(v))),
+                )
+            elif isinstance(e, Proposed):
+                v = e.vertex
+                db.execute("INSERT OR IGNORE INTO own VALUES (?, ?)", (v.round, encode(Val(v))))
+                if v.block:
+                    db.executemany(
+                        "DELETE FROM mempool WHERE seq IN "
+                        "(SELECT seq FROM mempool WHERE tx_id=? ORDER BY seq LIMIT 1)",
+                        [(tx_digest(tx),) for tx in v.block],
+                    )
+            elif isinstance(e, Requeued):
+                db.executemany(
+                    "INSERT INTO mempool(tx_id, data) VALUES (?, ?)",
+                    [(tx_digest(tx), tx) for tx in e.txs],
+                )
+            elif isinstance(e, Commit):
+                v = e.vertex
+                for k, tx in enumerate(v.block):
+                    log_rows.append(
+                        (e.tx_index + k, tx_digest(tx), tx, v.round, v.source, e.wave, e.index, now)
+                    )
+        if votes:
+            db.executemany("INSERT OR IGNORE INTO votes VALUES (?,?,?,?)", votes)
+        if log_rows:
+            db.executemany("INSERT OR IGNORE INTO log VALUES (?,?,?,?,?,?,?,?)", log_rows)
+        rows = [(s.wave, s.signer, encode(CoinShareMsg(s))) for s in shares]
+        if rows:
+            db.executemany("INSERT OR IGNORE INTO coin_shares VALUES (?,?,?)", rows)
+
+    def _gc(self, ordering: OrderingState) -> None:
+        """Delete rows far below the GC floor, in steps of at least a few waves.
+
+        Vertices and votes are kept ``retain_rounds`` below the floor so that peers
+        that were down can catch up from this store.
+        """
+        floor = max(0, ordering.last_leader_round - self.gc_depth)
+        if floor <= self.floor + 16:
+            return
+        self.floor = floor
+        keep = max(0, floor - self.retain_rounds)
+        db = self._db
+        db.execute("DELETE FROM vertices WHERE round < ?", (keep,))
+        db.execute("DELETE FROM votes WHERE round < ?", (keep,))
+        db.execute("DELETE FROM own WHERE round < ?", (floor,))
+        db.execute("DELETE FROM coin_shares WHERE wave < ?", (ordering.next_wave,))
+
+    def add_to_mempool(self, txs: Sequence[bytes]) -> list[bytes]:
+        """Persist accepted client transactions; returns their ids."""
+        ids = [tx_digest(tx) for tx in txs]
+        self._db.executemany(
+            "INSERT INTO mempool(tx_id, data) VALUES (?, ?)", list(zip(ids, txs, strict=True))
+        )
+        return ids
+
+    # -- reads --------------------------------------------------------------------------
+
+    def load_recovery(self) -> tuple[Recovery, list[bytes]]:
+        """Everything :meth:`Process.recover` needs, plus the pending mempool."""
+        db = self._db
+        decode = self.codec.decode
+        row = db.execute("SELECT value FROM meta WHERE key='ordering'").fetchone()
+        ordering = _unpack_ordering(bytes(row[0])) if row else None
+        floor = max(0, ordering.last_leader_round - self.gc_depth) if ordering else 0
+        self.floor = floor
+        delivered = [
+            _val(decode(bytes(b)))
+            for (b,) in db.execute(
+                "SELECT body FROM vertices WHERE round >= ? ORDER BY seq", (floor,)
+            )
+        ]
+        own = [
+            _val(decode(bytes(b)))
+            for (b,) in db.execute("SELECT body FROM own WHERE round >= ? ORDER BY round", (floor,))
+        ]
+        votes: list[Echo | Ready] = []
+        for kind, rnd, source, digest in db.execute(
+            "SELECT * FROM votes WHERE round >= ? ORDER BY round", (floor,)
+        ):
+            cls = Echo if kind == _ECHO else Ready
+            votes.append(cls(rnd, source, bytes(digest)))
+        shares: list[CoinShare] = []
+        for (b,) in db.execute("SELECT body FROM coin_shares ORDER BY wave, signer"):
+            msg = decode(bytes(b))
+            if isinstance(msg, CoinShareMsg):
+                shares.append(msg.share)
+        committed = ordering.next_index if ordering else 0
+        mempool = [bytes(d) for (d,) in db.execute("SELECT data FROM mempool ORDER BY seq")]
+        recovery = Recovery(delivered, votes, own, shares, committed, ordering)
+        return recovery, mempool
+
+    def catchup(self, first: int, last: int) -> list[tuple[Ready, Vertex | None]]:
+        """Our READY votes for rounds [first, last) with the vertices they voted for."""
+        out: list[tuple[Ready, Vertex | None]] = []
+        rows = self._db.execute(
+            "SELECT v.round, v.source, v.digest, x.body FROM votes v "
+            "LEFT JOIN vertices x ON x.digest = v.digest "
+            "WHERE v.kind = ? AND v.round >= ? AND v.round < ? ORDER BY v.round, v.source",
+            (_READY, first, last),
+        )
+        for rnd, source, digest, body in rows:
+            vertex = _val(self.codec.decode(bytes(body))) if body is not None else None
+            out.append((Ready(rnd, source, bytes(digest)), vertex))
+        return out
+
+    def log_after(self, after: int, limit: int) -> list[LogRow]:
+        rows = self._db.execute(
+            "SELECT idx, tx_id, data, round, source, wave, committed_at FROM log "
+            "WHERE idx > ? ORDER BY idx LIMIT ?",
+            (after, limit),
+        )
+        return [LogRow(r[0], bytes(r[1]), bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def log_head(self) -> int:
+        row = self._db.execute("SELECT MAX(idx) FROM log").fetchone()
+        return -1 if row is None or row[0] is None else int(row[0])
+
+    def find_tx(self, tx_id: bytes) -> LogRow | None:
+        r = self._db.execute(
+            "SELECT idx, tx_id, data, round, source, wave, committed_at FROM log "
+            "WHERE tx_id=? ORDER BY idx LIMIT 1",
+            (tx_id,),
+        ).fetchone()
+        return None if r is None else LogRow(r[0], bytes(r[1]), bytes(r[2]), r[3], r[4], r[5], r[6])
+
+    def pending(self, tx_id: bytes) -> bool:
+        row = self._db.execute("SELECT 1 FROM mempool WHERE tx_id=? LIMIT 1", (tx_id,)).fetchone()
+        return row is not None
+
+
+def _val(msg: object) -> Vertex:
+    if not isinstance(msg, Val):
+        raise StoreError(f"corrupt store: expected a vertex, found {type(msg).__name__}")
+    return msg.vertex
+
+
+def _pack_ordering(s: OrderingState) -> bytes:
+    packed: bytes = msgpack.packb(
+        [
+            s.next_wave,
+            s.decided_wave,
+            s.last_leader_round,
+            s.next_index,
+            s.next_tx_index,
+            [[d, r] for d, r in s.ordered],
+            [[w, x] for w, x in s.leaders],
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def _unpack_ordering(b: bytes) -> OrderingState:
+    nw, dw, llr, ni, nti, ordered, leaders = msgpack.unpackb(b, raw=False)
+    return OrderingState(
+        nw,
+        dw,
+        llr,
+        ni,
+        nti,
+        tuple((bytes(d), int(r)) for d, r in ordered),
+        tuple((int(w), int(x)) for w, x in leaders),
+    )

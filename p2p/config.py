@@ -1,0 +1,53 @@
+"""The transport's one typed configuration object, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Listen address and every limit of the peer transport; defaults work on a laptop.
+
+    ``send_queue_bytes`` and the rate limits are per peer. Rate limits apply to inbound
+    traffic, as token buckets with a one-second burst (at least 1 MiB for bytes): a peer
+    that exceeds them is disconnected and logged (a correct node stays far below them).
+    ``reconnect_*`` bound the jittered exponential backoff of dialling.
+    """
+
+    listen_host: str
+    listen_port: int
+    max_frame: int = 16 * MiB
+    send_queue_bytes: int = 64 * MiB
+    keepalive_interval: float = 5.0
+    keepalive_timeout: float = 20.0
+    reconnect_initial: float = 0.1
+    reconnect_max: float = 5.0
+    rate_bytes_per_s: float = 200e6
+    rate_frames_per_s: float = 200_000
+    handshake_timeout: float = 10.0
+    max_handshaking: int = 64
+    """Concurrent inbound TLS handshakes; more are dropped at once (cheap flood defence)."""
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"TransportConfig.{field}={getattr(self, field)!r}: {rule}")
+
+        need(0 <= self.listen_port <= 65535, "listen_port", "must be in [0, 65535]")
+        need(0 < self.max_frame < 2**32, "max_frame", "must be in [1, 2**32-1]")
+        need(self.send_queue_bytes > 0, "send_queue_bytes", "must be positive")
+        need(self.keepalive_interval > 0, "keepalive_interval", "must be positive")
+        need(
+            self.keepalive_timeout > self.keepalive_interval,
+            "keepalive_timeout",
+            "must exceed keepalive_interval",
+        )
+        need(self.reconnect_initial > 0, "reconnect_initial", "must be positive")
+        need(self.reconnect_max >= self.reconnect_initial, "reconnect_max", ">= reconnect_initial")
+        need(self.rate_bytes_per_s > 0, "rate_bytes_per_s", "must be positive")
+        need(self.rate_frames_per_s > 0, "rate_frames_per_s", "must be positive")
+        need(self.handshake_timeout > 0, "handshake_timeout", "must be positive")
+        need(self.max_handshaking > 0, "max_handshaking", "must be positive")

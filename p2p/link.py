@@ -1,0 +1,293 @@
+"""One authenticated connection to one peer: send queue, reader, writer, keep-alive.
+
+A ``Link`` exists only after the TLS handshake and the key pin succeeded; the transport
+(``p2p.transport``) decides which links to make and keep. The link owns three tasks:
+
+- the writer drains a byte-counted queue of encoded frames, coalescing small frames into
+  one ``write`` (one TLS record and one syscall for many messages) and awaiting
+  ``drain()`` so that a slow peer pushes back on the queue instead of on memory;
+- the reader decodes frames, enforces the inbound rate limits, answers PING and hands
+  DATA payloads to the callback synchronously;
+- the keep-alive sends PING every interval (PONG gives the RTT) and closes a link that
+  has been silent for ``keepalive_timeout``.
+
+Anything a peer can cause (bad framing, oversize frame, rate exceeded, reset) closes this
+link with a logged reason. Nothing escapes into the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from p2p.config import TransportConfig
+from p2p.errors import FrameError
+from p2p.framing import FrameDecoder, FrameKind, encode_frame
+from p2p.identity import short_id
+from p2p.logs import log_event
+from p2p.ratelimit import TokenBucket
+
+READ_CHUNK: Final = 256 * 1024
+COALESCE_BYTES: Final = 256 * 1024
+MAX_CONTROL_PAYLOAD: Final = 64
+_PING_STAMP: Final = struct.Struct(">d")
+_DATA: Final = int(FrameKind.DATA)
+
+Direction = Literal["outbound", "inbound"]
+
+
+@dataclass
+class PeerStats:
+    """Counters of one peer, kept across its successive links."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    links: int = 0
+    last_error: str | None = None
+    rtt_ms: float | None = None
+
+
+class Link:
+    """A live, authenticated connection to ``key``. Closed exactly once, by ``close``."""
+
+    def __init__(
+        self,
+        *,
+        key: bytes,
+        direction: Direction,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        config: TransportConfig,
+        stats: PeerStats,
+        on_frame: Callable[[bytes, bytes], None],
+        on_closed: Callable[[Link, str, bool], None],
+        logger: logging.Logger,
+    ) -> None:
+        self.key = key
+        self.direction: Direction = direction
+        self.local_addr: object = writer.get_extra_info("sockname")
+        self.remote_addr: object = writer.get_extra_info("peername")
+        self._reader = reader
+        self._writer = writer
+        self._config = config
+        self._stats = stats
+        self._on_frame = on_frame
+        self._on_closed = on_closed
+        self._log = logger
+        self._queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.close_reason: str | None = None
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.opened_at = loop.time()
+        self.last_rx = loop.time()
+        # burst: one second of traffic, and never less than a few reads' worth
+        self._bytes_bucket = TokenBucket(
+            config.rate_bytes_per_s, max(config.rate_bytes_per_s, 4 * READ_CHUNK), loop.time()
+        )
+        self._frames_bucket = TokenBucket(
+            config.rate_frames_per_s, config.rate_frames_per_s, loop.time()
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def is_closed(self) -> bool:
+        return self.close_reason is not None
+
+    def start(self) -> None:
+        """Spawn the reader, writer and keep-alive tasks."""
+        sid = short_id(self.key)
+        for name, coro in (
+            ("read", self._read_loop()),
+            ("write", self._write_loop()),
+            ("keepalive", self._keepalive_loop()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"p2p-{name}-{sid}"))
+
+    # -- sending -------------------------------------------------------------------------
+
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit the send queue (a lone frame always fits)."""
+        return self.queued_bytes == 0 or self.queued_bytes + size <= self._config.send_queue_bytes
+
+    def enqueue(self, frame: bytes) -> None:
+        """Append an encoded frame; the caller has checked ``has_room`` when it matters."""
+        self._queue.append(frame)
+        self.queued_bytes += len(frame)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    async def wait_room(self, size: int) -> None:
+        """Wait until ``size`` bytes fit or the link closes (the caller checks which)."""
+        while not self.is_closed and not self.has_room(size):
+            self._space.clear()
+            await self._space.wait()
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        writer = self._writer
+        try:
+            while not self.is_closed:
+                if not queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                batch: list[bytes] = []
+                size = 0
+                while queue and (not batch or size + len(queue[0]) <= COALESCE_BYTES):
+                    frame = queue.popleft()
+                    batch.append(frame)
+                    size += len(frame)
+                writer.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                await writer.drain()
+                self.queued_bytes -= size
+                self._stats.bytes_out += size
+                self._stats.frames_out += len(batch)
+                self._space.set()
+        except Exception as exc:
+            self.close(f"write failed: {exc!r}", error=True)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        decoder = FrameDecoder(self._config.max_frame)
+        stats = self._stats
+        key = self.key
+        deliver = self._on_frame
+        try:
+            while not self.is_closed:
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    self.close("peer closed the connection", error=False)
+                    return
+                now = self._loop.time()
+                self.last_rx = now
+                stats.bytes_in += len(data)
+                if not self._bytes_bucket.consume(len(data), now):
+                    self._violation("rate exceeded", f"over {self._config.rate_bytes_per_s:g} B/s")
+                    return
+                try:
+                    frames = decoder.feed(data)
+                except FrameError as exc:
+                    self._violation("bad framing", str(exc))
+                    return
+                if not frames:
+                    continue
+                if not self._frames_bucket.consume(len(frames), now):
+                    self._violation(
+                        "rate exceeded", f"over {self._config.rate_frames_per_s:g} frames/s"
+                    )
+                    return
+                stats.frames_in += len(frames)
+                for kind, payload in frames:
+                    if kind == _DATA:
+                        try:
+                            deliver(key, payload)
+                        except Exception:
+                            self._log.exception("on_frame callback failed for %s", short_id(key))
+                        if self.close_reason is not None:  # the callback closed the link
+                            return
+                    elif len(payload) > MAX_CONTROL_PAYLOAD:
+                        self._violation("bad control frame", f"{len(payload)}-byte payload")
+                        return
+                    elif kind == FrameKind.PING:
+                        self.enqueue(encode_frame(FrameKind.PONG, payload))
+                    elif kind == FrameKind.PONG:
+                        self._on_pong(payload)
+        except Exception as exc:
+            self.close(f"read failed: {exc!r}", error=True)
+
+    def _on_pong(self, payload: bytes) -> None:
+        if len(payload) != _PING_STAMP.size:
+            return
+        (sent,) = _PING_STAMP.unpack(payload)
+        rtt = self._loop.time() - sent
+        if 0 <= rtt < 3600:
+            self._stats.rtt_ms = rtt * 1000.0
+
+    def _violation(self, reason: str, detail: str) -> None:
+        log_event(
+            self._log,
+            logging.WARNING,
+            "peer violation",
+            peer=short_id(self.key),
+            reason=reason,
+            detail=detail,
+            addr=self.remote_addr,
+        )
+        self.close(f"{reason}: {detail}", error=True)
+
+    # -- keep-alive ----------------------------------------------------------------------
+
+    async def _keepalive_loop(self) -> None:
+        interval = self._config.keepalive_interval
+        timeout = self._config.keepalive_timeout
+        loop = self._loop
+        next_ping = loop.time() + interval
+        try:
+            while not self.is_closed:
+                now = loop.time()
+                idle = now - self.last_rx
+                if idle >= timeout:
+                    self.close(f"keepalive timeout: silent for {idle:.1f}s", error=True)
+                    return
+                if now >= next_ping:
+                    self.enqueue(encode_frame(FrameKind.PING, _PING_STAMP.pack(now)))
+                    next_ping = now + interval
+                await asyncio.sleep(max(0.001, min(next_ping, self.last_rx + timeout) - now))
+        except Exception as exc:
+            self.close(f"keepalive failed: {exc!r}", error=True)
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, reason: str, *, error: bool) -> None:
+        """Abort the connection now (queued frames are dropped) and report it once.
+
+        Abort, not a graceful TLS close: the peer may have stopped reading, and a
+        graceful close would wait for it forever.
+        """
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        if error:
+            self._stats.last_error = reason
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            self._writer.transport.abort()
+        self._queue.clear()
+        self._space.set()
+        self._wakeup.set()
+        self.closed.set()
+        self._on_closed(self, reason, error)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Graceful close for transport shutdown: flush what is queued, then TLS close."""
+        if self.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                while self.queued_bytes > 0 and not self.is_closed:
+                    self._space.clear()
+                    await self._space.wait()
+                self._writer.close()
+                await self._writer.wait_closed()
+        self.close("transport shut down", error=False)
+
+    async def wait_tasks(self) -> None:
+        """Wait for the link's tasks to finish after ``close`` (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,442 @@
+"""The peer transport: authenticated TCP + TLS 1.3 links between nodes named by Ed25519 keys.
+
+This is the asyncio shell around the pure pieces (``framing``, ``ratelimit``, the pin
+check in ``tls``). It listens, dials, authenticates, keeps exactly one link per peer,
+reconnects forever with backoff, and hands DATA payloads to ``on_frame``.
+
+Link policy, in one place:
+
+- **Who dials.** For a pair of nodes, the one with the lexicographically smaller public
+  key dials; the other waits. An inbound link from a larger key is still accepted if the
+  key is allowed (e.g. a peer that is not in our ``peers`` map).
+- **Duplicates.** If two links to one peer ever exist, both ends keep the one dialled by
+  the smaller key and close the other; between two links of the same kind the newer one
+  wins (the older is most likely a half-open leftover of a peer restart).
+- **Source port.** Outgoing connections leave from the listening port (``p2p.sockets``)
+  so that a NAT keeps one mapping per node; NAT traversal will punch holes from it.
+- **Failure.** A dial failure or a lost link is retried after a jittered exponential
+  backoff; a peer that misbehaves (framing, size, rate, wrong key) loses its link and is
+  logged; callbacks that raise are logged. Nothing propagates into the event loop.
+- **Delivery.** ``send`` is best effort per link: frames queued on a link that closes are
+  dropped. ``on_disconnected`` / ``on_connected`` tell the caller to resend what is live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from p2p.config import TransportConfig
+from p2p.errors import PeerNotConnected
+from p2p.framing import FrameKind, encode_frame
+from p2p.identity import Identity, peer_id, short_id
+from p2p.link import Direction, Link, PeerStats
+from p2p.logs import log_event
+from p2p.ratelimit import Backoff
+from p2p.sockets import bind_listener, connect_from
+from p2p.tls import check_pin, client_context, peer_public_key, server_context
+
+__all__ = ["PeerState", "PeerTransport", "TransportConfig"]
+
+STREAM_LIMIT: Final = 1024 * 1024
+SHUTDOWN_FLUSH_S: Final = 1.0
+
+_DATA: Final = int(FrameKind.DATA)
+
+PeerState = Literal["connected", "connecting", "backoff", "disconnected"]
+
+
+def _noop(_key: bytes) -> None:
+    return None
+
+
+@dataclass(eq=False)
+class _Peer:
+    key: bytes
+    address: tuple[str, int] | None
+    dials: bool
+    state: PeerState = "disconnected"
+    link: Link | None = None
+    stats: PeerStats = field(default_factory=PeerStats)
+    task: asyncio.Task[None] | None = None
+    failures: int = 0
+
+
+class PeerTransport:
+    """Links to a set of peers, authenticated by pinned Ed25519 keys.
+
+    ``peers`` maps public keys to the address to dial (only dialled if our key is the
+    smaller). ``allowed`` is the set of keys accepted inbound, plus the keys of ``peers``;
+    ``None`` accepts any key that completes the handshake (open mode). Callbacks run on
+    the event loop and must be cheap: ``on_frame(key, payload)`` for every DATA frame,
+    ``on_connected(key)`` / ``on_disconnected(key)`` when a peer's link comes and goes.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: TransportConfig,
+        peers: Mapping[bytes, tuple[str, int]],
+        allowed: Collection[bytes] | None,
+        on_frame: Callable[[bytes, bytes], None],
+        on_connected: Callable[[bytes], None] = _noop,
+        on_disconnected: Callable[[bytes], None] = _noop,
+        logger: logging.Logger | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self._max_frame = config.max_frame
+        self._key = identity.public_key
+        self._allowed = None if allowed is None else frozenset(allowed) | frozenset(peers)
+        self._on_frame = on_frame
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._log = logger or logging.getLogger("p2p.transport")
+        self._rng = rng or random.Random()
+        self._server_ctx = server_context(identity)
+        self._client_ctx = client_context(identity)
+        self._peers: dict[bytes, _Peer] = {
+            key: _Peer(key, addr, dials=self._key < key)
+            for key, addr in peers.items()
+            if key != self._key
+        }
+        self._server: asyncio.Server | None = None
+        self._bound: tuple[str, int] | None = None
+        self._family = 0
+        self._running = False
+        self._handshaking: set[asyncio.Task[object]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """The bound (host, port), known after ``start`` (useful with ``listen_port=0``)."""
+        if self._bound is None:
+            raise RuntimeError("transport is not started")
+        return self._bound
+
+    async def start(self) -> None:
+        """Bind the listening socket and start dialling. ``AddressInUseError`` if taken."""
+        if self._server is not None:
+            raise RuntimeError("transport already started")
+        sock = bind_listener(self.config.listen_host, self.config.listen_port)
+        host, port = sock.getsockname()[:2]
+        self._bound = (host, port)
+        self._family = sock.family
+        self._running = True
+        try:
+            self._server = await asyncio.start_server(self._accept, sock=sock, limit=STREAM_LIMIT)
+        except BaseException:
+            self._running = False
+            sock.close()
+            raise
+        log_event(
+            self._log,
+            logging.INFO,
+            "transport listening",
+            peer=self.identity.short_id,
+            addr=f"{host}:{port}",
+        )
+        for peer in self._peers.values():
+            if peer.dials and peer.address is not None:
+                peer.task = asyncio.create_task(
+                    self._dial_loop(peer), name=f"p2p-dial-{short_id(peer.key)}"
+                )
+
+    async def close(self) -> None:
+        """Stop listening and dialling, flush briefly and close every link."""
+        if not self._running:
+            return
+        self._running = False
+        if self._server is not None:
+            self._server.close()
+        tasks: list[asyncio.Task[object] | asyncio.Task[None]] = [*self._handshaking]
+        tasks += [p.task for p in self._peers.values() if p.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        links = [p.link for p in self._peers.values() if p.link is not None]
+        await asyncio.gather(*(link.shutdown(SHUTDOWN_FLUSH_S) for link in links))
+        await asyncio.gather(*(link.wait_tasks() for link in links))
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_FLUSH_S)
+        log_event(self._log, logging.INFO, "transport closed", peer=self.identity.short_id)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _live_link(self, peer: bytes) -> Link | None:
+        entry = self._peers.get(peer)
+        link = entry.link if entry is not None else None
+        return None if link is None or link.close_reason is not None else link
+
+    def _data_frame(self, payload: bytes) -> bytes:
+        if len(payload) > self._max_frame:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds max_frame {self._max_frame}")
+        return encode_frame(_DATA, payload)
+
+    def send(self, peer: bytes, payload: bytes) -> bool:
+        """Queue one DATA frame without blocking.
+
+        ``False`` if the peer has no live link, or if its send queue is over
+        ``send_queue_bytes``: then the link is closed, because a peer that cannot keep up
+        is better resynchronised on reconnect than buffered without bound. ``ValueError``
+        if ``payload`` exceeds ``max_frame`` (a caller bug, not a network condition).
+        """
+        link = self._live_link(peer)
+        if link is None:
+            return False
+        frame = self._data_frame(payload)
+        if not link.has_room(len(frame)):
+            log_event(
+                self._log,
+                logging.WARNING,
+                "send queue overflow",
+                peer=short_id(peer),
+                queued=link.queued_bytes,
+                limit=self.config.send_queue_bytes,
+            )
+            link.close("send queue overflow", error=True)
+            return False
+        link.enqueue(frame)
+        return True
+
+    async def send_wait(self, peer: bytes, payload: bytes) -> None:
+        """Queue one DATA frame, waiting while the peer's send queue is full.
+
+        ``PeerNotConnected`` if the peer has no live link or loses it while we wait.
+        """
+        link = self._live_link(peer)
+        if link is None:
+            raise PeerNotConnected(f"no link to peer {short_id(peer)}")
+        frame = self._data_frame(payload)
+        while not link.has_room(len(frame)):
+            await link.wait_room(len(frame))
+            if link.is_closed:
+                raise PeerNotConnected(
+                    f"link to peer {short_id(peer)} closed while waiting: {link.close_reason}"
+                )
+        link.enqueue(frame)
+
+    # -- introspection -------------------------------------------------------------------
+
+    def connected(self) -> list[bytes]:
+        """Keys of the peers with a live link."""
+        return [k for k, p in self._peers.items() if p.link is not None and not p.link.is_closed]
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per peer (hex key): link state, direction, addresses, counters, RTT, last error."""
+        out: dict[str, dict[str, object]] = {}
+        for key, peer in self._peers.items():
+            link = peer.link
+            s = peer.stats
+            out[peer_id(key)] = {
+                "state": "connected" if link is not None else peer.state,
+                "direction": link.direction if link is not None else None,
+                "local_addr": link.local_addr if link is not None else None,
+                "remote_addr": link.remote_addr if link is not None else peer.address,
+                "queued_bytes": link.queued_bytes if link is not None else 0,
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "frames_in": s.frames_in,
+                "frames_out": s.frames_out,
+                "reconnects": max(0, s.links - 1),
+                "last_error": s.last_error,
+                "rtt_ms": s.rtt_ms,
+            }
+        return out
+
+    # -- links ---------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        addr = writer.get_extra_info("peername")
+        if not self._running or len(self._handshaking) >= self.config.max_handshaking:
+            writer.transport.abort()
+            log_event(self._log, logging.INFO, "inbound dropped", addr=addr, reason="busy")
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshaking.add(task)
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                await writer.start_tls(
+                    self._server_ctx, ssl_handshake_timeout=self.config.handshake_timeout
+                )
+            key = check_pin(
+                peer_public_key(writer.get_extra_info("ssl_object")),
+                allowed=self._allowed,
+                own=self._key,
+            )
+        except asyncio.CancelledError:
+            # transport closing. Returning (not re-raising) is deliberate: this task is the
+            # server's own callback task, and on 3.11 a cancelled one is reported as an
+            # "Exception in callback" by StreamReaderProtocol.
+            writer.transport.abort()
+            return
+        except Exception as exc:
+            writer.transport.abort()
+            log_event(
+                self._log, logging.WARNING, "inbound refused", addr=addr, reason=_describe(exc)
+            )
+            return
+        finally:
+            if task is not None:
+                self._handshaking.discard(task)
+        self._install(key, "inbound", reader, writer)
+
+    async def _dial(self, peer: _Peer) -> None:
+        assert peer.address is not None and self._bound is not None
+        async with asyncio.timeout(self.config.handshake_timeout):
+            sock, from_listen_port = await connect_from(self._bound, peer.address, self._family)
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                await writer.start_tls(
+                    self._client_ctx, ssl_handshake_timeout=self.config.handshake_timeout
+                )
+                check_pin(peer_public_key(writer.get_extra_info("ssl_object")), expected=peer.key)
+            except BaseException:
+                writer.transport.abort()
+                raise
+        if not from_listen_port:
+            log_event(
+                self._log,
+                logging.INFO,
+                "dialled from an ephemeral port",
+                peer=short_id(peer.key),
+                reason="listening port busy for this peer (TIME_WAIT)",
+            )
+        self._install(peer.key, "outbound", reader, writer)
+
+    async def _dial_loop(self, peer: _Peer) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.config.reconnect_initial, self.config.reconnect_max, self._rng)
+        while self._running:
+            link = peer.link
+            if link is not None:
+                await link.closed.wait()
+                if loop.time() - link.opened_at >= self.config.reconnect_max:
+                    backoff.reset()
+            else:
+                peer.state = "connecting"
+                try:
+                    await self._dial(peer)
+                    peer.failures = 0
+                    continue
+                except Exception as exc:
+                    self._dial_failed(peer, exc)
+            if peer.link is None:
+                peer.state = "backoff"
+            await asyncio.sleep(backoff.next_delay())
+
+    def _dial_failed(self, peer: _Peer, exc: Exception) -> None:
+        reason = _describe(exc)
+        repeated = peer.failures > 0 and peer.stats.last_error == reason
+        peer.failures += 1
+        peer.stats.last_error = reason
+        log_event(
+            self._log,
+            logging.DEBUG if repeated else logging.WARNING,
+            "dial failed",
+            peer=short_id(peer.key),
+            addr=peer.address,
+            reason=reason,
+            attempts=peer.failures,
+        )
+
+    def _prefers(self, key: bytes, direction: Direction) -> bool:
+        """Whether a link in ``direction`` was dialled by the smaller of the two keys."""
+        return (direction == "outbound") == (self._key < key)
+
+    def _install(
+        self,
+        key: bytes,
+        direction: Direction,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        if not self._running:
+            writer.transport.abort()
+            return
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = self._peers[key] = _Peer(key, None, dials=False)
+        old = peer.link
+        if old is not None:
+            if self._prefers(key, old.direction) and not self._prefers(key, direction):
+                writer.transport.abort()
+                log_event(
+                    self._log,
+                    logging.INFO,
+                    "duplicate link closed",
+                    peer=short_id(key),
+                    kept=old.direction,
+                    closed=direction,
+                )
+                return
+            old.close(f"replaced by a newer {direction} link", error=False)
+            self._peers[key] = peer  # closing may have forgotten an inbound-only peer
+        link = Link(
+            key=key,
+            direction=direction,
+            reader=reader,
+            writer=writer,
+            config=self.config,
+            stats=peer.stats,
+            on_frame=self._on_frame,
+            on_closed=self._link_closed,
+            logger=self._log,
+        )
+        peer.link = link
+        peer.state = "connected"
+        peer.stats.links += 1
+        link.start()
+        log_event(
+            self._log,
+            logging.INFO,
+            "link up",
+            peer=short_id(key),
+            direction=direction,
+            addr=link.remote_addr,
+        )
+        self._callback(self._on_connected, key)
+
+    def _link_closed(self, link: Link, reason: str, error: bool) -> None:
+        peer = self._peers.get(link.key)
+        if peer is None or peer.link is not link:
+            return
+        peer.link = None
+        peer.state = "disconnected"
+        log_event(
+            self._log,
+            logging.WARNING if error else logging.INFO,
+            "link down",
+            peer=short_id(link.key),
+            reason=reason,
+        )
+        if self._allowed is None and peer.address is None:
+            del self._peers[link.key]  # open mode: forget inbound-only peers (stays bounded)
+        self._callback(self._on_disconnected, link.key)
+
+    def _callback(self, fn: Callable[[bytes], None], key: bytes) -> None:
+        try:
+            fn(key)
+        except Exception:
+            self._log.exception("transport callback %s failed for %s", fn, short_id(key))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,36 @@
+"""Fixtures for end-to-end tests of real daemons on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from e2e.helpers import free_port_block
+
+from dagrider.node.cluster import ClusterSpec, LocalCluster
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Build (and by default start) local clusters that are stopped after the test."""
+    clusters: list[LocalCluster] = []
+
+    def make(nodes: int = 4, start: bool = True, **kw: object) -> LocalCluster:
+        spec = ClusterSpec(
+            directory=tmp_path / f"cluster-{len(clusters)}",
+            nodes=nodes,
+            base_port=free_port_block(nodes),
+            api_base_port=free_port_block(nodes),
+            **kw,  # type: ignore[arg-type]
+        )
+        cluster = LocalCluster(spec)
+        clusters.append(cluster)
+        if start:
+            cluster.start_all()
+            cluster.wait_ready(60)
+        return cluster
+
+    yield make
+    for c in clusters:
+        c.stop_all()

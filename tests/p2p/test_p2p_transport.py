@@ -1,0 +1,297 @@
+"""The transport over real loopback sockets: data, back-pressure, reconnection, ports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from p2p.errors import AddressInUseError, PeerNotConnected
+from p2p.framing import FrameDecoder, FrameKind, encode_frame
+from p2p.identity import Identity
+from p2p.testing import loopback_config, raw_dial, read_until_closed, running, wait_until
+from p2p.transport import PeerTransport
+
+SMALL, LARGE = sorted(
+    (Identity.from_seed(bytes([i]) * 32) for i in (1, 2)), key=lambda i: i.public_key
+)
+OTHER = Identity.from_seed(b"\x03" * 32)
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 15.0) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def linked(a: PeerTransport, b: PeerTransport) -> None:
+    await wait_until(lambda: b.identity.public_key in a.connected(), what="a linked to b")
+    await wait_until(lambda: a.identity.public_key in b.connected(), what="b linked to a")
+
+
+def test_frames_flow_both_ways_in_order() -> None:
+    async def main() -> None:
+        async with (
+            running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}) as (sm, sm_rec),
+        ):
+            await linked(sm, lg)
+            for i in range(100):
+                assert sm.send(LARGE.public_key, b"s%d" % i)
+                assert lg.send(SMALL.public_key, b"l%d" % i)
+            await wait_until(lambda: len(lg_rec.frames) == 100 and len(sm_rec.frames) == 100)
+            assert lg_rec.payloads(SMALL.public_key) == [b"s%d" % i for i in range(100)]
+            assert sm_rec.payloads(LARGE.public_key) == [b"l%d" % i for i in range(100)]
+            assert sm_rec.ups == [LARGE.public_key] and lg_rec.ups == [SMALL.public_key]
+            st = sm.stats()[LARGE.peer_id]
+            assert st["state"] == "connected" and st["direction"] == "outbound"
+            assert st["frames_out"] == 100 and st["frames_in"] == 100
+            assert lg.stats()[SMALL.peer_id]["direction"] == "inbound"
+
+    run(main())
+
+
+def test_outgoing_connection_leaves_from_the_listening_port() -> None:
+    async def main() -> None:
+        async with (
+            running(LARGE, allowed={SMALL.public_key}) as (lg, _),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}) as (sm, _),
+        ):
+            await linked(sm, lg)
+            listen_port = sm.listen_address[1]
+            local = sm.stats()[LARGE.peer_id]["local_addr"]
+            seen_by_peer = lg.stats()[SMALL.peer_id]["remote_addr"]
+            assert isinstance(local, tuple) and local[1] == listen_port
+            assert isinstance(seen_by_peer, tuple) and seen_by_peer[1] == listen_port
+
+    run(main())
+
+
+def test_larger_key_waits_for_the_smaller_to_dial() -> None:
+    async def main() -> None:
+        async with running(SMALL, allowed={LARGE.public_key}) as (sm, sm_rec):
+            lg_running = running(LARGE, peers={SMALL.public_key: sm.listen_address})
+            async with lg_running as (lg, _):
+                await asyncio.sleep(0.3)
+                assert lg.connected() == [] and sm_rec.ups == []
+                assert lg.stats()[SMALL.peer_id]["state"] == "disconnected"
+
+    run(main())
+
+
+def test_large_messages_arrive_intact() -> None:
+    async def main() -> None:
+        payloads = [os.urandom(8 * 1024 * 1024) for _ in range(3)] + [b"tail"]
+        async with (
+            running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}) as (sm, _),
+        ):
+            await linked(sm, lg)
+            for p in payloads:
+                await sm.send_wait(LARGE.public_key, p)
+            await wait_until(lambda: len(lg_rec.frames) == len(payloads), timeout=10)
+            got = lg_rec.payloads(SMALL.public_key)
+            assert [hashlib.sha256(p).digest() for p in got] == [
+                hashlib.sha256(p).digest() for p in payloads
+            ]
+
+    run(main())
+
+
+def test_payload_over_max_frame_is_a_caller_error() -> None:
+    async def main() -> None:
+        async with (
+            running(LARGE, allowed={SMALL.public_key}, max_frame=1024) as (lg, _),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}, max_frame=1024) as (sm, _),
+        ):
+            await linked(sm, lg)
+            with pytest.raises(ValueError, match="exceeds max_frame 1024"):
+                sm.send(LARGE.public_key, bytes(1025))
+
+    run(main())
+
+
+def test_send_to_a_peer_without_link() -> None:
+    async def main() -> None:
+        async with running(SMALL) as (sm, _):
+            assert sm.send(LARGE.public_key, b"x") is False
+            with pytest.raises(PeerNotConnected, match=LARGE.short_id):
+                await sm.send_wait(LARGE.public_key, b"x")
+
+    run(main())
+
+
+def test_send_wait_blocks_while_the_peer_does_not_read_and_resumes() -> None:
+    async def main() -> None:
+        chunk = os.urandom(256 * 1024)
+        async with running(SMALL, allowed=None, send_queue_bytes=1024 * 1024) as (node, _):
+            reader, writer = await raw_dial(OTHER, node.listen_address)
+            await wait_until(lambda: OTHER.public_key in node.connected())
+            sent = 0
+            blocked: asyncio.Task[None] | None = None
+            while sent < 400:  # the kernel buffers take a few MiB first
+                task = asyncio.create_task(node.send_wait(OTHER.public_key, chunk))
+                done, _ = await asyncio.wait({task}, timeout=0.3)
+                if not done:
+                    blocked = task
+                    break
+                sent += 1
+            assert blocked is not None, "send_wait never blocked"
+            queued = node.stats()[OTHER.peer_id]["queued_bytes"]
+            assert isinstance(queued, int) and queued > 0
+            decoder = FrameDecoder(max_frame=1 << 20)
+            data: list[bytes] = []
+            while len(data) < sent + 1:  # now read: the blocked send completes
+                for kind, payload in decoder.feed(await reader.read(1 << 20)):
+                    if kind == FrameKind.DATA:
+                        data.append(payload)
+            await asyncio.wait_for(blocked, 5)
+            assert data == [chunk] * (sent + 1)
+            assert OTHER.public_key in node.connected()
+            writer.close()
+
+    run(main())
+
+
+def test_send_over_the_queue_limit_returns_false_and_closes_the_link(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        chunk = bytes(256 * 1024)
+        async with running(SMALL, allowed=None, send_queue_bytes=1024 * 1024) as (node, rec):
+            reader, writer = await raw_dial(OTHER, node.listen_address)
+            await wait_until(lambda: OTHER.public_key in node.connected())
+            for _ in range(1000):
+                if not node.send(OTHER.public_key, chunk):
+                    break
+                await asyncio.sleep(0.002)
+            else:
+                pytest.fail("send never reported a full queue")
+            assert node.connected() == [] and rec.downs == [OTHER.public_key]
+            assert node.send(OTHER.public_key, b"after") is False
+            await read_until_closed(reader)
+            writer.close()
+
+    with caplog.at_level(logging.WARNING, logger="p2p.transport"):
+        run(main())
+    assert any(getattr(r, "event", "") == "send queue overflow" for r in caplog.records)
+
+
+@pytest.mark.parametrize("restart", ["listener", "dialer"])
+def test_reconnects_after_a_peer_restarts(restart: str) -> None:
+    async def main() -> None:
+        async with running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec):
+            lg_addr = lg.listen_address
+            async with running(SMALL, peers={LARGE.public_key: lg_addr}) as (sm, sm_rec):
+                await linked(sm, lg)
+                sm_port = sm.listen_address[1]
+                if restart == "listener":
+                    await lg.close()
+                    await wait_until(lambda: sm_rec.downs == [LARGE.public_key])
+                    await asyncio.sleep(0.1)  # a few failed dials in backoff
+                    assert sm.stats()[LARGE.peer_id]["state"] in ("backoff", "connecting")
+                    async with running(LARGE, port=lg_addr[1], allowed={SMALL.public_key}) as (
+                        lg2,
+                        lg2_rec,
+                    ):
+                        await linked(sm, lg2)
+                        assert sm_rec.ups == [LARGE.public_key] * 2
+                        assert sm.send(LARGE.public_key, b"again")
+                        assert lg2.send(SMALL.public_key, b"back")
+                        await wait_until(lambda: lg2_rec.frames == [(SMALL.public_key, b"again")])
+                        await wait_until(lambda: (LARGE.public_key, b"back") in sm_rec.frames)
+                        assert sm.stats()[LARGE.peer_id]["reconnects"] == 1
+                else:
+                    await sm.close()
+                    await wait_until(lambda: lg_rec.downs == [SMALL.public_key])
+            if restart == "dialer":
+                async with running(SMALL, port=sm_port, peers={LARGE.public_key: lg_addr}) as (
+                    sm2,
+                    _,
+                ):
+                    await linked(sm2, lg)
+                    assert lg_rec.ups == [SMALL.public_key] * 2
+                    assert sm2.send(LARGE.public_key, b"again")
+                    await wait_until(lambda: (SMALL.public_key, b"again") in lg_rec.frames)
+                    assert lg.stats()[SMALL.peer_id]["reconnects"] == 1
+
+    run(main())
+
+
+def test_address_in_use_is_a_clear_error() -> None:
+    async def main() -> None:
+        async with running(SMALL) as (first, _):
+            port = first.listen_address[1]
+            with pytest.raises(AddressInUseError, match=f"127.0.0.1:{port} is already in use") as e:
+                async with running(LARGE, port=port):
+                    pass
+            assert isinstance(e.value, OSError) and e.value.errno == 98
+
+    run(main())
+
+
+def test_rtt_is_measured_by_keepalive() -> None:
+    async def main() -> None:
+        fast: dict[str, Any] = {"keepalive_interval": 0.05, "keepalive_timeout": 1.0}
+        async with (
+            running(LARGE, allowed={SMALL.public_key}, **fast) as (lg, _),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}, **fast) as (sm, _),
+        ):
+            await linked(sm, lg)
+            await wait_until(lambda: sm.stats()[LARGE.peer_id]["rtt_ms"] is not None)
+            rtt = sm.stats()[LARGE.peer_id]["rtt_ms"]
+            assert isinstance(rtt, float) and 0 <= rtt < 1000
+
+    run(main())
+
+
+def test_a_failing_callback_is_logged_and_the_link_survives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        got: list[bytes] = []
+
+        def on_frame(key: bytes, payload: bytes) -> None:
+            if payload == b"boom":
+                raise RuntimeError("consumer bug")
+            got.append(payload)
+
+        node = PeerTransport(LARGE, loopback_config(), {}, None, on_frame)
+        await node.start()
+        try:
+            _, writer = await raw_dial(OTHER, node.listen_address)
+            writer.write(
+                encode_frame(FrameKind.DATA, b"boom") + encode_frame(FrameKind.DATA, b"ok")
+            )
+            await wait_until(lambda: got == [b"ok"])
+            assert OTHER.public_key in node.connected()
+            writer.close()
+        finally:
+            await node.close()
+
+    with caplog.at_level(logging.ERROR, logger="p2p.transport"):
+        run(main())
+    assert any("on_frame callback failed" in r.getMessage() for r in caplog.records)
+
+
+def test_links_work_on_uvloop() -> None:
+    """The node may pick uvloop; the transport must not depend on asyncio internals."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        async with (
+            running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}) as (sm, _),
+        ):
+            await linked(sm, lg)
+            local = sm.stats()[LARGE.peer_id]["local_addr"]
+            assert isinstance(local, tuple) and local[1] == sm.listen_address[1]
+            payload = os.urandom(3 * 1024 * 1024)
+            await sm.send_wait(LARGE.public_key, payload)
+            await wait_until(lambda: lg_rec.frames == [(SMALL.public_key, payload)])
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(main(), 15))

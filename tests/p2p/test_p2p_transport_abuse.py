@@ -1,0 +1,138 @@
+"""A peer with a valid key that misbehaves loses its link; the node keeps serving others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from p2p.framing import HEADER, FrameKind, encode_frame
+from p2p.identity import Identity
+from p2p.testing import raw_dial, read_until_closed, running, wait_until
+
+SMALL, LARGE = sorted(
+    (Identity.from_seed(bytes([i]) * 32) for i in (1, 2)), key=lambda i: i.public_key
+)
+BYZ = Identity.from_seed(b"\x0f" * 32)
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 15.0) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def violations(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "peer violation"]
+
+
+GARBAGE = {
+    "oversize header": HEADER.pack(2**31, FrameKind.DATA),
+    "unknown kind": HEADER.pack(3, 0x7F) + b"abc",
+    "random bytes": os.urandom(4096),
+    "huge ping": encode_frame(FrameKind.PING, bytes(1000)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_garbage_closes_only_that_link(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        allowed = {SMALL.public_key, BYZ.public_key}
+        async with (
+            running(LARGE, allowed=allowed, max_frame=1 << 20) as (lg, lg_rec),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}) as (sm, sm_rec),
+        ):
+            await wait_until(lambda: SMALL.public_key in lg.connected())
+            reader, writer = await raw_dial(BYZ, lg.listen_address, expected=LARGE.public_key)
+            await wait_until(lambda: BYZ.public_key in lg.connected())
+            writer.write(encode_frame(FrameKind.DATA, b"fine so far") + GARBAGE[name])
+            await read_until_closed(reader)
+            writer.close()
+            await wait_until(lambda: BYZ.public_key not in lg.connected())
+            assert lg_rec.payloads(BYZ.public_key) in ([], [b"fine so far"])
+            # the honest peer is still served, both ways
+            assert sm.send(LARGE.public_key, b"still here")
+            assert lg.send(SMALL.public_key, b"and you")
+            await wait_until(lambda: (SMALL.public_key, b"still here") in lg_rec.frames)
+            await wait_until(lambda: (LARGE.public_key, b"and you") in sm_rec.frames)
+            assert lg.connected() == [SMALL.public_key]
+            assert sm_rec.downs == []
+
+    with caplog.at_level(logging.WARNING, logger="p2p.transport"):
+        run(main())
+    found = violations(caplog)
+    assert len(found) == 1 and getattr(found[0], "peer", None) == BYZ.short_id
+
+
+def test_frame_rate_over_the_limit_disconnects(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with running(LARGE, allowed=None, rate_frames_per_s=200) as (lg, rec):
+            reader, writer = await raw_dial(BYZ, lg.listen_address)
+            writer.write(encode_frame(FrameKind.DATA, b"x") * 1000)
+            await read_until_closed(reader)
+            writer.close()
+            assert len(rec.payloads(BYZ.public_key)) < 1000
+
+    with caplog.at_level(logging.WARNING, logger="p2p.transport"):
+        run(main())
+    assert any("frames/s" in str(getattr(r, "detail", "")) for r in violations(caplog))
+
+
+def test_byte_rate_over_the_limit_disconnects(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with running(LARGE, allowed=None, rate_bytes_per_s=100_000, max_frame=4_000_000) as (
+            lg,
+            _,
+        ):
+            reader, writer = await raw_dial(BYZ, lg.listen_address)
+            writer.write(encode_frame(FrameKind.DATA, bytes(3_000_000)))  # burst is 1 MiB
+            await read_until_closed(reader)
+            writer.close()
+
+    with caplog.at_level(logging.WARNING, logger="p2p.transport"):
+        run(main())
+    assert any("B/s" in str(getattr(r, "detail", "")) for r in violations(caplog))
+
+
+def test_a_silent_peer_is_dropped_by_keepalive() -> None:
+    async def main() -> None:
+        cfg: dict[str, Any] = {"keepalive_interval": 0.05, "keepalive_timeout": 0.3}
+        async with running(LARGE, allowed=None, **cfg) as (lg, rec):
+            loop = asyncio.get_running_loop()
+            reader, writer = await raw_dial(BYZ, lg.listen_address)
+            start = loop.time()
+            pings = await read_until_closed(reader)  # we never answer
+            assert 0.25 <= loop.time() - start < 2.0
+            assert pings.startswith(HEADER.pack(8, FrameKind.PING))
+            assert rec.downs == [BYZ.public_key]
+            writer.close()
+
+    run(main())
+
+
+def test_a_non_tls_client_is_dropped() -> None:
+    async def main() -> None:
+        async with running(LARGE, allowed=None) as (lg, rec):
+            reader, writer = await asyncio.open_connection(*lg.listen_address)
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            await read_until_closed(reader, timeout=2.0)
+            writer.close()
+            assert rec.ups == []
+
+    run(main())
+
+
+def test_a_handshake_that_never_starts_times_out() -> None:
+    async def main() -> None:
+        async with running(LARGE, allowed=None, handshake_timeout=0.2) as (lg, rec):
+            loop = asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection(*lg.listen_address)
+            start = loop.time()
+            await read_until_closed(reader, timeout=2.0)  # we send nothing at all
+            assert 0.15 <= loop.time() - start < 1.5
+            writer.close()
+            assert rec.ups == []
+
+    run(main())
