@@ -59,7 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--partitions", type=int, default=0, help="partition episodes (healing)")
     sm.add_argument("--tx-rate", type=float, default=200.0, help="tx/s per node (virtual)")
     sm.add_argument("--tx-size", type=int, default=64, help="transaction size in bytes")
+    sm.add_argument("--batch-size", type=int, default=500, help="transactions per vertex")
     sm.add_argument("--batch-delay", type=float, default=0.0, help="ms to wait for a batch")
+    sm.add_argument(
+        "--max-time", type=float, default=0.0, help="virtual ms cap (0: 120 s per wave)"
+    )
     sm.add_argument("--gc-depth", type=int, default=50, help="rounds kept below last commit")
     sm.add_argument(
         "--json",
@@ -129,8 +133,10 @@ def _sim(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         tx_per_second=args.tx_rate,
         tx_size=args.tx_size,
+        batch_size=args.batch_size,
         batch_delay=args.batch_delay,
         gc_depth=args.gc_depth,
+        max_time=args.max_time,
     )
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")

@@ -238,16 +238,17 @@ class Process:
             nxt = self.round + 1
             out.append(RoundAdvanced(nxt))
             params = self.cfg.params
-            lagging = self.dag.highest_buffered_round() > nxt
-            if lagging:
-                # Peers are rounds ahead: catch up without waiting for batches, and keep
-                # the transactions for a vertex that is not born orphaned.
-                out += self._propose(with_block=False)
-            elif (
+            behind = self.dag.highest_buffered_round() - nxt
+            if behind > params.gc_depth // 2 and nxt not in self._replayed_own:
+                # Peers are so far ahead that a vertex for this round would fall below
+                # their GC cut before anyone could reference it: move on without one.
+                out += self._skip_round()
+            elif behind > 1 or (
                 nxt in self._replayed_own
                 or params.propose_empty
                 or len(self.mempool) >= params.batch_size
             ):
+                # Behind peers (or batch ready): propose now rather than wait for a batch.
                 out += self._propose()
             else:
                 self.awaiting_batch = True
@@ -255,13 +256,26 @@ class Process:
                 break
         return out
 
-    def _propose(self, with_block: bool = True) -> list[Effect]:
+    def _skip_round(self) -> list[Effect]:
+        """Enter the next round without a vertex of ours (catching up from far behind)."""
+        return self._enter_round(self.round + 1)
+
+    def _enter_round(self, rnd: int) -> list[Effect]:
+        """Make ``rnd`` current and insert the buffered vertices it unblocks."""
+        self.round = rnd
+        self.rbc.current_round = rnd
+        _, flagged = self.dag.drain(rnd)
+        return [
+            Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
+        ]
+
+    def _propose(self) -> list[Effect]:
         nxt = self.round + 1
         vertex = self._replayed_own.pop(nxt, None)
         if vertex is None:
             strong = sorted(self.dag.by_round[self.round].values(), key=lambda v: v.source)
             weak = self.dag.weak_candidates(nxt, strong)
-            take = min(len(self.mempool), self.cfg.params.batch_size) if with_block else 0
+            take = min(len(self.mempool), self.cfg.params.batch_size)
             block = tuple(self.mempool.popleft() for _ in range(take))
             vertex = Vertex(
                 nxt,
@@ -275,11 +289,7 @@ class Process:
         self._own[nxt] = vertex
         out: list[Effect] = [Proposed(vertex)]
         out += self._after_rbc(self.rbc.broadcast(vertex))
-        _, flagged = self.dag.drain(self.round)
-        out += [
-            Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
-        ]
-        return out
+        return out + self._enter_round(nxt)
 
     # -- coin and ordering --------------------------------------------------------------
 

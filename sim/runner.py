@@ -85,11 +85,14 @@ class SimConfig:
         for flag, name in (
             ("--tx-rate", "tx_per_second"),
             ("--tx-size", "tx_size"),
+            ("--batch-size", "batch_size"),
             ("--batch-delay", "batch_delay"),
             ("--gc-depth", "gc_depth"),
+            ("--max-time", "max_time"),
         ):
-            if getattr(self, name) != getattr(defaults, name):
-                cmd += f" {flag} {getattr(self, name):g}"
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                cmd += f" {flag} {value!r}"  # repr: floats replay exactly
         return cmd
 
 

@@ -32,6 +32,11 @@ class Adversary:
     epoch: float = 600.0
 
 
+MAX_DELAY = 10_000.0
+"""Upper bound of any one message's delay (ms): the adversary controls timing, within a
+bound, so that a run's length is bounded too (long-tail samples are capped here)."""
+
+
 @dataclass
 class Link:
     """Counters for one direction of traffic, for the run's report."""
@@ -97,7 +102,7 @@ class World:
         self.schedule(self.now + self._delay(src, dst), "deliver", dst, (src, data, msg))
 
     def _delay(self, src: int, dst: int) -> float:
-        d = self.latency.sample(self.rng, src, dst)
+        d = min(self.latency.sample(self.rng, src, dst), MAX_DELAY)
         adv = self.adversary
         if adv is None:
             return d
@@ -110,7 +115,7 @@ class World:
                 d += self.rng.uniform(0, adv.slow_delay)
         if self.rng.random() < adv.reorder_probability:
             d *= self.rng.uniform(1.0, adv.reorder_factor)
-        return d
+        return min(d, MAX_DELAY)
 
     def split(self, groups: list[int]) -> None:
         self.partition = groups
