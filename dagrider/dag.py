@@ -89,6 +89,21 @@ class Dag:
         far ahead mean this process is lagging."""
         return max(self._buffer, default=0)
 
+    def lowest_missing_round(self) -> int | None:
+        """Lowest round of a parent that some buffered vertex still waits for (None if
+        nothing waits): where a catch-up has to start."""
+        low: int | None = None
+        for bucket in self._buffer.values():
+            for v in bucket.values():
+                for e in v.edges():
+                    if e.round < self.floor or e.digest in self._vertex:
+                        continue
+                    if e.digest in self._buffer.get(e.round, ()):
+                        continue  # delivered, only waiting for its own turn
+                    if low is None or e.round < low:
+                        low = e.round
+        return low
+
     def buffered(self) -> int:
         return sum(len(b) for b in self._buffer.values())
 

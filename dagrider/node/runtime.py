@@ -36,6 +36,7 @@ from dagrider.messages import (
     CatchupRequest,
     CoinShareMsg,
     Ready,
+    Val,
     VertexResponse,
 )
 from dagrider.node.config import NodeConfig
@@ -48,6 +49,7 @@ from p2p.identity import Identity
 from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64
+CATCHUP_PERIOD = 1.0  # seconds between checks for rounds we cannot complete alone
 LATENCY_TRACKED = 200_000
 
 
@@ -161,7 +163,7 @@ class Node:
             return
         if isinstance(msg, CoinShareMsg) and msg.share.signer == sender:
             self._shares.append(msg.share)
-        rnd = getattr(msg, "round", 0)
+        rnd = msg.vertex.round if isinstance(msg, Val) else getattr(msg, "round", 0)
         if isinstance(rnd, int) and rnd > self._highest_seen_round:
             self._highest_seen_round = rnd
         self._emit(self.process.receive(sender, msg))
@@ -180,20 +182,31 @@ class Node:
     # -- catch-up -----------------------------------------------------------------------
 
     async def _catchup_loop(self) -> None:
-        """Ask peers for rounds we lag behind on (a node that was down for a long time).
+        """Ask peers for rounds we cannot complete on our own.
 
-        Live rounds come back through ``resync`` on reconnect; rounds that peers have
-        already garbage-collected from memory are served from their stores.
+        Live rounds come back through ``resync`` on reconnect. Two cases need more: we
+        are far behind (peers have garbage-collected those rounds from memory), or a
+        buffered vertex has waited a whole period for a parent that nobody will resend
+        (delivered while we were down, below the peers' memory floor). Peers answer from
+        their stores, starting at the lowest round we are missing.
         """
+        previous: int | None = None
         while True:
-            await asyncio.sleep(1.0)
-            behind = self._highest_seen_round - self.process.round
-            if behind > self.params.gc_depth // 2:
-                req = CatchupRequest(self.process.round, CATCHUP_CHUNK_ROUNDS)
-                data = encode(req)
-                for peer in self.peers:
-                    self.transport.send(self.key_of[peer], data)
-                self.m_catchup_requests.inc()
+            await asyncio.sleep(CATCHUP_PERIOD)
+            missing = self.process.dag.lowest_missing_round()
+            behind = self._highest_seen_round - self.process.round > self.params.gc_depth // 2
+            stuck = missing is not None and missing == previous
+            previous = missing
+            if not (behind or stuck):
+                continue
+            start = self.process.round if missing is None else min(missing, self.process.round)
+            data = encode(CatchupRequest(start, CATCHUP_CHUNK_ROUNDS))
+            for peer in self.peers:
+                self.transport.send(self.key_of[peer], data)
+            self.m_catchup_requests.inc()
+            self.logger.info(
+                "catch-up requested", extra={"from_round": start, "round": self.process.round}
+            )
 
     def _serve_catchup(self, peer: int, req: CatchupRequest) -> None:
         """Resend, from the store, our READY votes, the vertices and our coin shares."""
