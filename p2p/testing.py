@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +19,24 @@ from p2p.identity import Identity
 from p2p.tls import check_pin, client_context, peer_public_key
 from p2p.transport import PeerTransport
 
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+"""What ``asyncio.Runner`` takes: ``None`` (the default loop) or e.g. ``uvloop.new_event_loop``."""
+
 FAST_TIMINGS: dict[str, Any] = {
     "reconnect_initial": 0.02,
     "reconnect_max": 0.2,
     "handshake_timeout": 3.0,
 }
+
+
+def run(
+    coro: Coroutine[Any, Any, None],
+    timeout: float = 15.0,
+    loop_factory: LoopFactory = None,
+) -> None:
+    """Run ``coro`` to completion within ``timeout`` on a new loop from ``loop_factory``."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(asyncio.wait_for(coro, timeout))
 
 
 def loopback_config(port: int = 0, **overrides: Any) -> TransportConfig:

@@ -14,6 +14,14 @@ Link policy, in one place:
   wins (the older is most likely a half-open leftover of a peer restart).
 - **Source port.** Outgoing connections leave from the listening port (``p2p.sockets``)
   so that a NAT keeps one mapping per node; NAT traversal will punch holes from it.
+- **TLS from the first byte.** Both ends hand the raw socket to the loop's TLS layer
+  (``open_connection(ssl=)`` / ``connect_accepted_socket(ssl=)``), never a plaintext
+  stream upgraded with ``start_tls``: a dialer sends its ClientHello right after the TCP
+  handshake, often before our loop accepted the connection (we were starting up, or
+  busy). uvloop reads those bytes into the plaintext stream as soon as it accepts, before
+  any ``start_tls`` can run, so the TLS layer never saw them and both ends waited for each
+  other until the handshake timed out, on every retry that raced the same way. We accept
+  ourselves (``sock_accept``) to keep counting and bounding handshakes in flight.
 - **Failure.** A dial failure or a lost link is retried after a jittered exponential
   backoff; a peer that misbehaves (framing, size, rate, wrong key) loses its link and is
   logged; callbacks that raise are logged. Nothing propagates into the event loop.
@@ -24,9 +32,10 @@ Link policy, in one place:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
+import socket
+import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -45,6 +54,8 @@ __all__ = ["PeerState", "PeerTransport", "TransportConfig"]
 
 STREAM_LIMIT: Final = 1024 * 1024
 SHUTDOWN_FLUSH_S: Final = 1.0
+ACCEPT_RETRY_S: Final = 0.5
+"""Pause after a failed ``accept`` (e.g. out of file descriptors) before accepting again."""
 
 _DATA: Final = int(FrameKind.DATA)
 
@@ -107,11 +118,12 @@ class PeerTransport:
             for key, addr in peers.items()
             if key != self._key
         }
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._bound: tuple[str, int] | None = None
         self._family = 0
         self._running = False
-        self._handshaking: set[asyncio.Task[object]] = set()
+        self._handshaking: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -124,19 +136,17 @@ class PeerTransport:
 
     async def start(self) -> None:
         """Bind the listening socket and start dialling. ``AddressInUseError`` if taken."""
-        if self._server is not None:
+        if self._listener is not None:
             raise RuntimeError("transport already started")
         sock = bind_listener(self.config.listen_host, self.config.listen_port)
         host, port = sock.getsockname()[:2]
+        self._listener = sock
         self._bound = (host, port)
         self._family = sock.family
         self._running = True
-        try:
-            self._server = await asyncio.start_server(self._accept, sock=sock, limit=STREAM_LIMIT)
-        except BaseException:
-            self._running = False
-            sock.close()
-            raise
+        self._acceptor = asyncio.create_task(
+            self._accept_loop(sock), name=f"p2p-accept-{self.identity.short_id}"
+        )
         log_event(
             self._log,
             logging.INFO,
@@ -155,19 +165,18 @@ class PeerTransport:
         if not self._running:
             return
         self._running = False
-        if self._server is not None:
-            self._server.close()
-        tasks: list[asyncio.Task[object] | asyncio.Task[None]] = [*self._handshaking]
+        tasks: list[asyncio.Task[None]] = [*self._handshaking]
         tasks += [p.task for p in self._peers.values() if p.task is not None]
+        if self._acceptor is not None:
+            tasks.append(self._acceptor)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()  # after the acceptor stopped watching it
         links = [p.link for p in self._peers.values() if p.link is not None]
         await asyncio.gather(*(link.shutdown(SHUTDOWN_FLUSH_S) for link in links))
         await asyncio.gather(*(link.wait_tasks() for link in links))
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_FLUSH_S)
         log_event(self._log, logging.INFO, "transport closed", peer=self.identity.short_id)
 
     # -- sending -------------------------------------------------------------------------
@@ -255,40 +264,49 @@ class PeerTransport:
 
     # -- links ---------------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        addr = writer.get_extra_info("peername")
-        if not self._running or len(self._handshaking) >= self.config.max_handshaking:
-            writer.transport.abort()
-            log_event(self._log, logging.INFO, "inbound dropped", addr=addr, reason="busy")
-            return
-        task = asyncio.current_task()
-        if task is not None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while self._running:
+            try:
+                conn, addr = await loop.sock_accept(listener)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # the client gave up while queued
+            except OSError as exc:  # e.g. EMFILE: let links close before accepting again
+                log_event(self._log, logging.WARNING, "accept failed", reason=_describe(exc))
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            if len(self._handshaking) >= self.config.max_handshaking:
+                conn.close()
+                log_event(self._log, logging.INFO, "inbound dropped", addr=addr, reason="busy")
+                continue
+            task = asyncio.create_task(self._accept(conn, addr), name="p2p-accept-handshake")
             self._handshaking.add(task)
+            task.add_done_callback(self._handshaking.discard)
+
+    async def _accept(self, conn: socket.socket, addr: object) -> None:
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
-                await writer.start_tls(
-                    self._server_ctx, ssl_handshake_timeout=self.config.handshake_timeout
+                reader, writer = await _tls_accept(
+                    conn, self._server_ctx, self.config.handshake_timeout
                 )
-            key = check_pin(
-                peer_public_key(writer.get_extra_info("ssl_object")),
-                allowed=self._allowed,
-                own=self._key,
-            )
-        except asyncio.CancelledError:
-            # transport closing. Returning (not re-raising) is deliberate: this task is the
-            # server's own callback task, and on 3.11 a cancelled one is reported as an
-            # "Exception in callback" by StreamReaderProtocol.
-            writer.transport.abort()
-            return
+            try:
+                key = check_pin(
+                    peer_public_key(writer.get_extra_info("ssl_object")),
+                    allowed=self._allowed,
+                    own=self._key,
+                )
+            except BaseException:
+                writer.transport.abort()
+                raise
         except Exception as exc:
-            writer.transport.abort()
+            conn.close()
             log_event(
                 self._log, logging.WARNING, "inbound refused", addr=addr, reason=_describe(exc)
             )
             return
-        finally:
-            if task is not None:
-                self._handshaking.discard(task)
+        except BaseException:  # cancelled: the transport is closing
+            conn.close()
+            raise
         self._install(key, "inbound", reader, writer)
 
     async def _dial(self, peer: _Peer) -> None:
@@ -296,14 +314,17 @@ class PeerTransport:
         async with asyncio.timeout(self.config.handshake_timeout):
             sock, from_listen_port = await connect_from(self._bound, peer.address, self._family)
             try:
-                reader, writer = await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+                reader, writer = await asyncio.open_connection(
+                    sock=sock,
+                    limit=STREAM_LIMIT,
+                    ssl=self._client_ctx,
+                    server_hostname="",  # peers have keys, not names: no SNI
+                    ssl_handshake_timeout=self.config.handshake_timeout,
+                )
             except BaseException:
                 sock.close()
                 raise
             try:
-                await writer.start_tls(
-                    self._client_ctx, ssl_handshake_timeout=self.config.handshake_timeout
-                )
                 check_pin(peer_public_key(writer.get_extra_info("ssl_object")), expected=peer.key)
             except BaseException:
                 writer.transport.abort()
@@ -433,6 +454,19 @@ class PeerTransport:
             fn(key)
         except Exception:
             self._log.exception("transport callback %s failed for %s", fn, short_id(key))
+
+
+async def _tls_accept(
+    conn: socket.socket, ctx: ssl.SSLContext, handshake_timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` for an accepted socket, TLS server side from byte one."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: protocol, conn, ssl=ctx, ssl_handshake_timeout=handshake_timeout
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _describe(exc: BaseException) -> str:

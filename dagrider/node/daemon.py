@@ -90,7 +90,7 @@ def run(config_path: Path) -> int:
         print(f"dagrider node: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log = setup_logging(cfg.log_format, cfg.log_level)
-    if os.environ.get("DAGRIDER_LOOP", "asyncio") == "uvloop":
+    if os.environ.get("DAGRIDER_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Coroutine
+import socket
+import ssl
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +18,17 @@ import pytest
 from p2p.errors import AddressInUseError, PeerNotConnected
 from p2p.framing import FrameDecoder, FrameKind, encode_frame
 from p2p.identity import Identity
-from p2p.testing import loopback_config, raw_dial, read_until_closed, running, wait_until
+from p2p.testing import (
+    LoopFactory,
+    free_port,
+    loopback_config,
+    raw_dial,
+    read_until_closed,
+    run,
+    running,
+    wait_until,
+)
+from p2p.tls import client_context
 from p2p.transport import PeerTransport
 
 SMALL, LARGE = sorted(
@@ -23,16 +37,12 @@ SMALL, LARGE = sorted(
 OTHER = Identity.from_seed(b"\x03" * 32)
 
 
-def run(coro: Coroutine[Any, Any, None], timeout: float = 15.0) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
-
-
 async def linked(a: PeerTransport, b: PeerTransport) -> None:
     await wait_until(lambda: b.identity.public_key in a.connected(), what="a linked to b")
     await wait_until(lambda: a.identity.public_key in b.connected(), what="b linked to a")
 
 
-def test_frames_flow_both_ways_in_order() -> None:
+def test_frames_flow_both_ways_in_order(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with (
             running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec),
@@ -51,10 +61,10 @@ def test_frames_flow_both_ways_in_order() -> None:
             assert st["frames_out"] == 100 and st["frames_in"] == 100
             assert lg.stats()[SMALL.peer_id]["direction"] == "inbound"
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
-def test_outgoing_connection_leaves_from_the_listening_port() -> None:
+def test_outgoing_connection_leaves_from_the_listening_port(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with (
             running(LARGE, allowed={SMALL.public_key}) as (lg, _),
@@ -67,7 +77,7 @@ def test_outgoing_connection_leaves_from_the_listening_port() -> None:
             assert isinstance(local, tuple) and local[1] == listen_port
             assert isinstance(seen_by_peer, tuple) and seen_by_peer[1] == listen_port
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
 def test_larger_key_waits_for_the_smaller_to_dial() -> None:
@@ -82,7 +92,7 @@ def test_larger_key_waits_for_the_smaller_to_dial() -> None:
     run(main())
 
 
-def test_large_messages_arrive_intact() -> None:
+def test_large_messages_arrive_intact(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         payloads = [os.urandom(8 * 1024 * 1024) for _ in range(3)] + [b"tail"]
         async with (
@@ -98,7 +108,7 @@ def test_large_messages_arrive_intact() -> None:
                 hashlib.sha256(p).digest() for p in payloads
             ]
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
 def test_payload_over_max_frame_is_a_caller_error() -> None:
@@ -124,7 +134,9 @@ def test_send_to_a_peer_without_link() -> None:
     run(main())
 
 
-def test_send_wait_blocks_while_the_peer_does_not_read_and_resumes() -> None:
+def test_send_wait_blocks_while_the_peer_does_not_read_and_resumes(
+    loop_factory: LoopFactory,
+) -> None:
     async def main() -> None:
         chunk = os.urandom(256 * 1024)
         async with running(SMALL, allowed=None, send_queue_bytes=1024 * 1024) as (node, _):
@@ -153,7 +165,7 @@ def test_send_wait_blocks_while_the_peer_does_not_read_and_resumes() -> None:
             assert OTHER.public_key in node.connected()
             writer.close()
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
 def test_send_over_the_queue_limit_returns_false_and_closes_the_link(
@@ -181,7 +193,7 @@ def test_send_over_the_queue_limit_returns_false_and_closes_the_link(
 
 
 @pytest.mark.parametrize("restart", ["listener", "dialer"])
-def test_reconnects_after_a_peer_restarts(restart: str) -> None:
+def test_reconnects_after_a_peer_restarts(restart: str, loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec):
             lg_addr = lg.listen_address
@@ -218,7 +230,7 @@ def test_reconnects_after_a_peer_restarts(restart: str) -> None:
                     await wait_until(lambda: (SMALL.public_key, b"again") in lg_rec.frames)
                     assert lg.stats()[SMALL.peer_id]["reconnects"] == 1
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
 def test_address_in_use_is_a_clear_error() -> None:
@@ -277,21 +289,99 @@ def test_a_failing_callback_is_logged_and_the_link_survives(
     assert any("on_frame callback failed" in r.getMessage() for r in caplog.records)
 
 
-def test_links_work_on_uvloop() -> None:
-    """The node may pick uvloop; the transport must not depend on asyncio internals."""
-    uvloop = pytest.importorskip("uvloop")
+# -- a dialer that is faster than the listener's event loop ---------------------------------
+#
+# The daemon runs on uvloop. When a peer's daemon comes up (first start, or restart) our
+# dial loop is already retrying: the TCP connection completes in the kernel's listen
+# backlog and our ClientHello is sent before the peer's loop has even accepted it. The
+# peer must still complete the handshake, on every loop.
+
+
+def _send_client_hello(
+    address: tuple[str, int], identity: Identity
+) -> tuple[socket.socket, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """Connect and send a ClientHello synchronously (the caller's loop does not run)."""
+    sock = socket.create_connection(address, timeout=2.0)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(identity).wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    sock.sendall(outgoing.read())
+    sock.setblocking(False)
+    return sock, tls, incoming, outgoing
+
+
+async def _finish_handshake(
+    sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if out := outgoing.read():
+                await loop.sock_sendall(sock, out)
+            data = await loop.sock_recv(sock, 65536)
+            assert data, "the server closed the connection during the handshake"
+            incoming.write(data)
+    await loop.sock_sendall(sock, outgoing.read())  # our Finished
+
+
+def test_a_client_hello_that_arrives_before_the_accept_is_answered(
+    loop_factory: LoopFactory,
+) -> None:
+    """Deterministic: the ClientHello is queued in the kernel before the loop accepts."""
 
     async def main() -> None:
-        async with (
-            running(LARGE, allowed={SMALL.public_key}) as (lg, lg_rec),
-            running(SMALL, peers={LARGE.public_key: lg.listen_address}) as (sm, _),
-        ):
-            await linked(sm, lg)
-            local = sm.stats()[LARGE.peer_id]["local_addr"]
-            assert isinstance(local, tuple) and local[1] == sm.listen_address[1]
-            payload = os.urandom(3 * 1024 * 1024)
-            await sm.send_wait(LARGE.public_key, payload)
-            await wait_until(lambda: lg_rec.frames == [(SMALL.public_key, payload)])
+        async with running(LARGE, allowed=None) as (lg, rec):
+            sock, tls, incoming, outgoing = _send_client_hello(lg.listen_address, OTHER)
+            try:
+                # well under handshake_timeout: a lost ClientHello would stall until then
+                async with asyncio.timeout(1.5):
+                    await _finish_handshake(sock, tls, incoming, outgoing)
+                    await wait_until(lambda: rec.ups == [OTHER.public_key])
+            finally:
+                sock.close()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(asyncio.wait_for(main(), 15))
+    run(main(), loop_factory=loop_factory)
+
+
+def test_a_peer_that_starts_listening_after_a_failed_dial_is_linked(
+    loop_factory: LoopFactory,
+) -> None:
+    """The first dial is refused (the peer's daemon is not up). Then the peer listens but
+    its loop is busy finishing its startup for a moment, on another thread, while our
+    retried dial connects and sends its ClientHello. The first handshake must succeed:
+    a stalled one would show as a "timed out" dial before a later retry links."""
+    port = free_port()
+    stop = threading.Event()
+
+    def peer_daemon() -> list[bytes]:
+        async def serve() -> list[bytes]:
+            async with running(LARGE, port=port, allowed={SMALL.public_key}) as (lg, _):
+                time.sleep(0.5)  # blocks this loop only: the dialer retries meanwhile
+                while not stop.is_set():
+                    await asyncio.sleep(0.01)
+                await wait_until(lambda: SMALL.public_key in lg.connected())
+                return lg.connected()
+
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(asyncio.wait_for(serve(), 20))
+
+    async def main() -> None:
+        async with running(SMALL, peers={LARGE.public_key: ("127.0.0.1", port)}) as (sm, rec):
+            await wait_until(
+                lambda: "ConnectionRefusedError" in str(sm.stats()[LARGE.peer_id]["last_error"]),
+                what="a refused first dial",
+            )
+            peer = asyncio.ensure_future(asyncio.to_thread(peer_daemon))
+            try:
+                await wait_until(lambda: rec.ups == [LARGE.public_key], timeout=10)
+            finally:
+                stop.set()
+            assert await peer == [SMALL.public_key]
+            error = str(sm.stats()[LARGE.peer_id]["last_error"])
+            assert "ConnectionRefusedError" in error, f"a handshake failed: {error}"
+
+    run(main(), loop_factory=loop_factory)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
 from p2p.framing import HEADER, FrameKind, encode_frame
 from p2p.identity import Identity
-from p2p.testing import raw_dial, read_until_closed, running, wait_until
+from p2p.testing import LoopFactory, raw_dial, read_until_closed, run, running, wait_until
 
 SMALL, LARGE = sorted(
     (Identity.from_seed(bytes([i]) * 32) for i in (1, 2)), key=lambda i: i.public_key
@@ -20,12 +19,12 @@ SMALL, LARGE = sorted(
 BYZ = Identity.from_seed(b"\x0f" * 32)
 
 
-def run(coro: Coroutine[Any, Any, None], timeout: float = 15.0) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == name]
 
 
 def violations(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "event", None) == "peer violation"]
+    return events(caplog, "peer violation")
 
 
 GARBAGE = {
@@ -96,7 +95,7 @@ def test_byte_rate_over_the_limit_disconnects(caplog: pytest.LogCaptureFixture) 
     assert any("B/s" in str(getattr(r, "detail", "")) for r in violations(caplog))
 
 
-def test_a_silent_peer_is_dropped_by_keepalive() -> None:
+def test_a_silent_peer_is_dropped_by_keepalive(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         cfg: dict[str, Any] = {"keepalive_interval": 0.05, "keepalive_timeout": 0.3}
         async with running(LARGE, allowed=None, **cfg) as (lg, rec):
@@ -109,10 +108,10 @@ def test_a_silent_peer_is_dropped_by_keepalive() -> None:
             assert rec.downs == [BYZ.public_key]
             writer.close()
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
-def test_a_non_tls_client_is_dropped() -> None:
+def test_a_non_tls_client_is_dropped(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with running(LARGE, allowed=None) as (lg, rec):
             reader, writer = await asyncio.open_connection(*lg.listen_address)
@@ -121,10 +120,10 @@ def test_a_non_tls_client_is_dropped() -> None:
             writer.close()
             assert rec.ups == []
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
-def test_a_handshake_that_never_starts_times_out() -> None:
+def test_a_handshake_that_never_starts_times_out(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with running(LARGE, allowed=None, handshake_timeout=0.2) as (lg, rec):
             loop = asyncio.get_running_loop()
@@ -135,4 +134,32 @@ def test_a_handshake_that_never_starts_times_out() -> None:
             writer.close()
             assert rec.ups == []
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
+
+
+def test_connections_over_max_handshaking_are_dropped_at_once(
+    caplog: pytest.LogCaptureFixture, loop_factory: LoopFactory
+) -> None:
+    async def main() -> None:
+        async with running(LARGE, allowed=None, max_handshaking=1, handshake_timeout=2.0) as (
+            lg,
+            rec,
+        ):
+            loop = asyncio.get_running_loop()
+            _, silent = await asyncio.open_connection(*lg.listen_address)  # holds the slot
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection(*lg.listen_address)
+            start = loop.time()
+            await read_until_closed(reader, timeout=1.5)
+            assert loop.time() - start < 1.0
+            writer.close()
+            silent.close()
+            # the slot is free again once the server saw the silent connection go
+            await wait_until(lambda: any(events(caplog, "inbound refused")))
+            _, ok = await raw_dial(BYZ, lg.listen_address)
+            await wait_until(lambda: rec.ups == [BYZ.public_key])
+            ok.close()
+
+    with caplog.at_level(logging.INFO, logger="p2p.transport"):
+        run(main(), loop_factory=loop_factory)
+    assert any(getattr(r, "reason", None) == "busy" for r in events(caplog, "inbound dropped"))

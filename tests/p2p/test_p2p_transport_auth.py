@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 
 from p2p.identity import Identity
-from p2p.testing import raw_dial, read_until_closed, running, wait_until
+from p2p.testing import LoopFactory, raw_dial, read_until_closed, run, running, wait_until
 
 SMALL, LARGE = sorted(
     (Identity.from_seed(bytes([i]) * 32) for i in (1, 2)), key=lambda i: i.public_key
@@ -19,16 +17,13 @@ MITM = Identity.from_seed(b"\x0d" * 32)
 STRANGER = Identity.from_seed(b"\x0e" * 32)
 
 
-def run(coro: Coroutine[Any, Any, None], timeout: float = 15.0) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
-
-
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", None) == name]
 
 
 def test_mitm_terminating_tls_with_its_own_key_is_refused_by_the_pin(
     caplog: pytest.LogCaptureFixture,
+    loop_factory: LoopFactory,
 ) -> None:
     """SMALL's config says LARGE lives at an address where MITM actually listens. MITM
     completes a valid TLS handshake with its own key; the pin on LARGE's key refuses it."""
@@ -48,11 +43,13 @@ def test_mitm_terminating_tls_with_its_own_key_is_refused_by_the_pin(
                 assert f"presented key {MITM.short_id}, expected {LARGE.short_id}" in error
 
     with caplog.at_level(logging.WARNING, logger="p2p.transport"):
-        run(main())
+        run(main(), loop_factory=loop_factory)
     assert any("expected" in str(getattr(r, "reason", "")) for r in events(caplog, "dial failed"))
 
 
-def test_inbound_key_not_allowed_is_refused_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_inbound_key_not_allowed_is_refused_and_logged(
+    caplog: pytest.LogCaptureFixture, loop_factory: LoopFactory
+) -> None:
     async def main() -> None:
         async with running(LARGE, allowed={SMALL.public_key}) as (lg, rec):
             reader, writer = await raw_dial(STRANGER, lg.listen_address, expected=LARGE.public_key)
@@ -62,14 +59,14 @@ def test_inbound_key_not_allowed_is_refused_and_logged(caplog: pytest.LogCapture
             assert STRANGER.peer_id not in lg.stats()
 
     with caplog.at_level(logging.WARNING, logger="p2p.transport"):
-        run(main())
+        run(main(), loop_factory=loop_factory)
     refused = events(caplog, "inbound refused")
     assert refused and f"{STRANGER.short_id} is not allowed" in str(
         getattr(refused[0], "reason", "")
     )
 
 
-def test_open_mode_accepts_any_authenticated_key_and_reports_it() -> None:
+def test_open_mode_accepts_any_authenticated_key_and_reports_it(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with running(LARGE, allowed=None) as (lg, rec):
             _, writer = await raw_dial(STRANGER, lg.listen_address, expected=LARGE.public_key)
@@ -78,7 +75,7 @@ def test_open_mode_accepts_any_authenticated_key_and_reports_it() -> None:
             writer.close()
             await wait_until(lambda: rec.downs == [STRANGER.public_key])
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
 def test_a_relay_only_forwards_ciphertext_between_the_real_keys() -> None:
@@ -120,7 +117,7 @@ def test_a_relay_only_forwards_ciphertext_between_the_real_keys() -> None:
     run(main())
 
 
-def test_a_connection_to_ourselves_is_refused() -> None:
+def test_a_connection_to_ourselves_is_refused(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         async with running(SMALL, allowed=None) as (sm, rec):
             reader, writer = await raw_dial(SMALL, sm.listen_address)
@@ -128,7 +125,7 @@ def test_a_connection_to_ourselves_is_refused() -> None:
             writer.close()
             assert rec.ups == []
 
-    run(main())
+    run(main(), loop_factory=loop_factory)
 
 
 def test_a_newer_link_of_the_same_kind_replaces_the_older() -> None:
