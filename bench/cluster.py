@@ -1084,7 +1084,7 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1_000, help="max txs per vertex")
     p.add_argument("--batch-delay-ms", type=int, default=50)
-    p.add_argument("--max-pending", type=int, default=500_000, help="mempool limit per node")
+    p.add_argument("--max-pending", type=int, default=20_000, help="mempool limit per node")
     p.add_argument("--rate", type=float, default=10_000, help="offered load, tx/s in total")
     p.add_argument("--rates", help="comma-separated loads, one run each (overrides --rate)")
     p.add_argument("--size", type=int, default=512, help="bytes per transaction")

@@ -37,7 +37,7 @@ class ClusterSpec:
     api_base_port: int = 8001  # API port of node i = api_base_port + i
     batch_size: int = 1_000
     batch_delay_ms: int = 50
-    max_pending: int = 500_000
+    max_pending: int = 20_000
     gc_depth: int = 50
     log_level: str = "info"
     extra_env: dict[str, str] = field(default_factory=dict)

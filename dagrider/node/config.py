@@ -31,7 +31,7 @@ class NodeConfig:
     batch_size: int = 1_000
     batch_delay: float = 0.05  # seconds
     gc_depth: int = 50
-    max_pending: int = 500_000
+    max_pending: int = 20_000
     max_body_bytes: int = 64 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     fsync: bool = False
@@ -112,7 +112,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             batch_size=_int(cons, "batch_size", 1_000),
             batch_delay=_int(cons, "batch_delay_ms", 50) / 1000.0,
             gc_depth=_int(cons, "gc_depth", 50),
-            max_pending=_int(raw.get("mempool", {}), "max_pending", 500_000),
+            max_pending=_int(raw.get("mempool", {}), "max_pending", 20_000),
             max_body_bytes=_int(api, "max_body_bytes", 64 * 1024 * 1024),
             limits=limits,
             fsync=_bool(raw.get("storage", {}), "fsync", False),
