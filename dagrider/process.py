@@ -9,7 +9,7 @@ touches I/O; the coin's unpredictability comes from the threshold key.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dagrider.codec import Codec
@@ -385,8 +385,3 @@ class Process:
             "buffered_vertices": self.dag.buffered(),
             "mempool": len(self.mempool),
         }
-
-
-def pending_rounds(effects: Sequence[Effect]) -> list[int]:
-    """Rounds for which the process is waiting on a batch timer."""
-    return [e.round for e in effects if isinstance(e, AwaitBatch)]
