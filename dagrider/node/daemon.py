@@ -118,7 +118,8 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
             await node.start()
         except OSError as exc:
             node.store.close()
-            return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"peer listen {cfg.listen}"))
+            host, port = node.listen
+            return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"peer listen {host}:{port}"))
         app = build_app(node, cfg.api_token, cfg.max_body_bytes)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

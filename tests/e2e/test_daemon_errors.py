@@ -90,24 +90,15 @@ def test_key_of_another_committee(tmp_path: Path) -> None:
     assert "invalid key or committee" in r.stderr
 
 
-def test_port_in_use(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("which", "message"), [("peer", "peer listen"), ("api", "API listen")])
+def test_port_in_use(tmp_path: Path, which: str, message: str) -> None:
     cdir, peer, api = _committee(tmp_path)
     with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", peer))
+        blocker.bind(("127.0.0.1", peer if which == "peer" else api))
         blocker.listen()
         r = _run(_config(tmp_path, _good(cdir, api, tmp_path / "data")))
     assert r.returncode == 3
-    assert "address already in use" in r.stderr
-
-
-def test_api_port_in_use(tmp_path: Path) -> None:
-    cdir, _, api = _committee(tmp_path)
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", api))
-        blocker.listen()
-        r = _run(_config(tmp_path, _good(cdir, api, tmp_path / "data")))
-    assert r.returncode == 3
-    assert "API listen" in r.stderr and "address already in use" in r.stderr
+    assert message in r.stderr and "address already in use" in r.stderr
 
 
 def test_data_dir_of_another_committee(tmp_path: Path) -> None:
