@@ -225,7 +225,24 @@ class _Family(Generic[_C]):
         return "\n".join(lines) + "\n"
 
 
-class Counter(_Family[CounterChild]):
+_S = TypeVar("_S", CounterChild, GaugeChild)
+
+
+class _ScalarFamily(_Family[_S]):
+    """Shared rendering of families whose children hold one number (counters, gauges)."""
+
+    @property
+    def value(self) -> float:
+        return self._only().value
+
+    def _sample_lines(self) -> list[str]:
+        return [
+            f"{self.name}{_label_text(self.labelnames, key)} {format_value(child.value)}"
+            for key, child in self._series()
+        ]
+
+
+class Counter(_ScalarFamily[CounterChild]):
     """A monotonically increasing count; the name must end in ``_total``."""
 
     kind = "counter"
@@ -241,18 +258,8 @@ class Counter(_Family[CounterChild]):
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
 
-    @property
-    def value(self) -> float:
-        return self._only().value
 
-    def _sample_lines(self) -> list[str]:
-        return [
-            f"{self.name}{_label_text(self.labelnames, key)} {format_value(child.value)}"
-            for key, child in self._series()
-        ]
-
-
-class Gauge(_Family[GaugeChild]):
+class Gauge(_ScalarFamily[GaugeChild]):
     """A value that can go up and down (current round, queue length, link state)."""
 
     kind = "gauge"
@@ -271,16 +278,6 @@ class Gauge(_Family[GaugeChild]):
 
     def set_function(self, function: Callable[[], float] | None) -> None:
         self._only().set_function(function)
-
-    @property
-    def value(self) -> float:
-        return self._only().value
-
-    def _sample_lines(self) -> list[str]:
-        return [
-            f"{self.name}{_label_text(self.labelnames, key)} {format_value(child.value)}"
-            for key, child in self._series()
-        ]
 
 
 class Histogram(_Family[HistogramChild]):
