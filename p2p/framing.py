@@ -26,14 +26,22 @@ MAX_LENGTH: Final = 2**32 - 1
 
 
 class FrameKind(IntEnum):
-    """Frame kinds. Values 3..255 are reserved for later link-level messages."""
+    """Frame kinds.
+
+    DATA carries the consensus messages; PING/PONG are link keep-alives; every other
+    kind is an application channel (CRDT sync, ...) with its own handler, so one
+    subsystem's decoder never sees another's bytes. 16..255 are reserved.
+    """
 
     DATA = 0
     PING = 1
     PONG = 2
+    CRDT = 3
 
 
-KNOWN_KINDS: Final = frozenset(int(k) for k in FrameKind)
+LINK_KINDS: Final = frozenset({FrameKind.DATA, FrameKind.PING, FrameKind.PONG})
+KNOWN_KINDS: Final = frozenset(int(k) for k in LINK_KINDS)
+"""Kinds every link understands; channel kinds are added by whoever registers them."""
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:

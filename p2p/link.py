@@ -22,13 +22,13 @@ import contextlib
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from p2p.config import TransportConfig
 from p2p.errors import FrameError
-from p2p.framing import FrameDecoder, FrameKind, encode_frame
+from p2p.framing import KNOWN_KINDS, FrameDecoder, FrameKind, encode_frame
 from p2p.identity import short_id
 from p2p.logs import log_event
 from p2p.ratelimit import TokenBucket
@@ -70,6 +70,7 @@ class Link:
         on_frame: Callable[[bytes, bytes], None],
         on_closed: Callable[[Link, str, bool], None],
         logger: logging.Logger,
+        channels: Mapping[int, Callable[[bytes, bytes], None]] | None = None,
     ) -> None:
         self.key = key
         self.direction: Direction = direction
@@ -80,6 +81,7 @@ class Link:
         self._config = config
         self._stats = stats
         self._on_frame = on_frame
+        self._channels = dict(channels or {})
         self._on_closed = on_closed
         self._log = logger
         self._queue: deque[bytes] = deque()
@@ -161,7 +163,8 @@ class Link:
     # -- receiving -----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder(self._config.max_frame)
+        decoder = FrameDecoder(self._config.max_frame, KNOWN_KINDS | self._channels.keys())
+        channels = self._channels
         stats = self._stats
         key = self.key
         deliver = self._on_frame
@@ -197,6 +200,15 @@ class Link:
                         except Exception:
                             self._log.exception("on_frame callback failed for %s", short_id(key))
                         if self.close_reason is not None:  # the callback closed the link
+                            return
+                    elif kind in channels:
+                        try:
+                            channels[kind](key, payload)
+                        except Exception:
+                            self._log.exception(
+                                "channel %d callback failed for %s", kind, short_id(key)
+                            )
+                        if self.close_reason is not None:
                             return
                     elif len(payload) > MAX_CONTROL_PAYLOAD:
                         self._violation("bad control frame", f"{len(payload)}-byte payload")

@@ -42,7 +42,7 @@ from typing import Final, Literal
 
 from p2p.config import TransportConfig
 from p2p.errors import PeerNotConnected
-from p2p.framing import FrameKind, encode_frame
+from p2p.framing import KNOWN_KINDS, FrameKind, encode_frame
 from p2p.identity import Identity, peer_id, short_id
 from p2p.link import Direction, Link, PeerStats
 from p2p.logs import log_event
@@ -100,6 +100,7 @@ class PeerTransport:
         logger: logging.Logger | None = None,
         *,
         rng: random.Random | None = None,
+        channels: Mapping[int, Callable[[bytes, bytes], None]] | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -107,6 +108,10 @@ class PeerTransport:
         self._key = identity.public_key
         self._allowed = None if allowed is None else frozenset(allowed) | frozenset(peers)
         self._on_frame = on_frame
+        self._channels = dict(channels or {})
+        for kind in self._channels:
+            if kind in KNOWN_KINDS or not 0 <= kind <= 255:
+                raise ValueError(f"frame kind {kind} cannot be an application channel")
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._log = logger or logging.getLogger("p2p.transport")
@@ -186,13 +191,15 @@ class PeerTransport:
         link = entry.link if entry is not None else None
         return None if link is None or link.close_reason is not None else link
 
-    def _data_frame(self, payload: bytes) -> bytes:
+    def _data_frame(self, payload: bytes, kind: int) -> bytes:
         if len(payload) > self._max_frame:
             raise ValueError(f"payload of {len(payload)} bytes exceeds max_frame {self._max_frame}")
-        return encode_frame(_DATA, payload)
+        if kind != _DATA and kind not in self._channels:
+            raise ValueError(f"frame kind {kind} is not a registered channel")
+        return encode_frame(kind, payload)
 
-    def send(self, peer: bytes, payload: bytes) -> bool:
-        """Queue one DATA frame without blocking.
+    def send(self, peer: bytes, payload: bytes, kind: int = _DATA) -> bool:
+        """Queue one DATA frame (or one frame of a registered channel) without blocking.
 
         ``False`` if the peer has no live link, or if its send queue is over
         ``send_queue_bytes``: then the link is closed, because a peer that cannot keep up
@@ -202,7 +209,7 @@ class PeerTransport:
         link = self._live_link(peer)
         if link is None:
             return False
-        frame = self._data_frame(payload)
+        frame = self._data_frame(payload, kind)
         if not link.has_room(len(frame)):
             log_event(
                 self._log,
@@ -217,7 +224,7 @@ class PeerTransport:
         link.enqueue(frame)
         return True
 
-    async def send_wait(self, peer: bytes, payload: bytes) -> None:
+    async def send_wait(self, peer: bytes, payload: bytes, kind: int = _DATA) -> None:
         """Queue one DATA frame, waiting while the peer's send queue is full.
 
         ``PeerNotConnected`` if the peer has no live link or loses it while we wait.
@@ -225,7 +232,7 @@ class PeerTransport:
         link = self._live_link(peer)
         if link is None:
             raise PeerNotConnected(f"no link to peer {short_id(peer)}")
-        frame = self._data_frame(payload)
+        frame = self._data_frame(payload, kind)
         while not link.has_room(len(frame)):
             await link.wait_room(len(frame))
             if link.is_closed:
@@ -417,6 +424,7 @@ class PeerTransport:
             on_frame=self._on_frame,
             on_closed=self._link_closed,
             logger=self._log,
+            channels=self._channels,
         )
         peer.link = link
         peer.state = "connected"
