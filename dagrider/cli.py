@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dagrider.errors import CommitteeError
 from dagrider.keygen import generate, write_committee_dir
@@ -106,6 +107,32 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--after", type=int, default=-1, help="start after this log index")
     tl.add_argument("--json", action="store_true", help="print raw JSON entries")
     tl.set_defaults(handler=_tail)
+
+    cr = sub.add_parser("crdt", help="read and write the replicated CRDT store of a node")
+    cr_sub = cr.add_subparsers(dest="crdt_command", required=True)
+    get = cr_sub.add_parser("get", help="print a document (now, or as of a checkpoint)")
+    get.add_argument("doc", help="document id: namespace/name")
+    get.add_argument("--checkpoint", type=int, help="the state as of checkpoint K")
+    put = cr_sub.add_parser(
+        "put",
+        help="apply one change to a document",
+        description="PATH is dotted (profile.name). Every option may be repeated; all of "
+        "them form one signed change.",
+    )
+    put.add_argument("doc", help="document id: namespace/name")
+    put.add_argument("--set", action="append", default=[], metavar="PATH=JSON", help="LWW set")
+    put.add_argument("--inc", action="append", default=[], metavar="PATH=N", help="counter +N")
+    put.add_argument("--dec", action="append", default=[], metavar="PATH=N", help="counter -N")
+    put.add_argument("--add", action="append", default=[], metavar="PATH=JSON", help="set add")
+    put.add_argument("--discard", action="append", default=[], metavar="PATH=JSON")
+    put.add_argument("--remove", action="append", default=[], metavar="PATH", help="drop key")
+    put.add_argument("--ops", help='raw JSON list of operations: [{"path": [...], ...}]')
+    for name in ("ls", "checkpoints"):
+        cr_sub.add_parser(name, help=f"list the node's {'documents' if name == 'ls' else name}")
+    for p in cr_sub.choices.values():
+        p.add_argument("--api", default="http://127.0.0.1:8001", help="node API base URL")
+        p.add_argument("--token", help="bearer token")
+    cr.set_defaults(handler=_crdt)
     return parser
 
 
@@ -253,6 +280,57 @@ def _tail(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"dagrider tail: cannot reach {args.api}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _crdt_ops(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The ``crdt put`` options as API operations, in a fixed order."""
+    ops: list[dict[str, Any]] = json.loads(args.ops) if args.ops else []
+
+    def split(item: str, parse: bool) -> tuple[list[str], Any]:
+        path, eq, raw = item.partition("=")
+        if not eq or not path:
+            raise ValueError(f"expected PATH=VALUE, got {item!r}")
+        return path.split("."), (json.loads(raw) if parse else int(raw))
+
+    for item in args.set:
+        path, value = split(item, True)
+        ops.append({"path": path, "type": "lww", "action": "set", "args": value})
+    for action, items in (("inc", args.inc), ("dec", args.dec)):
+        for item in items:
+            path, n = split(item, False)
+            ops.append({"path": path, "type": "pncounter", "action": action, "args": n})
+    for action, items in (("add", args.add), ("remove", args.discard)):
+        for item in items:
+            path, value = split(item, True)
+            ops.append({"path": path, "type": "orset", "action": action, "args": value})
+    ops += [{"path": item.split("."), "action": "remove"} for item in args.remove]
+    if not ops:
+        raise ValueError(
+            "nothing to put: give --set, --inc, --dec, --add, --discard, --remove or --ops"
+        )
+    return ops
+
+
+def _crdt(args: argparse.Namespace) -> int:
+    from dagrider.node.client import ApiError, crdt_get, crdt_list, crdt_put
+
+    try:
+        if args.crdt_command == "get":
+            out = crdt_get(args.api, args.doc, args.checkpoint, args.token)
+        elif args.crdt_command == "put":
+            out = crdt_put(args.api, args.doc, _crdt_ops(args), args.token)
+        else:
+            out = crdt_list(
+                args.api, "docs" if args.crdt_command == "ls" else "checkpoints", args.token
+            )
+    except ApiError as exc:
+        print(f"dagrider crdt {args.crdt_command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dagrider crdt: cannot reach {args.api}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
     return 0
 
 

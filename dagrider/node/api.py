@@ -35,7 +35,7 @@ import re
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
@@ -43,6 +43,9 @@ from aiohttp.typedefs import Handler
 from dagrider.node.batch import BATCH_CONTENT_TYPE, BatchError, BatchParser, parse_batch
 from dagrider.node.metrics import Metrics
 from dagrider.node.service import TX_ID_HEX_LEN, LogEntry, MempoolFull, NodeService, TxTooLarge
+
+if TYPE_CHECKING:
+    from dagrider.node.crdt_node import CrdtNode
 
 log = logging.getLogger(__name__)
 
@@ -505,12 +508,14 @@ def build_app(
     max_body: int,
     *,
     keepalive: float = SSE_KEEPALIVE_SECONDS,
+    crdt: CrdtNode | None = None,
 ) -> web.Application:
     """The client API over ``service``.
 
     ``token``: if set, every route but ``/healthz`` requires ``Authorization: Bearer``.
     ``max_body``: the largest request body (and WebSocket message) in bytes.
     ``keepalive``: seconds of silence after which an SSE stream gets a comment line.
+    ``crdt``: the node's CRDT store, whose routes are mounted under ``/v1/crdt``.
     """
     if max_body <= 0:
         raise ValueError(f"max_body must be positive, got {max_body}")
@@ -529,4 +534,8 @@ def build_app(
     app.router.add_get("/v1/status", api.get_status)
     app.router.add_get("/metrics", api.get_metrics)
     app.router.add_get("/healthz", api.healthz)
+    if crdt is not None:
+        from dagrider.node.crdt_api import add_crdt_routes  # imports ApiError from here
+
+        add_crdt_routes(app, crdt, api._read_body, api.closing, keepalive)
     return app

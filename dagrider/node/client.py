@@ -98,3 +98,23 @@ def stream_log(api: str, after: int = -1, token: str | None = None) -> Iterator[
             line = raw.decode().rstrip("\n")
             if line.startswith("data:"):
                 yield json.loads(line[5:].strip())
+
+
+def crdt_get(
+    api: str, doc: str, checkpoint: int | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """A CRDT document's value (now, or as of ``checkpoint``) with its proof."""
+    query = "" if checkpoint is None else f"?checkpoint={checkpoint}"
+    out: dict[str, Any] = _request(f"{api}/v1/crdt/docs/{doc}{query}", token=token)
+    return out
+
+
+def crdt_put(api: str, doc: str, ops: list[dict[str, Any]], token: str | None = None) -> Any:
+    """Apply ``ops`` (see :mod:`crdt.document`) to ``doc`` as one change."""
+    body = json.dumps({"ops": ops}).encode()
+    return _request(f"{api}/v1/crdt/docs/{doc}", body, "application/json", token)
+
+
+def crdt_list(api: str, what: str, token: str | None = None) -> Any:
+    """``what`` is ``docs`` or ``checkpoints``."""
+    return _request(f"{api}/v1/crdt/{what}", token=token)

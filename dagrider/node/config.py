@@ -7,6 +7,7 @@ directory with its node configs can be moved as a whole. Every problem is report
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,11 @@ class NodeConfig:
     fsync: bool = False
     log_format: str = "json"
     log_level: str = "info"
+    crdt_enabled: bool = True
+    crdt_sync_interval: float = 2.0  # seconds between reconciliation sessions
+    crdt_checkpoint_interval: float = 10.0  # seconds between checkpoint submissions
+    # namespace ("*" = any other) -> writer keys as 64 hex digits, or "committee"
+    crdt_writers: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"*": ("committee",)})
 
     def parameters(self) -> Parameters:
         return Parameters(
@@ -62,6 +68,7 @@ _SECTIONS: dict[str, set[str]] = {
     "mempool": {"max_pending"},
     "storage": {"fsync"},
     "log": {"format", "level"},
+    "crdt": {"enabled", "sync_interval_ms", "checkpoint_interval_ms", "writers"},
 }
 
 
@@ -90,6 +97,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
     node = raw.get("node", {})
     api = raw.get("api", {})
     cons = raw.get("consensus", {})
+    crdt = raw.get("crdt", {})
     for key in ("key_file", "committee_file", "data_dir"):
         if key not in node:
             raise ConfigError(f"[node] {key} is required")
@@ -120,6 +128,10 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             log_level=_choice(
                 raw.get("log", {}), "level", "info", ("debug", "info", "warning", "error")
             ),
+            crdt_enabled=_bool(crdt, "enabled", True),
+            crdt_sync_interval=_int(crdt, "sync_interval_ms", 2000) / 1000.0,
+            crdt_checkpoint_interval=_int(crdt, "checkpoint_interval_ms", 10_000) / 1000.0,
+            crdt_writers=_writers(crdt.get("writers", {"*": ["committee"]})),
         )
         cfg.parameters()  # cross-field checks (batch size vs limits, gc depth)
     except ValueError as exc:
@@ -128,7 +140,33 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         raise ConfigError("[consensus] batch_delay_ms must be >= 0")
     if cfg.max_pending < 1:
         raise ConfigError("[mempool] max_pending must be >= 1")
+    if cfg.crdt_sync_interval <= 0 or cfg.crdt_checkpoint_interval <= 0:
+        raise ConfigError("[crdt] sync_interval_ms and checkpoint_interval_ms must be > 0")
     return cfg
+
+
+_NAMESPACE = re.compile(r"\*|[a-z0-9][a-z0-9_.-]{0,63}")
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _writers(value: object) -> dict[str, tuple[str, ...]]:
+    """``[crdt.writers]``: namespace -> list of "committee" or 64-hex Ed25519 keys."""
+    if not isinstance(value, dict):
+        raise ConfigError("[crdt] writers must be a table of namespace = [keys]")
+    out: dict[str, tuple[str, ...]] = {}
+    for namespace, keys in value.items():
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ConfigError(f"[crdt.writers] {namespace!r} is not a namespace or '*'")
+        if not isinstance(keys, list):
+            raise ConfigError(f"[crdt.writers] {namespace}: expected a list of keys")
+        for key in keys:
+            if key != "committee" and not (isinstance(key, str) and _HEX_KEY.fullmatch(key)):
+                raise ConfigError(
+                    f'[crdt.writers] {namespace}: {key!r} is neither "committee" '
+                    "nor a 64-hex-digit Ed25519 public key"
+                )
+        out[namespace] = tuple(keys)
+    return out
 
 
 def _path(table: dict[str, Any], key: str, base: Path) -> Path:

@@ -120,7 +120,7 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
             node.store.close()
             host, port = node.listen
             return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"peer listen {host}:{port}"))
-        app = build_app(node, cfg.api_token, cfg.max_body_bytes)
+        app = build_app(node, cfg.api_token, cfg.max_body_bytes, crdt=node.crdt)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         host, port = cfg.api_listen

@@ -40,11 +40,14 @@ from dagrider.messages import (
     VertexResponse,
 )
 from dagrider.node.config import NodeConfig
+from dagrider.node.crdt_node import CrdtNode
+from dagrider.node.crdt_store import CrdtStore
 from dagrider.node.metrics import Metrics
 from dagrider.node.service import LogEntry, MempoolFull, TxStatus, TxTooLarge
 from dagrider.node.store import Store, tx_digest
 from dagrider.process import Process, ProcessConfig
 from p2p.config import TransportConfig
+from p2p.framing import FrameKind
 from p2p.identity import Identity
 from p2p.transport import PeerTransport
 
@@ -92,6 +95,7 @@ class Node:
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
             logger=log.getChild("transport"),
+            channels={FrameKind.CRDT: self._on_crdt_frame},
         )
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(
@@ -101,6 +105,7 @@ class Node:
             self.params.gc_depth,
             cfg.fsync,
         )
+        self.crdt = self._build_crdt() if cfg.crdt_enabled else None
         self._effects: list[Effect] = []
         self._shares: list[CoinShare] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -133,16 +138,24 @@ class Node:
                 "mempool": len(mempool),
             },
         )
+        if self.crdt is not None:
+            self.crdt.load()
         await self.transport.start()
         self._catchup_task = asyncio.create_task(self._catchup_loop())
+        if self.crdt is not None:
+            self.crdt.start()
 
     async def stop(self) -> None:
         if self._catchup_task is not None:
             self._catchup_task.cancel()
+        if self.crdt is not None:
+            await self.crdt.stop()
         await self.transport.close()
         self._flush()
         self._stopped = True
         self.store.close()
+        if self.crdt is not None:
+            self.crdt.store.close()
         self.logger.info("node stopped", extra={"node": self.me, "round": self.process.round})
 
     # -- inputs -------------------------------------------------------------------------
@@ -172,9 +185,42 @@ class Node:
         peer = self.id_of[peer_key]
         self.logger.info("peer connected", extra={"peer": peer})
         self._emit(self.process.resync(peer))
+        if self.crdt is not None:
+            self.crdt.on_connected(peer_key)
 
     def _on_disconnected(self, peer_key: bytes) -> None:
         self.logger.info("peer disconnected", extra={"peer": self.id_of.get(peer_key)})
+        if self.crdt is not None:
+            self.crdt.on_disconnected(peer_key)
+
+    def _on_crdt_frame(self, peer_key: bytes, data: bytes) -> None:
+        if self.crdt is not None and peer_key in self.id_of:
+            self.crdt.on_frame(peer_key, data)
+
+    def _build_crdt(self) -> CrdtNode:
+        committee_keys = frozenset(self.key_of.values())
+        writers = {
+            ns: frozenset(
+                k
+                for key in keys
+                for k in (committee_keys if key == "committee" else [bytes.fromhex(key)])
+            )
+            for ns, keys in self.cfg.crdt_writers.items()
+        }
+        return CrdtNode(
+            seed=self.secret.identity_seed,
+            writers=writers,
+            checkpoint_signers=committee_keys,
+            domain=self.committee.committee_id,
+            store=CrdtStore(self.cfg.data_dir / "node.sqlite3", self.cfg.fsync),
+            log_store=self.store,
+            send=self.transport.send,
+            connected=self.transport.connected,
+            submit=self.submit,
+            sync_interval=self.cfg.crdt_sync_interval,
+            checkpoint_interval=self.cfg.crdt_checkpoint_interval,
+            logger=self.logger.getChild("crdt"),
+        )
 
     def _propose_timer(self, rnd: int) -> None:
         self._emit(self.process.propose_now(rnd))
@@ -287,6 +333,8 @@ class Node:
             submitted = self._submitted.pop(tx_digest(tx), None)
             if submitted is not None:
                 self.m_latency.observe(now - submitted)
+        if self.crdt is not None:
+            self.crdt.on_commit(e.tx_index, e.vertex.block)
 
     def _on_proposed(self, e: Proposed) -> None:
         for tx in e.vertex.block:
@@ -381,6 +429,8 @@ class Node:
             uptime_seconds=round(time.time() - self.started_at, 3),
             peers=self.transport.stats(),
         )
+        if self.crdt is not None:
+            st["crdt"] = self.crdt.status()
         return st
 
     def metrics(self) -> Metrics:

@@ -1,0 +1,1 @@
+"""Verifiable CRDT store: types, signed hash-linked changes, anti-entropy."""

@@ -1,0 +1,22 @@
+"""Bounds on what one peer can make a replica parse, hold or allocate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CrdtLimits:
+    """Every size a Byzantine peer could otherwise choose for us.
+
+    ``max_pending`` bounds changes held while their dependencies are missing: they are
+    not part of our change set, so anti-entropy offers them again later and dropping
+    one loses nothing.
+    """
+
+    max_change_bytes: int = 1 << 20
+    max_ops: int = 4096
+    max_deps: int = 1024
+    max_doc_id_bytes: int = 256
+    max_pending: int = 10_000
+    max_sync_batch_bytes: int = 4 << 20
