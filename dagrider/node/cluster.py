@@ -40,6 +40,8 @@ class ClusterSpec:
     max_pending: int = 20_000
     gc_depth: int = 50
     log_level: str = "info"
+    crdt_sync_interval_ms: int = 2_000
+    crdt_checkpoint_interval_ms: int = 10_000
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,6 +107,10 @@ class LocalCluster:
                     "[log]",
                     'format = "json"',
                     f'level = "{s.log_level}"',
+                    "",
+                    "[crdt]",
+                    f"sync_interval_ms = {s.crdt_sync_interval_ms}",
+                    f"checkpoint_interval_ms = {s.crdt_checkpoint_interval_ms}",
                     "",
                 ]
             )
