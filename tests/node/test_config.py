@@ -54,7 +54,7 @@ def test_crdt_defaults_and_values() -> None:
         ({"writers": ["committee"]}, "writers must be a table"),
         ({"writers": {"Bad NS": ["committee"]}}, "is not a namespace"),
         ({"writers": {"cfg": "committee"}}, "expected a list of keys"),
-        ({"writers": {"cfg": ["abc"]}}, "neither \"committee\" nor a 64-hex-digit"),
+        ({"writers": {"cfg": ["abc"]}}, 'neither "committee" nor a 64-hex-digit'),
         ({"bogus": 1}, "[crdt] unknown keys ['bogus']"),
     ],
 )
