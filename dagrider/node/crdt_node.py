@@ -224,6 +224,9 @@ class CrdtNode:
             )
         return self._checkpoints[k - 1]
 
+    def checkpoint_count(self) -> int:
+        return len(self._checkpoints)
+
     def checkpoints(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         return [_checkpoint_json(r) for r in self._checkpoints[after : after + limit]]
 

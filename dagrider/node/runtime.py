@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dagrider.codec import encode
@@ -478,6 +478,53 @@ class Node:
         )
         mempool = r.gauge("dagrider_mempool_transactions", "Transactions waiting for a vertex")
         mempool.set_function(lambda: float(len(self.process.mempool)))
+        if self.crdt is not None:
+            self._init_crdt_metrics(r, self.crdt)
+
+    def _init_crdt_metrics(self, r: Metrics, crdt: CrdtNode) -> None:
+        """Scrape-time gauges over the CRDT store's own counters (no hot-path cost)."""
+        st = crdt.engine.stats
+        values: dict[str, tuple[str, Callable[[], float]]] = {
+            "dagrider_crdt_changes": (
+                "Changes applied to the CRDT store",
+                lambda: len(crdt.replica),
+            ),
+            "dagrider_crdt_pending_changes": (
+                "Changes waiting for dependencies",
+                lambda: crdt.replica.pending_count,
+            ),
+            "dagrider_crdt_heads": (
+                "Heads of the CRDT change DAG",
+                lambda: len(crdt.replica.heads),
+            ),
+            "dagrider_crdt_checkpoints": ("Checkpoints ordered", crdt.checkpoint_count),
+            "dagrider_crdt_sync_sessions_completed": (
+                "Reconciliation sessions completed",
+                lambda: st.sessions_completed,
+            ),
+            "dagrider_crdt_sync_bytes_sent": (
+                "Bytes sent on the CRDT channel",
+                lambda: st.bytes_sent,
+            ),
+            "dagrider_crdt_sync_bytes_received": (
+                "Bytes received on the CRDT channel",
+                lambda: st.bytes_received,
+            ),
+            "dagrider_crdt_peer_faults": (
+                "Invalid CRDT sync input from peers",
+                lambda: crdt.faults,
+            ),
+            "dagrider_crdt_rejected_changes": (
+                "Changes from peers rejected (bad signature, unauthorized, ...)",
+                lambda: crdt.rejected,
+            ),
+        }
+        for name, (help_text, read) in values.items():
+            r.gauge(name, help_text).set_function(_as_float(read))
+
+
+def _as_float(read: Callable[[], float]) -> Callable[[], float]:
+    return lambda: float(read())
 
 
 def _member_address(c: Committee, node_id: int) -> tuple[str, int]:

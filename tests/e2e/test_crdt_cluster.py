@@ -98,6 +98,9 @@ def test_write_on_a_read_on_d_and_checkpoints_agree(
     assert crdt_get(d, "app/settings", k)["state_hash"] == at_k[0]["state_hash"]
     status = cluster.get_json(3, "/v1/status")["crdt"]
     assert status["changes"] == 3 and status["checkpoints"] >= k
+    with urllib.request.urlopen(f"{d}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert "dagrider_crdt_changes 3" in metrics and "dagrider_crdt_checkpoints" in metrics
 
 
 def test_bad_updates_are_refused_with_a_reason_and_change_nothing(
