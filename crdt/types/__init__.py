@@ -47,6 +47,7 @@ from __future__ import annotations
 from crdt.base import Crdt
 from crdt.errors import InvalidOperation
 from crdt.types.counters import GCounter, PNCounter
+from crdt.types.ormap import _REGISTRY as _ormap_registry
 from crdt.types.ormap import ORMap
 from crdt.types.orset import ORSet
 from crdt.types.registers import LWWRegister, MVRegister
@@ -56,6 +57,7 @@ TYPES: dict[str, type[Crdt]] = {
     cls.TYPE: cls for cls in (GCounter, PNCounter, LWWRegister, MVRegister, ORSet, ORMap, RGA, Text)
 }
 """Every type by wire name."""
+_ormap_registry.update(TYPES)
 
 
 def type_named(name: object) -> type[Crdt]:

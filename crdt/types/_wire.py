@@ -86,6 +86,8 @@ def expect_bytes(obj: Any, field: str, size: int) -> bytes:
 def expect_str(obj: Any, field: str, max_bytes: int, min_len: int = 0) -> str:
     if type(obj) is not str:
         fail(field, f"expected a str, got {_tname(obj)}")
+    if obj.isascii() and min_len <= len(obj) <= max_bytes:
+        return obj  # fast path: ASCII length is the UTF-8 length
     try:
         n = len(obj.encode("utf-8"))
     except UnicodeEncodeError:

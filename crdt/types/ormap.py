@@ -60,11 +60,17 @@ _REMOVE_ARGS = frozenset({"key"})
 _MAX_TYPE_NAME = 64
 
 
-def _nested_type(name: Any, field: str) -> type[Crdt]:
-    # Lazy: the registry imports this module.
-    from crdt.types import type_named
+_REGISTRY: dict[str, type[Crdt]] = {}
+"""Filled by :mod:`crdt.types` once every type is defined (it imports this module)."""
 
-    return type_named(expect_str(name, field, _MAX_TYPE_NAME))
+
+def _nested_type(name: Any, field: str) -> type[Crdt]:
+    # Hot path (twice per operation): a dict hit for known names, the full check otherwise.
+    cls = _REGISTRY.get(name) if type(name) is str else None
+    if cls is not None:
+        return cls
+    expect_str(name, field, _MAX_TYPE_NAME)
+    raise InvalidOperation(f"{field}: unknown CRDT type {name!r:.60}")
 
 
 def _entry_wire(e: Entry) -> list[Any]:
