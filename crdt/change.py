@@ -137,7 +137,9 @@ def sign_change(
     encoded: bytes = msgpack.packb(
         [VERSION, doc, list(deps_sorted), author, hlc, ops, signature], use_bin_type=True
     )
-    return decode_change(encoded, limits)
+    # Parsed and checked like any received change, but our own fresh signature is not
+    # verified again (~65 us, a third of a one-op write).
+    return decode_change(encoded, limits, verify=False)
 
 
 _VERIFY_KEYS: dict[bytes, VerifyKey] = {}

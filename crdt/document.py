@@ -6,7 +6,11 @@ update is a list of intents, for example::
 
     {"path": ["views"], "type": "pncounter", "action": "inc", "args": 3}
     {"path": ["profile", "name"], "type": "lww", "action": "set", "args": "ada"}
+    {"path": ["tags"], "type": "orset", "action": "remove", "args": "beta"}
     {"path": ["old"], "action": "remove"}
+
+``remove`` without ``args`` removes the key at ``path`` from its map; with ``args`` it
+is the value's own ``remove`` (an OR-Set element).
 
 All intents of one update become one signed change and are prepared against the
 document as it was before the change, so they must be independent: one update touches
@@ -34,7 +38,7 @@ COUNTER_TYPES = frozenset({"gcounter", "pncounter"})
 class Intent:
     """One requested update: ``action`` with ``args`` on the ``type`` value at ``path``.
 
-    ``action == "remove"`` removes the key at ``path`` from its map (``type`` unused).
+    ``action == "remove"`` with ``type`` None removes the key at ``path`` from its map.
     """
 
     path: tuple[str, ...]
@@ -70,13 +74,14 @@ def _parse_one(i: int, op: object) -> Intent:
     if not isinstance(action, str):
         raise InvalidOperation(f"{where}.action: expected a string")
     kind = op.get("type")
-    if action == "remove":
-        if "args" in op:
-            raise InvalidOperation(f"{where}: remove takes no args")
-        return Intent(tuple(path), action, kind if isinstance(kind, str) else None)
+    if action == "remove" and "args" not in op:
+        return Intent(tuple(path), action, None)
     if not isinstance(kind, str):
         raise InvalidOperation(f"{where}.type: expected a type name")
-    type_named(kind)  # raises InvalidOperation for an unknown type
+    try:
+        type_named(kind)  # raises InvalidOperation for an unknown type
+    except InvalidOperation as exc:  # Fix (test_document): name the op, like every other error
+        raise InvalidOperation(f"{where}.{exc}") from None
     return Intent(tuple(path), action, kind, op.get("args"))
 
 
@@ -87,7 +92,7 @@ def prepare_ops(state: ORMap | None, intents: Sequence[Intent], author: bytes) -
     for intent in _coalesce(intents):
         *parents, key = intent.path
         args: dict[str, Any]
-        if intent.action == "remove":
+        if intent.action == "remove" and intent.type is None:
             action, args = "remove", {"key": key}
         else:
             assert intent.type is not None
@@ -107,7 +112,8 @@ def _coalesce(intents: Sequence[Intent]) -> list[Intent]:
     """Merge increments of one counter in one update (they would otherwise overwrite)
     and refuse updates whose intents are not independent (see the module docstring)."""
     out: list[Intent] = []
-    touched: dict[tuple[str, ...], int] = {}
+    touched: dict[tuple[str, ...], int] = {}  # paths changed, by first intent
+    inside: dict[tuple[str, ...], int] = {}  # proper prefixes of those paths
     for i, intent in enumerate(intents):
         counter = intent.type in COUNTER_TYPES and intent.action in ("inc", "dec")
         for depth in range(1, len(intent.path) + 1):
@@ -126,15 +132,15 @@ def _coalesce(intents: Sequence[Intent]) -> list[Intent]:
                     f"ops[{i}] and ops[{other}] both touch {'/'.join(prefix)}: one update "
                     "changes a value at most once; send them as separate updates"
                 )
-        for j, earlier in enumerate(intents[:i]):
-            if earlier.path[: len(intent.path)] == intent.path and len(earlier.path) > len(
-                intent.path
-            ):
-                raise InvalidOperation(
-                    f"ops[{i}] and ops[{j}] both touch {'/'.join(intent.path)}: one update "
-                    "changes a value at most once; send them as separate updates"
-                )
+        j = inside.get(intent.path)
+        if j is not None:  # an earlier intent changed something inside this value
+            raise InvalidOperation(
+                f"ops[{i}] and ops[{j}] both touch {'/'.join(intent.path)}: one update "
+                "changes a value at most once; send them as separate updates"
+            )
         touched.setdefault(intent.path, i)
+        for depth in range(1, len(intent.path)):
+            inside.setdefault(intent.path[:depth], i)
     index: dict[tuple[tuple[str, ...], str | None, str], int] = {}
     for intent in intents:
         if intent.type in COUNTER_TYPES and intent.action in ("inc", "dec"):

@@ -164,6 +164,12 @@ class ORMap(Crdt):
             nested = self.values.get((key, sub.TYPE))
             if nested is None:
                 nested = sub()
+            elif nested_intent in ("remove", "delete") and not self.presence.keys.get(
+                (key, sub.TYPE)
+            ):
+                # A removed entry's state is only hidden: removing or deleting inside it
+                # must not succeed (and silently re-add the entry with its old contents).
+                fail("update", f"key {key!r:.60} is not present")
             op = {"up": key, "type": sub.TYPE, "op": nested.prepare(nested_intent, a["args"])}
             type(self).check_op(op)  # enforces the nesting depth
             return op
