@@ -108,7 +108,9 @@ class Replica:
         self._pending: dict[bytes, Change] = {}
         self._waiting: dict[bytes, set[bytes]] = {}
         self._rejected: OrderedDict[bytes, str] = OrderedDict()
-        self._snapshots: OrderedDict[frozenset[bytes], dict[str, ORMap]] = OrderedDict()
+        self._snapshots: OrderedDict[
+            frozenset[bytes], tuple[dict[str, ORMap], frozenset[bytes]]
+        ] = OrderedDict()
         self._last_hlc = 0
 
     # -- queries ---------------------------------------------------------------------
@@ -170,6 +172,9 @@ class Replica:
 
         Raises :class:`MissingChanges` when some of them are not held here.
         """
+        return self.ordered(self._past(heads))
+
+    def _past(self, heads: Iterable[bytes]) -> set[bytes]:
         seen: set[bytes] = set()
         missing: set[bytes] = set()
         stack = list(heads)
@@ -185,23 +190,39 @@ class Replica:
             stack.extend(d for d in change.deps if d not in seen)
         if missing:
             raise MissingChanges(frozenset(missing))
-        return self.ordered(seen)
+        return seen
 
     def state_at(self, heads: Iterable[bytes]) -> dict[str, ORMap]:
         """The documents as of the causal cut ``heads`` (for finality checkpoints).
 
         Identical on every replica that holds the cut, because it is the join of the
         same deltas. Cached for a few recent cuts; callers must not mutate the result.
+        Successive checkpoints usually contain one another, so a new cut starts from
+        the largest cached cut inside it and joins only the changes in between.
         """
         key = frozenset(heads)
         cached = self._snapshots.get(key)
         if cached is not None:
             self._snapshots.move_to_end(key)
-            return cached
+            return cached[0]
+        past = frozenset(self._past(key))
+        base: tuple[dict[str, ORMap], frozenset[bytes]] | None = None
+        for docs_b, past_b in self._snapshots.values():
+            if len(past_b) <= len(past) and past_b <= past:
+                if base is None or len(past_b) > len(base[1]):
+                    base = (docs_b, past_b)
         docs: dict[str, ORMap] = {}
-        for change in self.causal_past(key):
-            docs.setdefault(change.doc, ORMap()).merge(_delta(change))
-        self._snapshots[key] = docs
+        todo: Iterable[bytes] = past
+        if base is not None:
+            docs = {name: state.copy() for name, state in base[0].items()}
+            todo = past - base[1]
+        for change in self.ordered(todo):
+            state = docs.get(change.doc)
+            if state is None:
+                docs[change.doc] = _delta(change)
+            else:
+                state.merge(_delta(change))
+        self._snapshots[key] = (docs, past)
         while len(self._snapshots) > 8:
             self._snapshots.popitem(last=False)
         return docs
