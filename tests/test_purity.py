@@ -70,6 +70,37 @@ def test_pure_module_has_no_io_clock_or_randomness(path: Path) -> None:
     assert forbidden_imports(path.read_text(), str(path)) == []
 
 
+CRDT = PACKAGE.parent / "crdt"
+
+
+def crdt_modules() -> list[Path]:
+    return sorted(CRDT.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", crdt_modules(), ids=lambda p: p.relative_to(CRDT).as_posix())
+def test_crdt_module_is_pure_and_independent(path: Path) -> None:
+    """The CRDT store is pure too, and never imports the consensus core or the node."""
+    source = path.read_text()
+    assert forbidden_imports(source, str(path)) == []
+    tree = ast.parse(source)
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
+    assert not {m for m in imported if m.split(".")[0] in ("dagrider", "p2p", "sim")}
+
+
+def test_the_crdt_walk_finds_the_store() -> None:
+    names = {p.relative_to(CRDT).as_posix() for p in crdt_modules()}
+    assert {"replica.py", "sync.py", "reconcile.py", "types/ormap.py"} <= names
+
+
 @pytest.mark.parametrize(
     "source",
     [
