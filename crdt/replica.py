@@ -208,9 +208,9 @@ class Replica:
         past = frozenset(self._past(key))
         base: tuple[dict[str, ORMap], frozenset[bytes]] | None = None
         for docs_b, past_b in self._snapshots.values():
-            if len(past_b) <= len(past) and past_b <= past:
-                if base is None or len(past_b) > len(base[1]):
-                    base = (docs_b, past_b)
+            fits = len(past_b) <= len(past) and past_b <= past
+            if fits and (base is None or len(past_b) > len(base[1])):
+                base = (docs_b, past_b)
         docs: dict[str, ORMap] = {}
         todo: Iterable[bytes] = past
         if base is not None:
