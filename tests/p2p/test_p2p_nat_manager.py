@@ -1,0 +1,134 @@
+"""Connection manager: path choice, relayed links, upgrade to direct, fallback."""
+
+from __future__ import annotations
+
+from p2p.nat import Dial, Send
+from p2p.nat.manager import (
+    DIRECT,
+    NO_PATH,
+    CloseRelayed,
+    ConnectionManager,
+    ManagerConfig,
+    Path,
+    PathChanged,
+    PeerInfo,
+    RunRelayedTls,
+    UseRelay,
+)
+from p2p.nat.messages import (
+    CircuitClose,
+    ConnectRequest,
+    ConnectResponse,
+    PunchConnect,
+    Status,
+    StopConnect,
+    StopResponse,
+)
+from p2p.nat.punch import PunchConfig, PunchFailed
+
+ME, PEER, R1, R2 = (bytes([i]) * 32 for i in (1, 2, 0xE1, 0xE2))
+R_ADDR = ("198.51.100.1", 4000)
+
+
+def with_relays(mgr: ConnectionManager, *relays: bytes) -> None:
+    for r in relays:
+        mgr.link_up(r, DIRECT, 0.0)
+
+
+def test_public_peer_is_dialled_directly() -> None:
+    mgr = ConnectionManager(ME)
+    mgr.learn(PEER, PeerInfo((("203.0.113.5", 4000),), public=True), 0.0)
+    (dial,) = [e for e in mgr.want(PEER, 0.0) if isinstance(e, Dial)]
+    assert dial.addr == ("203.0.113.5", 4000) and dial.from_listen_port
+    effects = mgr.dial_result(dial.token, True, 1.0)
+    assert PathChanged(PEER, NO_PATH, DIRECT) in effects
+
+
+def test_failed_direct_dial_falls_back_to_relay() -> None:
+    mgr = ConnectionManager(ME)
+    with_relays(mgr, R1)
+    mgr.learn(PEER, PeerInfo((("203.0.113.5", 4000),), True, (R1,)), 0.0)
+    (dial,) = [e for e in mgr.want(PEER, 0.0) if isinstance(e, Dial)]
+    effects = mgr.dial_result(dial.token, False, 1.0)
+    assert UseRelay(PEER, R1) in effects and Send(R1, ConnectRequest(PEER)) in effects
+
+
+def test_relay_refusal_tries_the_next_relay() -> None:
+    mgr = ConnectionManager(ME)
+    with_relays(mgr, R1, R2)
+    mgr.learn(PEER, PeerInfo((), False, (R1, R2)), 0.0)
+    assert Send(R1, ConnectRequest(PEER)) in mgr.want(PEER, 0.0)
+    effects = mgr.on_message(R1, ConnectResponse(Status.NO_RESERVATION, PEER), 0.5)
+    assert Send(R2, ConnectRequest(PEER)) in effects
+    effects = mgr.on_message(R2, ConnectResponse(Status.OK, PEER, 9, 1000, 1000), 0.6)
+    assert effects == [RunRelayedTls(PEER, R2, 9, "client")]
+    relayed = Path("relayed", R2, 9)
+    assert PathChanged(PEER, NO_PATH, relayed) in mgr.link_up(PEER, relayed, 1.0)
+    assert mgr.peers[PEER].last_failure == "relay refused: NO_RESERVATION"
+
+
+def test_target_accepts_circuit_and_initiates_the_punch() -> None:
+    mgr = ConnectionManager(ME)
+    mgr.set_own_addrs((("192.0.2.1", 4000),))
+    effects = mgr.on_message(R1, StopConnect(PEER, 3, 1000, 1000), 0.0)
+    assert effects == [Send(R1, StopResponse(3, Status.OK)), RunRelayedTls(PEER, R1, 3, "server")]
+    relayed = Path("relayed", R1, 3)
+    effects = mgr.link_up(PEER, relayed, 1.0)
+    assert Send(PEER, PunchConnect(1, (("192.0.2.1", 4000),))) in effects
+    # the punch works: the direct link wins and the relayed link is closed
+    effects = mgr.link_up(PEER, DIRECT, 2.0)
+    assert PathChanged(PEER, relayed, DIRECT) in effects
+    assert CloseRelayed(PEER, R1, 3) in effects
+    assert Send(R1, CircuitClose(3, Status.CLOSED)) in effects
+    assert mgr.peers[PEER].direct_upgrades == 1
+
+
+def test_circuit_initiator_answers_the_punch() -> None:
+    mgr = ConnectionManager(ME)
+    with_relays(mgr, R1)
+    mgr.learn(PEER, PeerInfo((), False, (R1,)), 0.0)
+    mgr.want(PEER, 0.0)
+    mgr.on_message(R1, ConnectResponse(Status.OK, PEER, 4, 1000, 1000), 0.1)
+    mgr.link_up(PEER, Path("relayed", R1, 4), 0.2)
+    effects = mgr.on_message(PEER, PunchConnect(1, (("192.0.2.9", 4000),)), 0.3)
+    assert any(isinstance(e, Send) and isinstance(e.msg, PunchConnect) for e in effects)
+
+
+def test_failed_punch_stays_relayed_and_retries_later() -> None:
+    cfg = ManagerConfig(punch=PunchConfig(max_attempts=1, connect_timeout=1.0), upgrade_retry=50.0)
+    mgr = ConnectionManager(ME, cfg)
+    mgr.on_message(R1, StopConnect(PEER, 3, 1000, 1000), 0.0)
+    relayed = Path("relayed", R1, 3)
+    mgr.link_up(PEER, relayed, 0.0)
+    effects = mgr.tick(1.0)
+    assert any(isinstance(e, PunchFailed) for e in effects)
+    assert mgr.path(PEER) == relayed
+    assert not any(isinstance(e, Send) for e in mgr.tick(50.9))
+    assert any(isinstance(e, Send) and isinstance(e.msg, PunchConnect) for e in mgr.tick(51.0))
+    assert mgr.peers[PEER].upgrade_rounds == 2
+
+
+def test_lost_path_reconnects_a_wanted_peer() -> None:
+    mgr = ConnectionManager(ME)
+    with_relays(mgr, R1)
+    mgr.learn(PEER, PeerInfo((), False, (R1,)), 0.0)
+    mgr.want(PEER, 0.0)
+    mgr.on_message(R1, ConnectResponse(Status.OK, PEER, 4, 1000, 1000), 0.1)
+    relayed = Path("relayed", R1, 4)
+    mgr.link_up(PEER, relayed, 0.2)
+    effects = mgr.on_message(R1, CircuitClose(4, Status.DURATION_LIMIT), 5.0)
+    assert CloseRelayed(PEER, R1, 4) in effects
+    assert PathChanged(PEER, relayed, NO_PATH) in effects
+    assert Send(R1, ConnectRequest(PEER)) in effects
+
+
+def test_refuses_circuits_from_strangers_or_when_direct() -> None:
+    mgr = ConnectionManager(ME, allowed=frozenset({PEER}))
+    stranger = b"\x77" * 32
+    assert mgr.on_message(R1, StopConnect(stranger, 1, 1, 1), 0.0) == [
+        Send(R1, StopResponse(1, Status.TARGET_REFUSED))
+    ]
+    mgr.link_up(PEER, DIRECT, 0.0)
+    assert mgr.on_message(R1, StopConnect(PEER, 2, 1, 1), 0.0) == [
+        Send(R1, StopResponse(2, Status.TARGET_REFUSED))
+    ]
