@@ -74,6 +74,7 @@ class Link:
     ) -> None:
         self.key = key
         self.direction: Direction = direction
+        self.path = "direct"  # or "relayed:<relay peer id>"; set by the transport
         self.local_addr: object = writer.get_extra_info("sockname")
         self.remote_addr: object = writer.get_extra_info("peername")
         self._reader = reader

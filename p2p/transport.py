@@ -256,6 +256,7 @@ class PeerTransport:
             out[peer_id(key)] = {
                 "state": "connected" if link is not None else peer.state,
                 "direction": link.direction if link is not None else None,
+                "path": link.path if link is not None else None,
                 "local_addr": link.local_addr if link is not None else None,
                 "remote_addr": link.remote_addr if link is not None else peer.address,
                 "queued_bytes": link.queued_bytes if link is not None else 0,
@@ -386,21 +387,58 @@ class PeerTransport:
         """Whether a link in ``direction`` was dialled by the smaller of the two keys."""
         return (direction == "outbound") == (self._key < key)
 
+    def adopt(
+        self,
+        key: bytes,
+        direction: Direction,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: str = "direct",
+    ) -> bool:
+        """Install an authenticated link made elsewhere (a hole punch, a relayed circuit).
+
+        ``reader``/``writer`` must already carry TLS with ``key`` pinned. ``path`` is
+        ``"direct"`` or ``"relayed:<relay peer id>"``. A direct link replaces a relayed
+        one, never the reverse. False if the link was not kept (closed at once).
+        """
+        if key == self._key or (self._allowed is not None and key not in self._allowed):
+            writer.transport.abort()
+            return False
+        return self._install(key, direction, reader, writer, path)
+
+    def path_of(self, peer: bytes) -> str | None:
+        """``"direct"``, ``"relayed:<relay>"``, or None without a live link."""
+        link = self._live_link(peer)
+        return None if link is None else link.path
+
+    def link_addresses(self, peer: bytes) -> tuple[object, object] | None:
+        """(local, remote) socket addresses of the peer's live link, as the OS sees them."""
+        link = self._live_link(peer)
+        return None if link is None else (link.local_addr, link.remote_addr)
+
     def _install(
         self,
         key: bytes,
         direction: Direction,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-    ) -> None:
+        path: str = "direct",
+    ) -> bool:
         if not self._running:
             writer.transport.abort()
-            return
+            return False
         peer = self._peers.get(key)
         if peer is None:
             peer = self._peers[key] = _Peer(key, None, dials=False)
         old = peer.link
-        if old is not None:
+        relayed = path != "direct"
+        if old is not None and relayed and old.path == "direct":
+            writer.transport.abort()  # never trade a direct path for a relayed one
+            return False
+        if old is not None and old.path != "direct" and not relayed:
+            old.close("upgraded to a direct link", error=False)
+            self._peers[key] = peer
+        elif old is not None:
             if self._prefers(key, old.direction) and not self._prefers(key, direction):
                 writer.transport.abort()
                 log_event(
@@ -411,7 +449,7 @@ class PeerTransport:
                     kept=old.direction,
                     closed=direction,
                 )
-                return
+                return False
             old.close(f"replaced by a newer {direction} link", error=False)
             self._peers[key] = peer  # closing may have forgotten an inbound-only peer
         link = Link(
@@ -426,6 +464,7 @@ class PeerTransport:
             logger=self._log,
             channels=self._channels,
         )
+        link.path = path
         peer.link = link
         peer.state = "connected"
         peer.stats.links += 1
@@ -437,8 +476,10 @@ class PeerTransport:
             peer=short_id(key),
             direction=direction,
             addr=link.remote_addr,
+            path=path,
         )
         self._callback(self._on_connected, key)
+        return True
 
     def _link_closed(self, link: Link, reason: str, error: bool) -> None:
         peer = self._peers.get(link.key)
