@@ -102,6 +102,13 @@ class PeerTransport:
         rng: random.Random | None = None,
         channels: Mapping[int, Callable[[bytes, bytes], None]] | None = None,
     ) -> None:
+        self.accept_role: Callable[[object], Literal["client", "server"] | None] | None = None
+        """NAT traversal hook: the TLS role for an accepted connection from ``addr`` (a
+        hole punch's simultaneous open may land here as an accept); None = server."""
+        self.divert: Callable[[bytes, object, asyncio.StreamReader, asyncio.StreamWriter], bool]
+        self.divert = _never
+        """NAT traversal hook: called with every authenticated inbound connection before
+        it becomes the peer's link; True = consumed (e.g. a reachability dial-back)."""
         self.identity = identity
         self.config = config
         self._max_frame = config.max_frame
@@ -292,11 +299,21 @@ class PeerTransport:
             task.add_done_callback(self._handshaking.discard)
 
     async def _accept(self, conn: socket.socket, addr: object) -> None:
+        role = self.accept_role(addr) if self.accept_role is not None else None
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
-                reader, writer = await _tls_accept(
-                    conn, self._server_ctx, self.config.handshake_timeout
-                )
+                if role == "client":  # a punched connection whose TLS client we are
+                    reader, writer = await asyncio.open_connection(
+                        sock=conn,
+                        limit=STREAM_LIMIT,
+                        ssl=self._client_ctx,
+                        server_hostname="",
+                        ssl_handshake_timeout=self.config.handshake_timeout,
+                    )
+                else:
+                    reader, writer = await _tls_accept(
+                        conn, self._server_ctx, self.config.handshake_timeout
+                    )
             try:
                 key = check_pin(
                     peer_public_key(writer.get_extra_info("ssl_object")),
@@ -315,6 +332,8 @@ class PeerTransport:
         except BaseException:  # cancelled: the transport is closing
             conn.close()
             raise
+        if self.divert(key, addr, reader, writer):
+            return
         self._install(key, "inbound", reader, writer)
 
     async def _dial(self, peer: _Peer) -> None:
@@ -405,6 +424,23 @@ class PeerTransport:
             writer.transport.abort()
             return False
         return self._install(key, direction, reader, writer, path)
+
+    @property
+    def bound_address(self) -> tuple[str, int] | None:
+        """The listening socket's address (what dials bind to), once started."""
+        return self._bound
+
+    @property
+    def address_family(self) -> int:
+        return self._family
+
+    @property
+    def client_context(self) -> ssl.SSLContext:
+        return self._client_ctx
+
+    @property
+    def server_context(self) -> ssl.SSLContext:
+        return self._server_ctx
 
     def path_of(self, peer: bytes) -> str | None:
         """``"direct"``, ``"relayed:<relay>"``, or None without a live link."""
@@ -516,6 +552,10 @@ async def _tls_accept(
         lambda: protocol, conn, ssl=ctx, ssl_handshake_timeout=handshake_timeout
     )
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _never(key: bytes, addr: object, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    return False
 
 
 def _describe(exc: BaseException) -> str:
