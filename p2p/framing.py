@@ -37,6 +37,7 @@ class FrameKind(IntEnum):
     PING = 1
     PONG = 2
     CRDT = 3
+    NAT = 4
 
 
 LINK_KINDS: Final = frozenset({FrameKind.DATA, FrameKind.PING, FrameKind.PONG})

@@ -169,6 +169,11 @@ class ReachabilityClient:
         probe.addr = probe.addr or addr
         return self._maybe_finish(now)
 
+    def probing(self, server: bytes) -> bool:
+        """Whether a probe to ``server`` is waiting for its dial-back (the shell diverts
+        inbound connections from that server to :meth:`on_dial_back`)."""
+        return any(p.server == server and p.answer == "pending" for p in self._probes.values())
+
     def tick(self, now: float) -> list[ClientEffect]:
         effects: list[ClientEffect] = []
         expired = False
