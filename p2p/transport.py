@@ -472,6 +472,7 @@ class PeerTransport:
             writer.transport.abort()  # never trade a direct path for a relayed one
             return False
         if old is not None and old.path != "direct" and not relayed:
+            peer.link = None  # a replacement, not a loss: no on_disconnected for it
             old.close("upgraded to a direct link", error=False)
             self._peers[key] = peer
         elif old is not None:

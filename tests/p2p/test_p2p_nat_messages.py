@@ -60,11 +60,11 @@ messages = st.one_of(
 )
 
 
-def test_channel_kind_is_a_free_application_kind() -> None:
+def test_channel_kind_is_the_registered_application_kind() -> None:
     from p2p.framing import KNOWN_KINDS, FrameKind
 
-    assert NAT_CHANNEL_KIND not in KNOWN_KINDS
-    assert NAT_CHANNEL_KIND not in {int(k) for k in FrameKind}
+    assert NAT_CHANNEL_KIND not in KNOWN_KINDS  # an application channel, not a link kind
+    assert FrameKind.NAT == NAT_CHANNEL_KIND
 
 
 @given(messages)

@@ -1,0 +1,505 @@
+"""The asyncio shell of NAT traversal: the pure machines of :mod:`p2p.nat` on real links.
+
+One :class:`NatService` per node wires the observed-address tracker, the reachability
+client and server, the relay service, the reservation client and the connection manager
+to a :class:`~p2p.transport.PeerTransport`: NAT messages travel on their own channel
+(frame kind 4), timers are loop timers, dials and dial-backs are tasks, and a relayed
+circuit carries the two peers' own TLS link (:mod:`p2p.nat.relayed`) that the transport
+then adopts like any other. Its effect dispatch mirrors ``sim.nat.SimNode.perform``,
+which runs the same machines in the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2p.framing import HEADER, FrameKind
+from p2p.identity import short_id
+from p2p.link import Direction
+from p2p.nat import Dial, Expect, Send, StartTimer, TlsRole
+from p2p.nat.dialer import ExpectTable, dial_back, punch_dial
+from p2p.nat.manager import (
+    CloseRelayed,
+    ConnectionManager,
+    ManagerConfig,
+    Path,
+    PathChanged,
+    PeerInfo,
+    RunRelayedTls,
+    UseRelay,
+)
+from p2p.nat.messages import (
+    Addr,
+    CircuitClose,
+    CircuitData,
+    ConnectRequest,
+    ConnectResponse,
+    DialBack,
+    DialRequest,
+    DialResponse,
+    Identify,
+    NatDecodeError,
+    NatMessage,
+    PunchConnect,
+    PunchSync,
+    ReserveRequest,
+    ReserveResponse,
+    StopConnect,
+    StopResponse,
+    decode,
+    encode,
+)
+from p2p.nat.observed import AddressesChanged, MappingChanged, ObservedAddresses
+from p2p.nat.punch import CancelDials, PunchFailed, PunchSucceeded
+from p2p.nat.reachability import (
+    DialBackTo,
+    ReachabilityChanged,
+    ReachabilityClient,
+    ReachabilityConfig,
+    ReachabilityServer,
+)
+from p2p.nat.relay import (
+    RelayConfig,
+    RelayService,
+    ReservationChanged,
+    ReservationClient,
+    ReservationConfig,
+)
+from p2p.relayed import RelayedStream, open_relayed_tls
+from p2p.transport import PeerTransport
+
+DIRECT = Path("direct")
+DIAL_BACK_READ_TIMEOUT = 5.0
+RELAYED_HANDSHAKE_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class NatConfig:
+    """``relays``: public peers (key -> address) that serve as rendezvous, reachability
+    servers and relays. ``offer_relay``: run the relay service when we are public.
+    ``reserve``: take a reservation at every relay at once instead of waiting until
+    reachability says we are private (faster start-up behind a NAT)."""
+
+    relays: Mapping[bytes, Addr] = field(default_factory=dict)
+    offer_relay: bool = False
+    reserve: bool = False
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
+    reach: ReachabilityConfig = field(default_factory=ReachabilityConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    reservation: ReservationConfig = field(default_factory=ReservationConfig)
+
+
+class NatService:
+    """NAT traversal for one node's transport (see the module docstring)."""
+
+    def __init__(self, transport: PeerTransport, config: NatConfig, logger: logging.Logger) -> None:
+        self.transport = transport
+        self.config = config
+        self.log = logger
+        self.key = transport.identity.public_key
+        self.observed = ObservedAddresses()
+        self.reach = ReachabilityClient(os.urandom(32), config.reach)
+        self.server: ReachabilityServer | None = None
+        self.relay = RelayService(config.relay)
+        self.relay.set_enabled(False)
+        self.reservations = ReservationClient(config.reservation)
+        self.manager = ConnectionManager(self.key, config.manager)
+        self.circuits: dict[tuple[bytes, int], RelayedStream] = {}
+        self.relayed_peer: dict[bytes, tuple[bytes, int]] = {}
+        self.expects = ExpectTable()
+        self.dials: dict[bytes, set[asyncio.Task[None]]] = {}
+        self.path_changes: list[tuple[float, bytes, str]] = []
+        self.punches: list[PunchSucceeded | PunchFailed] = []
+        self.faults = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        transport.accept_role = self._accept_role
+        transport.divert = self._divert
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def start(self) -> None:
+        """Call once the transport is started (its listening address is known)."""
+        self.server = ReachabilityServer(self.now, self.config.reach)
+        for relay, addr in self.config.relays.items():
+            if relay == self.key:
+                continue
+            self.perform(self.manager.learn(relay, PeerInfo((addr,), True), self.now))
+            self.perform(self.manager.want(relay, self.now))
+        self.tick()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for stream in self.circuits.values():
+            stream.close()
+
+    def want(self, peer: bytes, info: PeerInfo) -> None:
+        """We need a link to ``peer`` (a committee member): direct, punched or relayed.
+
+        Only the smaller key of a pair drives it, as the transport's dialling does, so
+        two peers never open two circuits to each other.
+        """
+        self.perform(self.manager.learn(peer, info, self.now))
+        if self.key < peer:
+            self.perform(self.manager.want(peer, self.now))
+
+    # -- transport events ----------------------------------------------------------------
+
+    def on_connected(self, peer: bytes) -> None:
+        now = self.now
+        relayed = self.relayed_peer.get(peer)
+        path_name = self.transport.path_of(peer)
+        if path_name is not None and path_name != "direct" and relayed is not None:
+            self.perform(self.manager.link_up(peer, Path("relayed", *relayed), now))
+            return
+        self.relayed_peer.pop(peer, None)  # a direct link replaced the relayed one
+        addrs = self.transport.link_addresses(peer)
+        if addrs is not None and _is_addr(addrs[1]):
+            bound = self.transport.bound_address
+            listen = (bound,) if bound is not None else ()
+            self.send(peer, Identify(_addr(addrs[1]), listen))
+        self.perform(self.manager.link_up(peer, DIRECT, now))
+        if peer in self.config.relays:
+            self._servers_changed()
+            if self.config.reserve or self.reach.status == "private":
+                self.perform(self.reservations.add_relay(peer, now))
+
+    def on_disconnected(self, peer: bytes) -> None:
+        now = self.now
+        relayed = self.relayed_peer.pop(peer, None)
+        path = Path("relayed", *relayed) if relayed is not None else DIRECT
+        self.perform(self.manager.link_down(peer, path, now))
+        if relayed is None:
+            self.perform(self.relay.peer_disconnected(peer, now))
+            self.perform(self.reservations.remove_relay(peer, now))
+            for (relay, cid), stream in list(self.circuits.items()):
+                if relay == peer:
+                    stream.remote_closed("relay link lost")
+                    del self.circuits[(relay, cid)]
+            if peer in self.config.relays:
+                self._servers_changed()
+
+    def on_frame(self, peer: bytes, data: bytes) -> None:
+        """A frame on the NAT channel."""
+        try:
+            msg = decode(data)
+        except NatDecodeError as exc:
+            self.faults += 1
+            self.log.warning("bad NAT message", extra={"peer": short_id(peer), "reason": str(exc)})
+            return
+        self.receive(peer, msg)
+
+    def receive(self, sender: bytes, msg: NatMessage) -> None:
+        now = self.now
+        if isinstance(msg, Identify):
+            addrs = self.transport.link_addresses(sender)
+            host = _addr(addrs[1])[0] if addrs is not None and _is_addr(addrs[1]) else "0.0.0.0"
+            self.perform(self.observed.observe(sender, host, msg.observed, now))
+            # Until two observers confirm an address, the latest observation is our best
+            # candidate for a punch (one rendezvous is enough to try).
+            if not self.observed.confirmed:
+                self.manager.set_own_addrs(self.observed.latest())
+        elif isinstance(msg, DialRequest):
+            if self.server is not None:
+                addrs = self.transport.link_addresses(sender)
+                seen = _addr(addrs[1]) if addrs is not None and _is_addr(addrs[1]) else None
+                if self.transport.path_of(sender) != "direct":
+                    seen = None  # a relayed requester cannot be dialled back
+                self.perform(self.server.on_request(sender, seen, msg, now))
+        elif isinstance(msg, DialResponse):
+            self.perform(self.reach.on_response(sender, msg, now))
+        elif isinstance(msg, ReserveResponse):
+            self.perform(self.reservations.on_response(sender, msg, now))
+        elif isinstance(msg, CircuitData | CircuitClose) and (sender, msg.circuit) in self.circuits:
+            stream = self.circuits[(sender, msg.circuit)]
+            if isinstance(msg, CircuitData):
+                stream.feed(msg.data)
+            else:
+                stream.remote_closed(f"relay closed the circuit: {msg.status.name}")
+                del self.circuits[(sender, msg.circuit)]
+                self.perform(self.manager.on_message(sender, msg, now))
+        elif isinstance(
+            msg, ReserveRequest | ConnectRequest | StopResponse | CircuitData | CircuitClose
+        ):
+            self.perform(self.relay.on_message(sender, msg, now))
+        elif isinstance(msg, ConnectResponse | StopConnect | PunchConnect | PunchSync):
+            self.perform(self.manager.on_message(sender, msg, now))
+
+    # -- effects -------------------------------------------------------------------------
+
+    def send(self, peer: bytes, msg: NatMessage) -> None:
+        self.transport.send(peer, encode(msg), kind=FrameKind.NAT)
+
+    def tick(self) -> None:
+        if self._closed:
+            return
+        self._timer = None
+        now = self.now
+        machines: list[Callable[[float], Sequence[object]]] = [
+            self.observed.tick,
+            self.reach.tick,
+            self.relay.tick,
+            self.reservations.tick,
+            self.manager.tick,
+        ]
+        if self.server is not None:
+            machines.append(self.server.tick)
+        for machine_tick in machines:
+            self.perform(machine_tick(now))
+        self.expects.expire(now)
+
+    def _schedule(self, at: float) -> None:
+        if self._closed:
+            return
+        if self._timer is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_at(at, self.tick)
+
+    def perform(self, effects: Iterable[object]) -> None:
+        for e in effects:
+            if isinstance(e, Send):
+                self.send(e.peer, e.msg)
+            elif isinstance(e, StartTimer):
+                self._schedule(e.at)
+            elif isinstance(e, Dial):
+                self._spawn(e.peer, self._dial(e))
+            elif isinstance(e, DialBackTo):
+                self._spawn(e.peer, self._dial_back(e))
+            elif isinstance(e, Expect):
+                self.expects.add(e, self.now)
+            elif isinstance(e, CancelDials):
+                for task in self.dials.pop(e.peer, set()):
+                    task.cancel()
+            elif isinstance(e, RunRelayedTls):
+                self._spawn(e.peer, self._relayed(e))
+            elif isinstance(e, CloseRelayed):
+                stream = self.circuits.pop((e.relay, e.circuit), None)
+                if stream is not None:
+                    stream.close()
+            elif isinstance(e, PathChanged):
+                self._path_changed(e)
+            elif isinstance(e, PunchSucceeded | PunchFailed):
+                self.punches.append(e)
+                self.log.info(
+                    "hole punch " + ("succeeded" if isinstance(e, PunchSucceeded) else "failed"),
+                    extra={"peer": short_id(e.peer)},
+                )
+            elif isinstance(e, AddressesChanged | MappingChanged):
+                own = self.observed.confirmed or self.observed.latest()
+                self.manager.set_own_addrs(own)
+                self.perform(self.reach.set_candidates(own, self.now))
+            elif isinstance(e, ReachabilityChanged):
+                self._reachability(e)
+            elif isinstance(e, ReservationChanged | UseRelay):
+                pass  # advertised through status; peers learn relays from configuration
+            else:
+                raise TypeError(f"unhandled NAT effect {e!r}")
+
+    def _spawn(self, peer: bytes, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        self.dials.setdefault(peer, set()).add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: self.dials.get(peer, set()).discard(t))
+
+    def _path_changed(self, e: PathChanged) -> None:
+        name = e.new.kind if e.new.relay is None else f"relayed:{e.new.relay.hex()[:16]}"
+        self.path_changes.append((self.now, e.peer, name))
+        self.log.info("peer path", extra={"peer": short_id(e.peer), "path": name})
+
+    def _reachability(self, e: ReachabilityChanged) -> None:
+        self.log.info("reachability", extra={"status": e.new, "addrs": list(e.addrs)})
+        now = self.now
+        if e.new == "public":
+            self.relay.set_enabled(self.config.offer_relay, e.addrs[0] if e.addrs else None)
+        elif e.new == "private":
+            for relay in self.config.relays:
+                if self.transport.path_of(relay) == "direct":
+                    self.perform(self.reservations.add_relay(relay, now))
+
+    def _servers_changed(self) -> None:
+        live = [r for r in self.config.relays if self.transport.path_of(r) == "direct"]
+        self.perform(self.reach.set_servers(live, self.now))
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def _dial(self, e: Dial) -> None:
+        bound = self.transport.bound_address
+        ok = False
+        try:
+            assert bound is not None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(0.1, e.deadline - self.now)
+            reader, writer = await punch_dial(
+                bound if e.from_listen_port else (bound[0], 0),
+                e.addr,
+                self.transport.address_family,
+                e.tls_role,
+                self.transport.client_context,
+                self.transport.server_context,
+                e.peer,
+                deadline,
+            )
+            direction: Direction = "outbound" if e.tls_role == "client" else "inbound"
+            ok = self.transport.adopt(e.peer, direction, reader, writer, "direct")
+            ok = ok or self.transport.path_of(e.peer) == "direct"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.info("NAT dial failed", extra={"peer": short_id(e.peer), "reason": repr(exc)})
+        if not self._closed:
+            self.perform(self.manager.dial_result(e.token, ok, self.now))
+
+    async def _dial_back(self, e: DialBackTo) -> None:
+        ok = False
+        try:
+            ok = await dial_back(
+                e.addr, e.nonce, self.transport.client_context, e.peer, DIAL_BACK_READ_TIMEOUT
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.info("dial-back failed", extra={"addr": e.addr, "reason": repr(exc)})
+        if not self._closed and self.server is not None:
+            self.perform(self.server.dial_result(e.token, ok, self.now))
+
+    async def _relayed(self, e: RunRelayedTls) -> None:
+        relay, circuit = e.relay, e.circuit
+
+        def send_chunk(data: bytes) -> bool:
+            return self.transport.send(relay, encode(CircuitData(circuit, data)), FrameKind.NAT)
+
+        stream = RelayedStream(send_chunk)
+        self.circuits[(relay, circuit)] = stream
+        try:
+            reader, writer = await open_relayed_tls(
+                stream,
+                e.tls_role,
+                self.transport.client_context,
+                self.transport.server_context,
+                e.peer,
+                RELAYED_HANDSHAKE_TIMEOUT,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.info(
+                "relayed TLS failed", extra={"peer": short_id(e.peer), "reason": repr(exc)}
+            )
+            self.circuits.pop((relay, circuit), None)
+            stream.close()
+            return
+        self.relayed_peer[e.peer] = (relay, circuit)
+        direction: Direction = "outbound" if e.tls_role == "client" else "inbound"
+        if not self.transport.adopt(e.peer, direction, reader, writer, f"relayed:{relay.hex()}"):
+            self.relayed_peer.pop(e.peer, None)
+
+    # -- transport hooks -----------------------------------------------------------------
+
+    def _accept_role(self, addr: object) -> TlsRole | None:
+        """An accepted connection from an address we are punching towards: use the
+        punch's TLS role (the simultaneous open may have landed on our listener)."""
+        if not _is_addr(addr):
+            return None
+        match = self.expects.match(_addr(addr), self.now)
+        return None if match is None else match.role
+
+    def _divert(
+        self, key: bytes, addr: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """A reachability server dialling us back: read its DialBack, do not keep the link."""
+        if not self.reach.probing(key):
+            return False
+        local = writer.get_extra_info("sockname")
+        self._spawn(key, self._read_dial_back(reader, writer, local))
+        return True
+
+    async def _read_dial_back(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, local: object
+    ) -> None:
+        try:
+            async with asyncio.timeout(DIAL_BACK_READ_TIMEOUT):
+                header = await reader.readexactly(HEADER.size)
+                length, kind = HEADER.unpack(header)
+                if kind != FrameKind.NAT or length > 4096:
+                    return
+                msg = decode(await reader.readexactly(length))
+            if isinstance(msg, DialBack) and _is_addr(local):
+                bound = self.transport.bound_address
+                addr = bound if bound is not None else _addr(local)
+                self.perform(self.reach.on_dial_back(msg.nonce, addr, self.now))
+        except (TimeoutError, asyncio.IncompleteReadError, NatDecodeError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Reachability, addresses, relay service and every peer's path, for /v1/status."""
+        rs = self.relay.stats()
+        now = self.now
+        peers: dict[str, Any] = {}
+        for peer, st in self.manager.peers.items():
+            peers[peer.hex()[:16]] = {
+                "path": st.path.kind,
+                "relay": st.path.relay.hex()[:16] if st.path.relay is not None else None,
+                "rtt_ms": None if st.rtt is None else round(st.rtt * 1000, 1),
+                "upgrade_attempts": st.upgrade_attempts,
+                "direct_upgrades": st.direct_upgrades,
+                "last_failure": st.last_failure,
+            }
+        return {
+            "reachability": self.reach.status,
+            "reachable_addrs": [list(a) for a in self.reach.reachable],
+            "observed_addrs": [list(a) for a in self.observed.confirmed],
+            "mapping": self.observed.mapping,
+            "reservations": {
+                k.hex()[:16]: (list(a) if a is not None else None)
+                for k, a in self.reservations.active(now).items()
+            },
+            "relay_service": {
+                "enabled": self.relay.enabled,
+                **{k: v for k, v in vars(rs).items() if isinstance(v, int | float)},
+            },
+            "peers": peers,
+            "punches": {
+                "succeeded": sum(isinstance(p, PunchSucceeded) for p in self.punches),
+                "failed": sum(isinstance(p, PunchFailed) for p in self.punches),
+            },
+            "faults": self.faults,
+        }
+
+
+def _is_addr(addr: object) -> bool:
+    return isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[0], str)
+
+
+def _addr(addr: object) -> Addr:
+    assert isinstance(addr, tuple)
+    return (str(addr[0]), int(addr[1]))
+
+
+__all__ = ["NatConfig", "NatService"]
