@@ -43,6 +43,11 @@ class NodeConfig:
     crdt_checkpoint_interval: float = 10.0  # seconds between checkpoint submissions
     # namespace ("*" = any other) -> writer keys as 64 hex digits, or "committee"
     crdt_writers: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"*": ("committee",)})
+    nat_enabled: bool = False
+    nat_relays: dict[bytes, tuple[str, int]] = field(default_factory=dict)  # key -> address
+    nat_offer_relay: bool = False
+    nat_reserve: bool = False
+    nat_dial_timeout: float = 10.0
 
     def parameters(self) -> Parameters:
         return Parameters(
@@ -69,6 +74,7 @@ _SECTIONS: dict[str, set[str]] = {
     "storage": {"fsync"},
     "log": {"format", "level"},
     "crdt": {"enabled", "sync_interval_ms", "checkpoint_interval_ms", "writers"},
+    "nat": {"enabled", "relays", "offer_relay", "reserve", "dial_timeout_ms"},
 }
 
 
@@ -98,6 +104,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
     api = raw.get("api", {})
     cons = raw.get("consensus", {})
     crdt = raw.get("crdt", {})
+    nat = raw.get("nat", {})
     for key in ("key_file", "committee_file", "data_dir"):
         if key not in node:
             raise ConfigError(f"[node] {key} is required")
@@ -132,6 +139,11 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             crdt_sync_interval=_int(crdt, "sync_interval_ms", 2000) / 1000.0,
             crdt_checkpoint_interval=_int(crdt, "checkpoint_interval_ms", 10_000) / 1000.0,
             crdt_writers=_writers(crdt.get("writers", {"*": ["committee"]})),
+            nat_enabled=_bool(nat, "enabled", False),
+            nat_relays=_relays(nat.get("relays", [])),
+            nat_offer_relay=_bool(nat, "offer_relay", False),
+            nat_reserve=_bool(nat, "reserve", False),
+            nat_dial_timeout=_int(nat, "dial_timeout_ms", 10_000) / 1000.0,
         )
         cfg.parameters()  # cross-field checks (batch size vs limits, gc depth)
     except ValueError as exc:
@@ -143,6 +155,19 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
     if cfg.crdt_sync_interval <= 0 or cfg.crdt_checkpoint_interval <= 0:
         raise ConfigError("[crdt] sync_interval_ms and checkpoint_interval_ms must be > 0")
     return cfg
+
+
+def _relays(value: object) -> dict[bytes, tuple[str, int]]:
+    """``[nat] relays``: a list of "<64-hex Ed25519 key>@host:port"."""
+    if not isinstance(value, list):
+        raise ConfigError('[nat] relays must be a list of "<hex key>@host:port"')
+    out: dict[bytes, tuple[str, int]] = {}
+    for item in value:
+        key, at, address = str(item).partition("@")
+        if not isinstance(item, str) or not at or not _HEX_KEY.fullmatch(key):
+            raise ConfigError(f'[nat] relays: {item!r} is not "<64 hex digits>@host:port"')
+        out[bytes.fromhex(key)] = _addr(address, f"[nat] relays {key[:16]}")
+    return out
 
 
 _NAMESPACE = re.compile(r"\*|[a-z0-9][a-z0-9_.-]{0,63}")

@@ -49,6 +49,8 @@ from dagrider.process import Process, ProcessConfig
 from p2p.config import TransportConfig
 from p2p.framing import FrameKind
 from p2p.identity import Identity
+from p2p.nat.manager import ManagerConfig, PeerInfo
+from p2p.nat.service import NatConfig, NatService
 from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64
@@ -90,13 +92,14 @@ class Node:
             self.identity,
             TransportConfig(listen_host=listen[0], listen_port=listen[1]),
             peers=addresses,
-            allowed=set(self.key_of.values()),
+            allowed=set(self.key_of.values()) | set(cfg.nat_relays),
             on_frame=self._on_frame,
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
             logger=log.getChild("transport"),
-            channels={FrameKind.CRDT: self._on_crdt_frame},
+            channels={FrameKind.CRDT: self._on_crdt_frame, FrameKind.NAT: self._on_nat_frame},
         )
+        self.nat = self._build_nat() if cfg.nat_enabled else None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(
             cfg.data_dir / "node.sqlite3",
@@ -141,6 +144,8 @@ class Node:
         if self.crdt is not None:
             self.crdt.load()
         await self.transport.start()
+        if self.nat is not None:
+            self._start_nat(self.nat)
         self._catchup_task = asyncio.create_task(self._catchup_loop())
         if self.crdt is not None:
             self.crdt.start()
@@ -150,6 +155,8 @@ class Node:
             self._catchup_task.cancel()
         if self.crdt is not None:
             await self.crdt.stop()
+        if self.nat is not None:
+            await self.nat.close()
         await self.transport.close()
         self._flush()
         self._stopped = True
@@ -182,16 +189,51 @@ class Node:
         self._emit(self.process.receive(sender, msg))
 
     def _on_connected(self, peer_key: bytes) -> None:
-        peer = self.id_of[peer_key]
+        if self.nat is not None:
+            self.nat.on_connected(peer_key)
+        peer = self.id_of.get(peer_key)
+        if peer is None:  # a relay outside the committee
+            return
         self.logger.info("peer connected", extra={"peer": peer})
         self._emit(self.process.resync(peer))
         if self.crdt is not None:
             self.crdt.on_connected(peer_key)
 
     def _on_disconnected(self, peer_key: bytes) -> None:
+        if self.nat is not None:
+            self.nat.on_disconnected(peer_key)
+        if peer_key not in self.id_of:
+            return
         self.logger.info("peer disconnected", extra={"peer": self.id_of.get(peer_key)})
         if self.crdt is not None:
             self.crdt.on_disconnected(peer_key)
+
+    def _on_nat_frame(self, peer_key: bytes, data: bytes) -> None:
+        if self.nat is not None:
+            self.nat.on_frame(peer_key, data)
+
+    def _build_nat(self) -> NatService:
+        cfg = self.cfg
+        manager = ManagerConfig(dial_timeout=cfg.nat_dial_timeout, retry_after=5.0)
+        nat = NatService(
+            self.transport,
+            NatConfig(
+                relays=cfg.nat_relays,
+                offer_relay=cfg.nat_offer_relay,
+                reserve=cfg.nat_reserve,
+                manager=manager,
+            ),
+            self.logger.getChild("nat"),
+        )
+        return nat
+
+    def _start_nat(self, nat: NatService) -> None:
+        nat.start()
+        relays = tuple(k for k in self.cfg.nat_relays if k != self.identity.public_key)
+        for peer in self.peers:
+            key = self.key_of[peer]
+            address = self.cfg.peers.get(peer) or _member_address(self.committee, peer)
+            nat.want(key, PeerInfo((address,), True, relays))
 
     def _on_crdt_frame(self, peer_key: bytes, data: bytes) -> None:
         if self.crdt is not None and peer_key in self.id_of:
@@ -431,6 +473,8 @@ class Node:
         )
         if self.crdt is not None:
             st["crdt"] = self.crdt.status()
+        if self.nat is not None:
+            st["nat"] = self.nat.status()
         return st
 
     def metrics(self) -> Metrics:
