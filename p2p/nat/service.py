@@ -82,7 +82,8 @@ RELAYED_HANDSHAKE_TIMEOUT = 15.0
 @dataclass(frozen=True)
 class NatConfig:
     """``relays``: public peers (key -> address) that serve as rendezvous, reachability
-    servers and relays. ``offer_relay``: run the relay service when we are public.
+    servers and relays. ``offer_relay``: run the relay service (from the start: set it
+    on nodes known to be public, such as a rendezvous).
     ``reserve``: take a reservation at every relay at once instead of waiting until
     reachability says we are private (faster start-up behind a NAT)."""
 
@@ -133,6 +134,8 @@ class NatService:
     def start(self) -> None:
         """Call once the transport is started (its listening address is known)."""
         self.server = ReachabilityServer(self.now, self.config.reach)
+        if self.config.offer_relay:  # the operator says this node is public: serve at once
+            self.relay.set_enabled(True, self.transport.bound_address)
         for relay, addr in self.config.relays.items():
             if relay == self.key:
                 continue
