@@ -87,3 +87,39 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[node\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+def test_nat_section() -> None:
+    key = "cd" * 32
+    cfg = parse_config(
+        _with(
+            nat={
+                "enabled": True,
+                "relays": [f"{key}@198.51.100.1:7001"],
+                "offer_relay": False,
+                "reserve": True,
+                "dial_timeout_ms": 2500,
+            }
+        ),
+        Path("/base"),
+    )
+    assert cfg.nat_enabled and cfg.nat_reserve and not cfg.nat_offer_relay
+    assert cfg.nat_relays == {bytes.fromhex(key): ("198.51.100.1", 7001)}
+    assert cfg.nat_dial_timeout == 2.5
+    assert not parse_config(BASE, Path("/")).nat_enabled
+
+
+@pytest.mark.parametrize(
+    ("nat", "message"),
+    [
+        ({"relays": "x"}, "must be a list"),
+        ({"relays": ["nokey@1.2.3.4:1"]}, 'is not "<64 hex digits>@host:port"'),
+        ({"relays": ["cd" * 32 + "@nowhere"]}, "must be 'host:port'"),
+        ({"reserve": 1}, "reserve must be true or false"),
+        ({"punch": True}, "[nat] unknown keys ['punch']"),
+    ],
+)
+def test_bad_nat_section_is_named(nat: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with(nat=nat), Path("/base"))
+    assert message in str(info.value)
