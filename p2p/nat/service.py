@@ -50,6 +50,7 @@ from p2p.nat.messages import (
     PunchSync,
     ReserveRequest,
     ReserveResponse,
+    Status,
     StopConnect,
     StopResponse,
     decode,
@@ -296,6 +297,8 @@ class NatService:
                 for task in self.dials.pop(e.peer, set()):
                     task.cancel()
             elif isinstance(e, RunRelayedTls):
+                # Registered now, not in the task: circuit data may arrive before it runs.
+                self.circuits[(e.relay, e.circuit)] = self._stream(e.relay, e.circuit)
                 self._spawn(e.peer, self._relayed(e))
             elif isinstance(e, CloseRelayed):
                 stream = self.circuits.pop((e.relay, e.circuit), None)
@@ -388,14 +391,22 @@ class NatService:
         if not self._closed and self.server is not None:
             self.perform(self.server.dial_result(e.token, ok, self.now))
 
-    async def _relayed(self, e: RunRelayedTls) -> None:
-        relay, circuit = e.relay, e.circuit
-
+    def _stream(self, relay: bytes, circuit: int) -> RelayedStream:
         def send_chunk(data: bytes) -> bool:
             return self.transport.send(relay, encode(CircuitData(circuit, data)), FrameKind.NAT)
 
-        stream = RelayedStream(send_chunk)
-        self.circuits[(relay, circuit)] = stream
+        def on_closed(notify_relay: bool) -> None:
+            self.circuits.pop((relay, circuit), None)
+            if notify_relay:  # we ended it (close, TLS error, pin refusal): tell the relay
+                self.send(relay, CircuitClose(circuit, Status.CLOSED))
+
+        return RelayedStream(send_chunk, on_closed=on_closed)
+
+    async def _relayed(self, e: RunRelayedTls) -> None:
+        relay, circuit = e.relay, e.circuit
+        stream = self.circuits.get((relay, circuit))
+        if stream is None:
+            return
         try:
             reader, writer = await open_relayed_tls(
                 stream,
