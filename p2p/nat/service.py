@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -121,6 +122,10 @@ class NatService:
         self.faults = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        # Every pending StartTimer deadline: the machines do not re-announce a later
+        # deadline when an earlier timer fires, so one coalesced timer would lose it
+        # (a lost "path-retry" left a peer without any path forever in the NAT lab).
+        self._deadlines: list[float] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         transport.accept_role = self._accept_role
@@ -267,13 +272,19 @@ class NatService:
         ]
         if self.server is not None:
             machines.append(self.server.tick)
+        while self._deadlines and self._deadlines[0] <= now:
+            heapq.heappop(self._deadlines)
         for machine_tick in machines:
             self.perform(machine_tick(now))
         self.expects.expire(now)
+        if self._deadlines:  # re-arm for the earliest deadline still pending
+            self._schedule(self._deadlines[0], remember=False)
 
-    def _schedule(self, at: float) -> None:
+    def _schedule(self, at: float, remember: bool = True) -> None:
         if self._closed:
             return
+        if remember:
+            heapq.heappush(self._deadlines, at)
         if self._timer is not None and self._timer_at <= at:
             return
         if self._timer is not None:
