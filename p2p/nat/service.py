@@ -120,6 +120,7 @@ class NatService:
         self.path_changes: list[tuple[float, bytes, str]] = []
         self.punches: list[PunchSucceeded | PunchFailed] = []
         self.faults = 0
+        self._wanted: set[bytes] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         # Every pending StartTimer deadline: the machines do not re-announce a later
@@ -169,6 +170,7 @@ class NatService:
         """
         self.perform(self.manager.learn(peer, info, self.now))
         if self.key < peer:
+            self._wanted.add(peer)
             self.perform(self.manager.want(peer, self.now))
 
     # -- transport events ----------------------------------------------------------------
@@ -191,6 +193,11 @@ class NatService:
             self._servers_changed()
             if self.config.reserve or self.reach.status == "private":
                 self.perform(self.reservations.add_relay(peer, now))
+            # Peers that found no usable path before this relay came up retry now, not
+            # after the manager's retry delay.
+            for other in list(self._wanted):
+                if self.manager.path(other).kind == "none":
+                    self.perform(self.manager.want(other, now))
 
     def on_disconnected(self, peer: bytes) -> None:
         now = self.now
