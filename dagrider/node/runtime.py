@@ -10,6 +10,7 @@ store writes is what makes it affordable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -524,6 +525,39 @@ class Node:
         mempool.set_function(lambda: float(len(self.process.mempool)))
         if self.crdt is not None:
             self._init_crdt_metrics(r, self.crdt)
+        if self.nat is not None:
+            self._init_nat_metrics(r, self.nat)
+
+    def _is_relayed(self, key: bytes) -> float:
+        return float((self.transport.path_of(key) or "").startswith("relayed"))
+
+    def _init_nat_metrics(self, r: Metrics, nat: NatService) -> None:
+        """Scrape-time NAT gauges: paths by kind, per-peer path and RTT, relay, punches."""
+        paths = r.gauge("dagrider_nat_peers", "Peers by current path", ("path",))
+        for kind in ("direct", "relayed", "none"):
+            paths.labels(kind).set_function(functools.partial(nat.count_paths, kind))
+        reach = r.gauge("dagrider_nat_public", "1 public, 0 private, -1 not known yet")
+        reach.set_function(lambda: {"public": 1.0, "private": 0.0}.get(nat.reach.status, -1.0))
+        relayed = r.gauge(
+            "dagrider_nat_peer_relayed", "1 if the link to a peer is relayed", ("peer",)
+        )
+        rtt = r.gauge("dagrider_nat_peer_rtt_seconds", "Keep-alive RTT of a peer's link", ("peer",))
+        for node_id, key in self.key_of.items():
+            if node_id == self.me:
+                continue
+            relayed.labels(str(node_id)).set_function(functools.partial(self._is_relayed, key))
+            rtt.labels(str(node_id)).set_function(functools.partial(nat.rtt, key))
+        for name, help_text, read in (
+            (
+                "dagrider_nat_punches_succeeded",
+                "Hole punches that gave a direct link",
+                nat.punches_succeeded,
+            ),
+            ("dagrider_nat_punches_failed", "Hole punches that failed", nat.punches_failed),
+            ("dagrider_nat_relay_circuits", "Circuits this node relays now", nat.relay_circuits),
+            ("dagrider_nat_relay_bytes", "Bytes this node relayed", nat.relay_bytes),
+        ):
+            r.gauge(name, help_text).set_function(_as_float(read))
 
     def _init_crdt_metrics(self, r: Metrics, crdt: CrdtNode) -> None:
         """Scrape-time gauges over the CRDT store's own counters (no hot-path cost)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2p.framing import HEADER, FrameKind
-from p2p.identity import short_id
+from p2p.identity import peer_id, short_id
 from p2p.link import Direction
 from p2p.nat import Dial, Expect, Send, StartTimer, TlsRole
 from p2p.nat.dialer import ExpectTable, dial_back, punch_dial
@@ -489,6 +489,31 @@ class NatService:
 
     # -- status --------------------------------------------------------------------------
 
+    def count_paths(self, kind: str) -> float:
+        return float(sum(1 for st in self.manager.peers.values() if st.path.kind == kind))
+
+    def rtt(self, peer: bytes) -> float:
+        """Seconds; the link's keep-alive RTT (-1 while unknown)."""
+        st = self.transport.stats().get(peer_id(peer), {})
+        rtt_ms = st.get("rtt_ms")
+        return float(rtt_ms) / 1000.0 if isinstance(rtt_ms, int | float) else -1.0
+
+    def _rtt_ms(self, peer: bytes) -> float | None:
+        rtt = self.rtt(peer)
+        return None if rtt < 0 else round(rtt * 1000, 1)
+
+    def punches_succeeded(self) -> float:
+        return float(sum(isinstance(p, PunchSucceeded) for p in self.punches))
+
+    def punches_failed(self) -> float:
+        return float(sum(isinstance(p, PunchFailed) for p in self.punches))
+
+    def relay_circuits(self) -> float:
+        return float(self.relay.stats().circuits)
+
+    def relay_bytes(self) -> float:
+        return float(self.relay.stats().bytes_relayed)
+
     def status(self) -> dict[str, Any]:
         """Reachability, addresses, relay service and every peer's path, for /v1/status."""
         rs = self.relay.stats()
@@ -498,7 +523,7 @@ class NatService:
             peers[peer.hex()[:16]] = {
                 "path": st.path.kind,
                 "relay": st.path.relay.hex()[:16] if st.path.relay is not None else None,
-                "rtt_ms": None if st.rtt is None else round(st.rtt * 1000, 1),
+                "rtt_ms": round(st.rtt * 1000, 1) if st.rtt is not None else self._rtt_ms(peer),
                 "upgrade_attempts": st.upgrade_attempts,
                 "direct_upgrades": st.direct_upgrades,
                 "last_failure": st.last_failure,

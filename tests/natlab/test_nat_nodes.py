@@ -426,6 +426,10 @@ def test_committee_through_nats(natlab: Lab, cell: Cell, tmp_path: Path) -> None
         for name, link in (("1->2", l12), ("2->1", l21)):
             if link["state"] != "connected" or link["frames_in"] == 0 or link["frames_out"] == 0:
                 problems.append(f"link {name} carries no traffic: {link}")
+        metrics = _proxy(m1.host).call("/metrics", timeout=5)
+        flag = f'dagrider_nat_peer_relayed{{peer="2"}} {0 if cell.direct else 1}'
+        if metrics.get("status") != 200 or flag not in metrics["body"]:
+            problems.append(f"/metrics of member 1 lacks {flag!r}")
         pair = st1["nat"]["peers"].get(m2.key.hex()[:16], {})
         RESULTS[cell.label] = (
             f"{'ok' if not problems else 'FAILED'}  {want:8} after {settled:5.1f} s; "

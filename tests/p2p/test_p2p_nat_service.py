@@ -93,6 +93,11 @@ def test_relayed_link_then_direct_upgrade(loop_factory: LoopFactory) -> None:
             status = a.nat.status()
             assert status["peers"][B.public_key.hex()[:16]]["path"] == "direct"
             assert relay.nat.relay.stats().bytes_relayed > 0
+            # what the node exports as metrics
+            assert a.nat.count_paths("direct") == 2 and a.nat.count_paths("relayed") == 0
+            assert a.nat.punches_succeeded() + b.nat.punches_succeeded() >= 1
+            assert relay.nat.relay_bytes() > 0
+            assert a.nat.rtt(B.public_key) >= -1.0
         finally:
             for node in (*nodes, relay):
                 await node.nat.close()
