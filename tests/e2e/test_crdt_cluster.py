@@ -63,6 +63,12 @@ def test_write_on_a_read_on_d_and_checkpoints_agree(
         )
     want = {"doc": "hi", "tags": ["x"], "title": "hello", "views": 7}
     _eventually(lambda: crdt_get(d, "app/settings")["value"] == want, what="value on node 3")
+    # Every node converges (node 3 may have heard all writers before node 1 heard node 2).
+    for i in range(cluster.n):
+        _eventually(
+            lambda i=i: crdt_get(cluster.api_url(i), "app/settings")["value"] == want,
+            what=f"value on node {i}",
+        )
     reads = [crdt_get(cluster.api_url(i), "app/settings") for i in range(cluster.n)]
     assert len({r["state_hash"] for r in reads}) == 1
 
