@@ -51,7 +51,7 @@ from p2p.config import TransportConfig
 from p2p.framing import FrameKind
 from p2p.identity import Identity
 from p2p.nat.manager import ManagerConfig, PeerInfo
-from p2p.nat.service import NatConfig, NatService
+from p2p.nat_service import NatConfig, NatService
 from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64

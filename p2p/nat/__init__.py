@@ -9,7 +9,9 @@ Modules, one job each:
 - ``punch``: one DCUtR-style hole-punch attempt (both roles) and the TLS role rule;
 - ``manager``: per peer, which path is used (direct, relayed, none) and when to upgrade.
 
-None of them does I/O or reads a clock: ``now`` (float seconds) is an argument, and
+The asyncio shell lives beside this package: ``p2p.nat_service`` (wiring),
+``p2p.nat_dialer`` (punch dials, dial-backs) and ``p2p.relayed`` (TLS over a circuit).
+None of the modules here does I/O or reads a clock: ``now`` (float seconds) is an argument, and
 every decision comes back as a list of effects. This package namespace holds the effects
 that several machines share; each module defines its own specific effects next to it.
 """

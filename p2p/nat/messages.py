@@ -28,8 +28,8 @@ Addr = tuple[str, int]
 """A transport address: (IP literal, TCP port)."""
 
 NAT_CHANNEL_KIND: Final = 4
-"""Frame kind of the NAT channel. To be added to ``p2p.framing.FrameKind`` (as ``NAT = 4``)
-and registered as an application channel of the transport when the shell lands."""
+"""Frame kind of the NAT channel: ``p2p.framing.FrameKind.NAT``, an application channel
+that ``p2p.nat_service`` registers on the transport."""
 
 VERSION: Final = 1
 KEY_BYTES: Final = 32

@@ -1,4 +1,4 @@
-"""One side of a hole punch with the node's own dialer (``p2p.nat.dialer``), in a namespace.
+"""One side of a hole punch with the node's own dialer (``p2p.nat_dialer``), in a namespace.
 
 ``python punch_peer.py --me N --peer M --port P --rendezvous IP:PORT [--loop uvloop]``:
 
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from p2p.identity import Identity
 from p2p.nat import Expect
-from p2p.nat.dialer import ExpectTable, PunchTimeout, TupleBusyError, punch_dial, punched_tls
 from p2p.nat.punch import tls_role
+from p2p.nat_dialer import ExpectTable, PunchTimeout, TupleBusyError, punch_dial, punched_tls
 from p2p.sockets import bind_listener, connect_from
 from p2p.tls import client_context, peer_public_key, server_context
 

@@ -21,7 +21,9 @@ from p2p.errors import PeerAuthError
 from p2p.framing import FrameDecoder
 from p2p.identity import Identity
 from p2p.nat import Expect, TlsRole
-from p2p.nat.dialer import (
+from p2p.nat.messages import NAT_CHANNEL_KIND, DialBack, decode
+from p2p.nat.punch import tls_role
+from p2p.nat_dialer import (
     ExpectMatch,
     ExpectTable,
     PunchTimeout,
@@ -30,8 +32,6 @@ from p2p.nat.dialer import (
     punch_dial,
     punched_tls,
 )
-from p2p.nat.messages import NAT_CHANNEL_KIND, DialBack, decode
-from p2p.nat.punch import tls_role
 from p2p.sockets import bind_listener, connect_from
 from p2p.testing import LoopFactory, run
 from p2p.tls import client_context, peer_public_key, server_context

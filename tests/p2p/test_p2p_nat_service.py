@@ -9,7 +9,7 @@ import logging
 from p2p.framing import FrameKind
 from p2p.identity import Identity
 from p2p.nat.manager import ManagerConfig, PeerInfo
-from p2p.nat.service import NatConfig, NatService
+from p2p.nat_service import NatConfig, NatService
 from p2p.testing import LoopFactory, loopback_config, run, wait_until
 from p2p.transport import PeerTransport
 

@@ -24,7 +24,6 @@ from p2p.framing import HEADER, FrameKind
 from p2p.identity import peer_id, short_id
 from p2p.link import Direction
 from p2p.nat import Dial, Expect, Send, StartTimer, TlsRole
-from p2p.nat.dialer import ExpectTable, dial_back, punch_dial
 from p2p.nat.manager import (
     CloseRelayed,
     ConnectionManager,
@@ -73,6 +72,7 @@ from p2p.nat.relay import (
     ReservationClient,
     ReservationConfig,
 )
+from p2p.nat_dialer import ExpectTable, dial_back, punch_dial
 from p2p.relayed import RelayedStream, open_relayed_tls
 from p2p.transport import PeerTransport
 
