@@ -58,12 +58,15 @@ import argparse
 import atexit
 import contextlib
 import functools
+import json
 import os
+import queue
 import re
 import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,6 +202,47 @@ class Host:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``code`` with this interpreter in the namespace; ``args`` go to sys.argv[1:]."""
         return self.run([sys.executable, "-c", code, *args], timeout=timeout, check=check)
+
+
+class JsonLinesProcess:
+    """A Python script run inside a host's namespace that talks JSON lines on stdin and
+    stdout, read with deadlines (the probes and punch peers of the lab tests)."""
+
+    def __init__(self, host: Host, *argv: str, read_timeout: float = 10.0) -> None:
+        self.host = host
+        self.read_timeout = read_timeout
+        self.proc = host.popen(
+            [sys.executable, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # the lab closed the pipe
+            for line in self.proc.stdout:
+                self.lines.put(line)
+        self.lines.put("")
+
+    def read(self, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=self.read_timeout if timeout is None else timeout)
+        except queue.Empty:
+            line = ""
+        if not line:
+            self.proc.kill()
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"{self.host.name} gave no result: {stderr}")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def send(self, **fields: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(fields) + "\n")
+        self.proc.stdin.flush()
 
 
 @dataclass

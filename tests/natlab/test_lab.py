@@ -7,18 +7,12 @@ simultaneous open gets through. Every probe runs ``probe.py`` inside a namespace
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from natlab.lab import NAT_KINDS, Host, Lab, lab_namespaces
+from natlab.lab import NAT_KINDS, Host, JsonLinesProcess, Lab, lab_namespaces
 
 pytestmark = pytest.mark.natlab
 
@@ -29,43 +23,9 @@ DROP_TIMEOUT = 1.5  # an RST or ICMP would arrive within one RTT (60 ms)
 PUNCH_TIMEOUT = 4.0  # covers the SYN retransmissions at 1 s and 3 s
 
 
-class Probe:
-    """A ``probe.py`` process in a namespace, read as JSON lines with deadlines."""
-
-    def __init__(self, host: Host, *args: str) -> None:
-        self.host = host
-        self.proc = host.popen(
-            [sys.executable, PROBE, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        with contextlib.suppress(ValueError, OSError):  # the lab closed the pipe
-            for line in self.proc.stdout:
-                self.lines.put(line)
-        self.lines.put("")
-
-    def read(self, timeout: float = 10) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
-        if not line:
-            self.proc.kill()
-            stderr = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"probe on {self.host.name} gave no result: {stderr}")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def send(self, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(fields) + "\n")
-        self.proc.stdin.flush()
+def Probe(host: Host, *args: str) -> JsonLinesProcess:
+    """A ``probe.py`` process in a namespace."""
+    return JsonLinesProcess(host, PROBE, *args)
 
 
 def echo_server(host: Host, port: int) -> Probe:

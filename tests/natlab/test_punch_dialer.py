@@ -7,23 +7,17 @@ table printed is the time from each side's start to an authenticated TLS link.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import queue
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from natlab.lab import Host, Lab
+from natlab.lab import Host, JsonLinesProcess, Lab
 
 pytestmark = pytest.mark.natlab
 
 HERE = Path(__file__).parent
+READ_TIMEOUT = 15.0
 PEER = str(HERE / "punch_peer.py")
 PROBE = str(HERE / "probe.py")
 RENDEZVOUS_PORT = 7000
@@ -59,45 +53,6 @@ CELLS = [
 ]  # fmt: skip
 
 
-class Proc:
-    """A process in a namespace that prints JSON lines, read with deadlines."""
-
-    def __init__(self, host: Host, *argv: str) -> None:
-        self.host = host
-        self.proc = host.popen(
-            [sys.executable, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        with contextlib.suppress(ValueError, OSError):
-            for line in self.proc.stdout:
-                self.lines.put(line)
-        self.lines.put("")
-
-    def read(self, timeout: float = 15) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
-        if not line:
-            self.proc.kill()
-            stderr = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"{self.host.name} gave no result: {stderr}")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def send(self, **fields: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(fields) + "\n")
-        self.proc.stdin.flush()
-
-
 def reject_unsolicited_syns(router: Host) -> None:
     """Make a router answer SYNs that match no mapping with a RST, as many home NATs do."""
     lines = router.run(["ip", "-o", "-4", "addr", "show"]).stdout.splitlines()
@@ -118,17 +73,20 @@ def side(lab: Lab, name: str, kind: str, reject: bool) -> Host:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_punch_dial_matrix(natlab: Lab, loop: str, capsys: pytest.CaptureFixture[str]) -> None:
     rv = natlab.public_host("rv")
-    echo = Proc(rv, PROBE, "echo-server", "--port", str(RENDEZVOUS_PORT))
+    echo = JsonLinesProcess(
+        rv, PROBE, "echo-server", "--port", str(RENDEZVOUS_PORT), read_timeout=READ_TIMEOUT
+    )
     assert echo.read() == {"ready": True}
-    pairs: list[tuple[Proc, Proc]] = []
+    pairs: list[tuple[JsonLinesProcess, JsonLinesProcess]] = []
     for i, cell in enumerate(CELLS):
         procs = []
         for j, (letter, kind) in enumerate((("a", cell.a), ("b", cell.b))):
             host = side(natlab, f"c{i}{letter}", kind, letter in cell.reject)
             procs.append(
-                Proc(host, PEER, "--me", str(1 + j), "--peer", str(2 - j),
+                JsonLinesProcess(host, PEER, "--me", str(1 + j), "--peer", str(2 - j),
                      "--port", str(NODE_PORT), "--loop", loop,
-                     "--rendezvous", f"{rv.address}:{RENDEZVOUS_PORT}")
+                     "--rendezvous", f"{rv.address}:{RENDEZVOUS_PORT}",
+                     read_timeout=READ_TIMEOUT)
             )  # fmt: skip
         pairs.append((procs[0], procs[1]))
     observed = [(a.read()["observed"], b.read()["observed"]) for a, b in pairs]
