@@ -30,6 +30,12 @@ class TransportConfig:
     handshake_timeout: float = 10.0
     max_handshaking: int = 64
     """Concurrent inbound TLS handshakes; more are dropped at once (cheap flood defence)."""
+    max_links: int = 1024
+    """Live links at most. Beyond it an inbound link from an on-demand peer is refused
+    ("too many links") and ``connect`` raises; configured peers are always accepted."""
+    idle_timeout: float = 120.0
+    """An on-demand link (a peer neither in ``peers`` nor named in ``allowed``, and not
+    protected) that carried nothing but keep-alives this long is closed."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, rule: str) -> None:
@@ -51,3 +57,5 @@ class TransportConfig:
         need(self.rate_frames_per_s > 0, "rate_frames_per_s", "must be positive")
         need(self.handshake_timeout > 0, "handshake_timeout", "must be positive")
         need(self.max_handshaking > 0, "max_handshaking", "must be positive")
+        need(self.max_links > 0, "max_links", "must be positive")
+        need(self.idle_timeout > 0, "idle_timeout", "must be positive")

@@ -38,6 +38,8 @@ class FrameKind(IntEnum):
     PONG = 2
     CRDT = 3
     NAT = 4
+    DHT = 5
+    CONTENT = 6
 
 
 LINK_KINDS: Final = frozenset({FrameKind.DATA, FrameKind.PING, FrameKind.PONG})
@@ -69,6 +71,10 @@ class FrameDecoder:
         self._kinds = frozenset(kinds)
         self._buf = bytearray()
         self._error: FrameError | None = None
+
+    def allow(self, kind: int) -> None:
+        """Accept frames of ``kind`` from now on (a channel registered after the link began)."""
+        self._kinds = self._kinds | {kind}
 
     @property
     def buffered(self) -> int:

@@ -103,10 +103,20 @@ class Link:
             config.rate_frames_per_s, config.rate_frames_per_s, loop.time()
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._decoder = FrameDecoder(config.max_frame, KNOWN_KINDS | self._channels.keys())
+        self.activity = 0
+        """Application frames (DATA or channel) sent or received; keep-alives do not count."""
+        self.idle_mark: tuple[int, float] = (0, self.opened_at)
+        """(``activity``, time) when the transport's idle check last saw it change."""
 
     @property
     def is_closed(self) -> bool:
         return self.close_reason is not None
+
+    def add_channel(self, kind: int, handler: Callable[[bytes, bytes], None]) -> None:
+        """Deliver frames of ``kind`` to ``handler`` from now on (registered after start)."""
+        self._channels[kind] = handler
+        self._decoder.allow(kind)
 
     def start(self) -> None:
         """Spawn the reader, writer and keep-alive tasks."""
@@ -164,7 +174,7 @@ class Link:
     # -- receiving -----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder(self._config.max_frame, KNOWN_KINDS | self._channels.keys())
+        decoder = self._decoder
         channels = self._channels
         stats = self._stats
         key = self.key
@@ -196,6 +206,7 @@ class Link:
                 stats.frames_in += len(frames)
                 for kind, payload in frames:
                     if kind == _DATA:
+                        self.activity += 1
                         try:
                             deliver(key, payload)
                         except Exception:
@@ -203,6 +214,7 @@ class Link:
                         if self.close_reason is not None:  # the callback closed the link
                             return
                     elif kind in channels:
+                        self.activity += 1
                         try:
                             channels[kind](key, payload)
                         except Exception:

@@ -27,11 +27,17 @@ Link policy, in one place:
   logged; callbacks that raise are logged. Nothing propagates into the event loop.
 - **Delivery.** ``send`` is best effort per link: frames queued on a link that closes are
   dropped. ``on_disconnected`` / ``on_connected`` tell the caller to resend what is live.
+- **On-demand links.** ``connect`` dials a peer we were not configured with (a DHT
+  contact, a content provider) once, with no redial loop. Such links count against
+  ``max_links`` and are closed after ``idle_timeout`` without application frames unless
+  ``protect``ed. Peers in ``peers`` or named in ``allowed`` are configured: always
+  accepted, never idle-closed (a NAT relay link may stay quiet for an hour).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
@@ -121,6 +127,12 @@ class PeerTransport:
                 raise ValueError(f"frame kind {kind} cannot be an application channel")
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._connected_listeners: list[Callable[[bytes], None]] = []
+        self._disconnected_listeners: list[Callable[[bytes], None]] = []
+        self._configured = frozenset(peers) | frozenset(allowed or ())
+        self._protected: set[bytes] = set()
+        self._connecting: dict[bytes, asyncio.Task[None]] = {}
+        self._pruner: asyncio.Task[None] | None = None
         self._log = logger or logging.getLogger("p2p.transport")
         self._rng = rng or random.Random()
         self._server_ctx = server_context(identity)
@@ -166,6 +178,9 @@ class PeerTransport:
             peer=self.identity.short_id,
             addr=f"{host}:{port}",
         )
+        self._pruner = asyncio.create_task(
+            self._prune_loop(), name=f"p2p-idle-{self.identity.short_id}"
+        )
         for peer in self._peers.values():
             if peer.dials and peer.address is not None:
                 peer.task = asyncio.create_task(
@@ -179,8 +194,10 @@ class PeerTransport:
         self._running = False
         tasks: list[asyncio.Task[None]] = [*self._handshaking]
         tasks += [p.task for p in self._peers.values() if p.task is not None]
-        if self._acceptor is not None:
-            tasks.append(self._acceptor)
+        tasks += self._connecting.values()
+        for extra in (self._acceptor, self._pruner):
+            if extra is not None:
+                tasks.append(extra)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -229,6 +246,23 @@ class PeerTransport:
             link.close("send queue overflow", error=True)
             return False
         link.enqueue(frame)
+        link.activity += 1
+        return True
+
+    def try_send(self, peer: bytes, payload: bytes, kind: int = _DATA) -> bool:
+        """Queue one frame if it fits the peer's send queue now; never closes the link.
+
+        For small optional messages (an RPC refusal or cancel) that are not worth a link:
+        ``False`` without a live link or without room, and the frame is dropped.
+        """
+        link = self._live_link(peer)
+        if link is None:
+            return False
+        frame = self._data_frame(payload, kind)
+        if not link.has_room(len(frame)):
+            return False
+        link.enqueue(frame)
+        link.activity += 1
         return True
 
     async def send_wait(self, peer: bytes, payload: bytes, kind: int = _DATA) -> None:
@@ -247,6 +281,150 @@ class PeerTransport:
                     f"link to peer {short_id(peer)} closed while waiting: {link.close_reason}"
                 )
         link.enqueue(frame)
+        link.activity += 1
+
+    # -- channels and listeners ----------------------------------------------------------
+
+    def register_channel(self, kind: int, handler: Callable[[bytes, bytes], None]) -> None:
+        """Deliver frames of application channel ``kind`` to ``handler(key, payload)``.
+
+        Works before or after ``start``: live links learn the kind at once. ``ValueError``
+        for a link kind, a kind outside a byte, or a kind that already has a handler.
+        """
+        if kind in KNOWN_KINDS or not 0 <= kind <= 255:
+            raise ValueError(f"frame kind {kind} cannot be an application channel")
+        if kind in self._channels:
+            raise ValueError(f"frame kind {kind} already has a channel handler")
+        self._channels[kind] = handler
+        for peer in self._peers.values():
+            if peer.link is not None:
+                peer.link.add_channel(kind, handler)
+
+    def subscribe(
+        self,
+        on_connected: Callable[[bytes], None] | None = None,
+        on_disconnected: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Add listeners called after the constructor's callbacks when a link comes or goes."""
+        if on_connected is not None:
+            self._connected_listeners.append(on_connected)
+        if on_disconnected is not None:
+            self._disconnected_listeners.append(on_disconnected)
+
+    # -- on-demand links -----------------------------------------------------------------
+
+    def has_link(self, key: bytes) -> bool:
+        """Whether ``key`` has a live link now."""
+        return self._live_link(key) is not None
+
+    def protect(self, key: bytes) -> None:
+        """Never close ``key``'s link for idleness (e.g. a content transfer in progress)."""
+        self._protected.add(key)
+
+    def unprotect(self, key: bytes) -> None:
+        """Undo ``protect``; the link's idle clock starts again from now."""
+        self._protected.discard(key)
+
+    async def connect(
+        self, key: bytes, address: tuple[str, int], *, timeout: float | None = None
+    ) -> None:
+        """Make sure ``key`` has a link, dialling ``address`` once if it has none.
+
+        Returns at once if a link is live; joins a dial to ``key`` already in flight
+        (even one to another address). ``PeerNotConnected`` with the reason if the key is
+        ours or not allowed, ``max_links`` is reached, the transport is not running or
+        the dial fails; ``TimeoutError`` if ``timeout`` passes first (the dial itself
+        goes on, bounded by ``handshake_timeout``, and may still install the link).
+        """
+        if self._live_link(key) is not None:
+            return
+        who = short_id(key)
+        if key == self._key:
+            raise PeerNotConnected("cannot link to ourselves")
+        if not self._running:
+            raise PeerNotConnected(f"cannot link to {who}: transport is not running")
+        if self._allowed is not None and key not in self._allowed:
+            raise PeerNotConnected(f"cannot link to {who}: key not allowed")
+        task = self._connecting.get(key)
+        if task is None:
+            if not self._room_for(key):
+                raise PeerNotConnected(
+                    f"cannot link to {who}: too many links (max_links={self.config.max_links})"
+                )
+            task = asyncio.create_task(self._connect_once(key, address), name=f"p2p-connect-{who}")
+            self._connecting[key] = task
+            task.add_done_callback(functools.partial(self._connect_done, key))
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise PeerNotConnected(f"cannot link to {who}: transport closed") from None
+            raise
+
+    async def _connect_once(self, key: bytes, address: tuple[str, int]) -> None:
+        try:
+            await self._dial_to(key, address)
+        except Exception as exc:
+            reason = _describe(exc)
+            log_event(
+                self._log,
+                logging.INFO,
+                "connect failed",
+                peer=short_id(key),
+                addr=address,
+                reason=reason,
+            )
+            raise PeerNotConnected(
+                f"dial to {short_id(key)} at {address[0]}:{address[1]} failed: {reason}"
+            ) from exc
+        link = self._live_link(key)
+        if link is None:
+            raise PeerNotConnected(f"link to {short_id(key)} closed right after the handshake")
+
+    def _connect_done(self, key: bytes, task: asyncio.Task[None]) -> None:
+        if self._connecting.get(key) is task:
+            del self._connecting[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: callers that timed out no longer wait for it
+
+    def _room_for(self, key: bytes) -> bool:
+        """Whether a new link to ``key`` fits ``max_links`` (configured peers always do)."""
+        if key in self._configured:
+            return True
+        live = sum(1 for p in self._peers.values() if p.link is not None)
+        return live < self.config.max_links
+
+    async def _prune_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = max(0.01, min(self.config.idle_timeout / 4, 5.0))
+        while self._running:
+            await asyncio.sleep(interval)
+            try:
+                self._prune_idle(loop.time())
+            except Exception:
+                self._log.exception("idle link check failed")
+
+    def _prune_idle(self, now: float) -> None:
+        """Close on-demand links whose application traffic stalled for ``idle_timeout``."""
+        limit = self.config.idle_timeout
+        for key, peer in list(self._peers.items()):
+            link = peer.link
+            if link is None or link.is_closed:
+                continue
+            seen, since = link.idle_mark
+            if link.activity != seen or key in self._configured or key in self._protected:
+                link.idle_mark = (link.activity, now)
+            elif now - since >= limit:
+                log_event(
+                    self._log,
+                    logging.INFO,
+                    "idle link closed",
+                    peer=short_id(key),
+                    idle_s=round(now - since, 1),
+                )
+                link.close(f"idle for {now - since:.1f}s", error=False)
 
     # -- introspection -------------------------------------------------------------------
 
@@ -334,12 +512,28 @@ class PeerTransport:
             raise
         if self.divert(key, addr, reader, writer):
             return
+        if self._live_link(key) is None and not self._room_for(key):
+            writer.transport.abort()
+            log_event(
+                self._log,
+                logging.WARNING,
+                "inbound refused",
+                addr=addr,
+                peer=short_id(key),
+                reason="too many links",
+                limit=self.config.max_links,
+            )
+            return
         self._install(key, "inbound", reader, writer)
 
     async def _dial(self, peer: _Peer) -> None:
-        assert peer.address is not None and self._bound is not None
+        assert peer.address is not None
+        await self._dial_to(peer.key, peer.address)
+
+    async def _dial_to(self, key: bytes, address: tuple[str, int]) -> None:
+        assert self._bound is not None
         async with asyncio.timeout(self.config.handshake_timeout):
-            sock, from_listen_port = await connect_from(self._bound, peer.address, self._family)
+            sock, from_listen_port = await connect_from(self._bound, address, self._family)
             try:
                 reader, writer = await asyncio.open_connection(
                     sock=sock,
@@ -352,7 +546,7 @@ class PeerTransport:
                 sock.close()
                 raise
             try:
-                check_pin(peer_public_key(writer.get_extra_info("ssl_object")), expected=peer.key)
+                check_pin(peer_public_key(writer.get_extra_info("ssl_object")), expected=key)
             except BaseException:
                 writer.transport.abort()
                 raise
@@ -361,10 +555,10 @@ class PeerTransport:
                 self._log,
                 logging.INFO,
                 "dialled from an ephemeral port",
-                peer=short_id(peer.key),
+                peer=short_id(key),
                 reason="listening port busy for this peer (TIME_WAIT)",
             )
-        self._install(peer.key, "outbound", reader, writer)
+        self._install(key, "outbound", reader, writer)
 
     async def _dial_loop(self, peer: _Peer) -> None:
         loop = asyncio.get_running_loop()
@@ -516,6 +710,8 @@ class PeerTransport:
             path=path,
         )
         self._callback(self._on_connected, key)
+        for listener in list(self._connected_listeners):
+            self._callback(listener, key)
         return True
 
     def _link_closed(self, link: Link, reason: str, error: bool) -> None:
@@ -534,6 +730,8 @@ class PeerTransport:
         if self._allowed is None and peer.address is None:
             del self._peers[link.key]  # open mode: forget inbound-only peers (stays bounded)
         self._callback(self._on_disconnected, link.key)
+        for listener in list(self._disconnected_listeners):
+            self._callback(listener, link.key)
 
     def _callback(self, fn: Callable[[bytes], None], key: bytes) -> None:
         try:

@@ -1,0 +1,189 @@
+"""Wire types of the request/response RPC and their strict msgpack codec (pure).
+
+``p2p.rpc`` multiplexes many concurrent calls over one application channel of a peer
+link. Four messages travel on it, in the project's usual envelope
+``{t: type, v: version, ...fields}``:
+
+- ``Request(id, method, deadline_ms, body)``: the deadline travels as the *remaining*
+  milliseconds (peers' clocks differ), so the server can stop working when the caller
+  has given up;
+- ``Reply(id, body)`` and ``ErrorReply(id, code, message)`` answer it;
+- ``Cancel(id)``: the caller gave up early; the server cancels the handler.
+
+Ids are chosen by the caller and are unique per (caller, direction). The decoder takes
+exactly the fields of the type and raises ``RpcDecodeError`` naming the field for
+anything else (unknown type or version, missing or extra field, wrong type, oversize,
+trailing bytes). It never raises anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+from p2p.errors import P2PError
+
+VERSION: Final = 1
+MAX_METHOD_CHARS: Final = 32
+MAX_CODE_CHARS: Final = 32
+MAX_ERROR_MESSAGE_CHARS: Final = 512
+U32: Final = 2**32 - 1
+U64: Final = 2**64 - 1
+
+
+class RpcDecodeError(P2PError, ValueError):
+    """Bytes from a peer are not a valid RPC message; ``field`` names what was wrong."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Request:
+    """Call ``method`` with ``body``; the caller waits at most ``deadline_ms`` from now."""
+
+    T: ClassVar[int] = 1
+    id: int
+    method: str
+    deadline_ms: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The handler's answer to request ``id``."""
+
+    T: ClassVar[int] = 2
+    id: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """Request ``id`` failed: ``code`` is machine-readable (``"overloaded"``, ...)."""
+
+    T: ClassVar[int] = 3
+    id: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The caller of request ``id`` no longer waits for the answer."""
+
+    T: ClassVar[int] = 4
+    id: int
+
+
+RpcMessage = Request | Reply | ErrorReply | Cancel
+
+
+def _u64(value: object, name: str) -> int:
+    if type(value) is not int:
+        raise RpcDecodeError(name, f"expected an integer, got {type(value).__name__}")
+    if not 0 <= value <= U64:
+        raise RpcDecodeError(name, f"{value} out of range 0..{U64}")
+    return value
+
+
+def _u32(value: object, name: str) -> int:
+    number = _u64(value, name)
+    if number > U32:
+        raise RpcDecodeError(name, f"{number} out of range 0..{U32}")
+    return number
+
+
+def _text(limit: int, *, empty: bool) -> Callable[[object, str], str]:
+    def check(value: object, name: str) -> str:
+        if type(value) is not str:
+            raise RpcDecodeError(name, f"expected a string, got {type(value).__name__}")
+        if len(value) > limit:
+            raise RpcDecodeError(name, f"{len(value)} characters exceeds {limit}")
+        if not empty and not value:
+            raise RpcDecodeError(name, "must not be empty")
+        return value
+
+    return check
+
+
+def _bytes(value: object, name: str) -> bytes:
+    if type(value) is not bytes:
+        raise RpcDecodeError(name, f"expected bytes, got {type(value).__name__}")
+    return value
+
+
+_CHECKS: Final[dict[str, Callable[[object, str], Any]]] = {
+    "id": _u64,
+    "method": _text(MAX_METHOD_CHARS, empty=False),
+    "deadline_ms": _u32,
+    "body": _bytes,
+    "code": _text(MAX_CODE_CHARS, empty=False),
+    "message": _text(MAX_ERROR_MESSAGE_CHARS, empty=True),
+}
+_TYPES: Final[dict[int, type[Any]]] = {cls.T: cls for cls in (Request, Reply, ErrorReply, Cancel)}
+_FIELDS: Final[dict[int, tuple[str, ...]]] = {
+    t: tuple(f.name for f in fields(cls)) for t, cls in _TYPES.items()
+}
+
+
+def encode(msg: RpcMessage) -> bytes:
+    """The wire bytes of ``msg``; ``ValueError`` if a field is out of bounds (a caller bug)."""
+    body: dict[str, object] = {"t": msg.T, "v": VERSION}
+    for name in _FIELDS[msg.T]:
+        value = getattr(msg, name)
+        try:
+            _CHECKS[name](value, name)
+        except RpcDecodeError as exc:
+            raise ValueError(f"{type(msg).__name__}.{exc}") from None
+        body[name] = value
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def decode(data: bytes, max_body: int) -> RpcMessage:
+    """Parse one message whose body is at most ``max_body`` bytes, or raise ``RpcDecodeError``."""
+    if len(data) > max_body + 1024:
+        raise RpcDecodeError("frame", f"{len(data)} bytes exceeds {max_body + 1024}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=len(data),
+            max_str_len=MAX_ERROR_MESSAGE_CHARS * 4,
+            max_array_len=8,
+            max_map_len=8,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise RpcDecodeError("frame", "trailing bytes after message") from None
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise RpcDecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise RpcDecodeError("frame", f"expected a map, got {type(obj).__name__}")
+    t = obj.get("t")
+    if type(t) is not int:
+        raise RpcDecodeError("t", f"expected an integer, got {type(t).__name__}")
+    if type(obj.get("v")) is not int or obj.get("v") != VERSION:
+        raise RpcDecodeError("v", f"unsupported version {obj.get('v')!r}")
+    cls = _TYPES.get(t)
+    if cls is None:
+        raise RpcDecodeError("t", f"unknown message type {t}")
+    names = _FIELDS[t]
+    keys = set(obj) - {"t", "v"}
+    if keys != set(names):
+        extra = sorted(repr(k) for k in keys - set(names))
+        missing = sorted(set(names) - keys)
+        raise RpcDecodeError("fields", f"{cls.__name__}: unexpected {extra} / missing {missing}")
+    values = {n: _CHECKS[n](obj[n], n) for n in names}
+    if "body" in values and len(values["body"]) > max_body:
+        raise RpcDecodeError("body", f"{len(values['body'])} bytes exceeds {max_body}")
+    msg: RpcMessage = cls(**values)
+    return msg
