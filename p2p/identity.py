@@ -191,6 +191,10 @@ class Identity:
         """The certificate in PEM, for ``ssl.SSLContext.load_cert_chain``."""
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
+    def sign(self, message: bytes) -> bytes:
+        """The Ed25519 signature of ``message`` by this identity (signed DHT records)."""
+        return self._key.sign(message)
+
     def private_key_pem(self, password: bytes | None = None) -> bytes:
         """PKCS#8 PEM of the private key, encrypted under ``password`` if one is given."""
         encryption: serialization.KeySerializationEncryption = (
