@@ -1,4 +1,4 @@
-"""The ``dagrider`` command line: keys, the simulator, the daemon and a local cluster.
+"""The ``dagrider`` command line: keys, the simulators, the daemon, a local cluster, clients.
 
 Exit codes: 0 success, 1 an invariant failed in a simulation, 2 bad arguments or
 input files (with a message naming the problem), 3 a runtime start-up failure (address
@@ -17,6 +17,7 @@ from typing import Any
 
 from dagrider.errors import CommitteeError
 from dagrider.keygen import generate, write_committee_dir
+from dagrider.node import content_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,9 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dagrider", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    kg = sub.add_parser("keygen", help="generate a committee: key files + committee.json")
-    kg.add_argument("--nodes", "-n", type=int, required=True, help="committee size n = 3f+1")
-    kg.add_argument("--out", type=Path, required=True, help="directory to write")
+    kg = sub.add_parser(
+        "keygen",
+        help="generate a committee (key files + committee.json), or one peer key (--peer)",
+    )
+    kg.add_argument("--nodes", "-n", type=int, help="committee size n = 3f+1")
+    kg.add_argument("--peer", action="store_true", help="write one mesh peer key to --out (a file)")
+    kg.add_argument("--out", type=Path, required=True, help="directory (or file with --peer)")
     kg.add_argument("--host", default="127.0.0.1", help="host for --base-port addresses")
     kg.add_argument("--base-port", type=int, help="give node i the address host:base+i")
     kg.add_argument("--note", help="free text stored in every file (e.g. 'TEST KEYS')")
@@ -108,8 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     cs.set_defaults(handler=_crdt_sim)
 
-    nd = sub.add_parser("node", help="run one committee member as a daemon")
+    nd = sub.add_parser("node", help="run a committee member or a mesh peer as a daemon")
     nd.add_argument("--config", "-c", type=Path, required=True, help="node TOML config")
+    nd.add_argument(
+        "--role",
+        choices=("member", "peer"),
+        help="member: votes in the committee; peer: serves DHT, content and CRDT sync only "
+        "(default: [node] role of the config, else member)",
+    )
     nd.set_defaults(handler=_node)
 
     cl = sub.add_parser("cluster", help="a local cluster of daemons on loopback")
@@ -165,10 +176,22 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--api", default="http://127.0.0.1:8001", help="node API base URL")
         p.add_argument("--token", help="bearer token")
     cr.set_defaults(handler=_crdt)
+    content_cli.add_parser(sub)
     return parser
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    if args.peer:
+        from dagrider.node.peer_key import PeerKey
+
+        if args.nodes is not None:
+            raise ValueError("--peer writes one peer key; it takes no --nodes")
+        key = PeerKey.generate()
+        key.dump(args.out, args.note, overwrite=args.overwrite)
+        print(f"{args.out}: peer key {key.identity().public_key.hex()}")
+        return 0
+    if args.nodes is None:
+        raise ValueError("--nodes is required (or --peer for a mesh peer key)")
     addresses = None
     if args.base_port is not None:
         addresses = [f"{args.host}:{args.base_port + i}" for i in range(args.nodes)]
@@ -271,7 +294,7 @@ def _crdt_sim(args: argparse.Namespace) -> int:
 def _node(args: argparse.Namespace) -> int:
     from dagrider.node.daemon import run as run_node
 
-    return run_node(args.config)
+    return run_node(args.config, args.role)
 
 
 def _cluster_up(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from dagrider.node.metrics import Metrics
 from dagrider.node.service import TX_ID_HEX_LEN, LogEntry, MempoolFull, NodeService, TxTooLarge
 
 if TYPE_CHECKING:
+    from dagrider.node.content_api import ContentBackend
     from dagrider.node.crdt_node import CrdtNode
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ API_METRICS = web.AppKey("dagrider_api_metrics", Metrics)
 _TX_ID = re.compile(rf"[0-9a-fA-F]{{{TX_ID_HEX_LEN}}}\Z")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 _INTEGER = re.compile(r"-?[0-9]{1,18}\Z")
-_STREAM_ROUTES = frozenset({"/v1/log/stream", "/v1/ingest"})
+_STREAM_ROUTES = frozenset({"/v1/log/stream", "/v1/ingest", "/v1/content", "/v1/content/{cid}"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -509,6 +510,9 @@ def build_app(
     *,
     keepalive: float = SSE_KEEPALIVE_SECONDS,
     crdt: CrdtNode | None = None,
+    content: ContentBackend | None = None,
+    max_upload: int = 64 * 1024**3,
+    member: bool = True,
 ) -> web.Application:
     """The client API over ``service``.
 
@@ -516,6 +520,9 @@ def build_app(
     ``max_body``: the largest request body (and WebSocket message) in bytes.
     ``keepalive``: seconds of silence after which an SSE stream gets a comment line.
     ``crdt``: the node's CRDT store, whose routes are mounted under ``/v1/crdt``.
+    ``content``: the content layer, mounted under ``/v1/content`` (uploads up to
+    ``max_upload`` bytes, streamed, so ``max_body`` does not apply to them).
+    ``member``: False on a mesh peer, whose transaction and log routes answer 409.
     """
     if max_body <= 0:
         raise ValueError(f"max_body must be positive, got {max_body}")
@@ -525,12 +532,16 @@ def build_app(
     app = web.Application(middlewares=[api.middleware], client_max_size=max_body)
     app[API_METRICS] = api.metrics
     app.on_shutdown.append(api.on_shutdown)
-    app.router.add_post("/v1/transactions", api.post_transactions)
-    app.router.add_post("/v1/transactions/batch", api.post_batch)
-    app.router.add_get("/v1/transactions/{id}", api.get_transaction)
-    app.router.add_get("/v1/ingest", api.ingest)
-    app.router.add_get("/v1/log", api.get_log)
-    app.router.add_get("/v1/log/stream", api.stream_log)
+    consensus: list[tuple[str, str, Handler]] = [
+        ("POST", "/v1/transactions", api.post_transactions),
+        ("POST", "/v1/transactions/batch", api.post_batch),
+        ("GET", "/v1/transactions/{id}", api.get_transaction),
+        ("GET", "/v1/ingest", api.ingest),
+        ("GET", "/v1/log", api.get_log),
+        ("GET", "/v1/log/stream", api.stream_log),
+    ]
+    for method, path, handler in consensus:
+        app.router.add_route(method, path, handler if member else _not_member)
     app.router.add_get("/v1/status", api.get_status)
     app.router.add_get("/metrics", api.get_metrics)
     app.router.add_get("/healthz", api.healthz)
@@ -538,4 +549,16 @@ def build_app(
         from dagrider.node.crdt_api import add_crdt_routes  # imports ApiError from here
 
         add_crdt_routes(app, crdt, api._read_body, api.closing, keepalive)
+    if content is not None:
+        from dagrider.node.content_api import add_content_routes
+
+        add_content_routes(app, content, max_upload)
     return app
+
+
+async def _not_member(request: web.Request) -> web.StreamResponse:
+    raise ApiError(
+        409,
+        "this node is a mesh peer (role = peer): it neither orders transactions nor keeps "
+        "the log; send them to a committee member",
+    )

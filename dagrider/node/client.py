@@ -1,4 +1,5 @@
-"""Small blocking HTTP client for the node API: ``dagrider submit`` and ``dagrider tail``.
+"""Small blocking HTTP client for the node API: ``dagrider submit``, ``tail``, ``crdt``,
+``content``.
 
 Standard library only, so that scripts and tests can talk to a node without an event
 loop. The batch format is the API's high-rate ingest: 4-byte big-endian length + bytes.
@@ -7,11 +8,14 @@ loop. The batch format is the API's high-rate ingest: 4-byte big-endian length +
 from __future__ import annotations
 
 import base64
+import io
 import json
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from dagrider.node.batch import BATCH_CONTENT_TYPE, encode_batch
 
@@ -118,3 +122,111 @@ def crdt_put(api: str, doc: str, ops: list[dict[str, Any]], token: str | None = 
 def crdt_list(api: str, what: str, token: str | None = None) -> Any:
     """``what`` is ``docs`` or ``checkpoints``."""
     return _request(f"{api}/v1/crdt/{what}", token=token)
+
+
+# --- content ---------------------------------------------------------------------------
+
+Progress = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)``."""
+
+COPY_CHUNK = 1024 * 1024
+FETCH_POLL_S = 0.25
+
+
+class _CountingReader(io.RawIOBase):
+    """A file wrapper that reports how much of it was read (the upload's progress)."""
+
+    def __init__(self, f: BinaryIO, total: int, progress: Progress | None) -> None:
+        self.f = f
+        self.total = total
+        self.done = 0
+        self.progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(COPY_CHUNK if size is None or size < 0 else size)
+        self.done += len(data)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        return data
+
+
+def _open(url: str, method: str, token: str | None, **kw: Any) -> Any:
+    req = urllib.request.Request(url, method=method, **kw)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        return urllib.request.urlopen(req, timeout=None)
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            message = json.loads(body).get("error", body.decode(errors="replace"))
+        except (ValueError, AttributeError):
+            message = body.decode(errors="replace")
+        raise ApiError(exc.code, str(message)) from None
+
+
+def content_put(
+    api: str, path: Path, token: str | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Stream a file to ``PUT /v1/content``; the node's answer (cid, size, chunks)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        reader = _CountingReader(f, size, progress)
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with _open(f"{api}/v1/content", "PUT", token, data=reader, headers=headers) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+    return doc
+
+
+def content_status(api: str, cid: str, token: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = _request(f"{api}/v1/content/{cid}/status", token=token)
+    return doc
+
+
+def content_get(
+    api: str,
+    cid: str,
+    out: Path,
+    token: str | None = None,
+    *,
+    fetch_progress: Progress | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Have the node fetch ``cid`` from the mesh (if it lacks it), then download it.
+
+    The file appears at ``out`` only once complete (written beside it, then renamed).
+    Returns the number of bytes written.
+    """
+    with _open(f"{api}/v1/content/{cid}/fetch", "POST", token, data=b"") as r:
+        state: dict[str, Any] = json.loads(r.read())
+    while state.get("state") != "held":
+        if state.get("state") == "failed":
+            raise ApiError(502, str(state.get("error", "fetch failed")))
+        if state.get("state") == "absent":
+            raise ApiError(404, f"content {cid} is neither held nor being fetched")
+        if fetch_progress is not None and state.get("size"):
+            fetch_progress(int(state.get("have_bytes", 0)), int(state["size"]))
+        time.sleep(FETCH_POLL_S)
+        state = content_status(api, cid, token)
+    total = int(state["size"])
+    tmp = out.with_name(out.name + ".part")
+    written = 0
+    with _open(f"{api}/v1/content/{cid}?local=1", "GET", token) as r, tmp.open("wb") as f:
+        while chunk := r.read(COPY_CHUNK):
+            f.write(chunk)
+            written += len(chunk)
+            if progress is not None:
+                progress(written, total)
+    if written != total:
+        tmp.unlink(missing_ok=True)
+        raise ApiError(502, f"download ended after {written} of {total} bytes")
+    tmp.replace(out)
+    return written
+
+
+def content_providers(api: str, cid: str, token: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = _request(f"{api}/v1/content/{cid}/providers", token=token)
+    return doc

@@ -43,6 +43,18 @@ class ClusterSpec:
     crdt_sync_interval_ms: int = 2_000
     crdt_checkpoint_interval_ms: int = 10_000
     extra_env: dict[str, str] = field(default_factory=dict)
+    peers: int = 0
+    """Mesh peers (``role = "peer"``) after the members: index ``nodes + j``, ports follow on.
+    With ``nodes = 0`` there is no committee: a pure DHT/content mesh."""
+    content_chunk_kib: int = 1024
+    dht: bool = True
+    """False: members run without the mesh (their transport admits committee keys only)."""
+    extra_config: str = ""
+    """TOML appended to every node's config (e.g. a ``[content]`` override)."""
+
+
+BOOTSTRAP_PEERS = 3
+"""How many earlier nodes a peer names as bootstrap peers."""
 
 
 class LocalCluster:
@@ -54,9 +66,42 @@ class LocalCluster:
         self.committee_dir = spec.committee_dir or (self.dir / "committee")
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._logs: dict[int, IO[bytes]] = {}
-        self.committee = self._ensure_committee()
-        self.n = self.committee.n
+        self.committee = self._ensure_committee() if spec.nodes or spec.committee_dir else None
+        self.members = self.committee.n if self.committee is not None else 0
+        self.peer_keys = [self._peer_key(j) for j in range(spec.peers)]
+        self.n = self.members + spec.peers
+        """Every daemon: members ``0..members-1``, then peers."""
         self.configs = [self._write_config(i) for i in range(self.n)]
+
+    def _peer_key(self, j: int) -> bytes:
+        """Create (once) the key file of peer ``j``; its public key."""
+        from dagrider.node.peer_key import PeerKey
+
+        path = self.dir / "peers" / f"peer-{j}.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            PeerKey.generate().dump(path, TEST_KEYS_NOTE)
+        return PeerKey.load(path).identity().public_key
+
+    def key_of(self, i: int) -> bytes:
+        """The transport (Ed25519) public key of daemon ``i``."""
+        if i < self.members:
+            assert self.committee is not None
+            return self.committee.member(i).identity_key
+        return self.peer_keys[i - self.members]
+
+    def peer_address(self, i: int) -> str:
+        if i < self.members:
+            assert self.committee is not None
+            address = self.committee.member(i).address
+            assert address is not None
+            return address
+        return f"{self.spec.host}:{self.spec.base_port + i}"
+
+    def _bootstrap(self, i: int) -> list[str]:
+        """Members bootstrap each other; a peer names the first nodes other than itself."""
+        others = [j for j in range(self.n) if j != i][:BOOTSTRAP_PEERS]
+        return [f"{self.key_of(j).hex()}@{self.peer_address(j)}" for j in others]
 
     def _ensure_committee(self) -> Committee:
         path = self.committee_dir / COMMITTEE_FILE
@@ -84,14 +129,31 @@ class LocalCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"node-{i}.toml"
         committee_file = (self.committee_dir / COMMITTEE_FILE).resolve()
-        key_file = (self.committee_dir / key_file_name(i)).resolve()
+        if i < self.members:
+            node = [f'key_file = "{(self.committee_dir / key_file_name(i)).resolve()}"']
+        else:
+            key_file = (self.dir / "peers" / f"peer-{i - self.members}.key").resolve()
+            node = [
+                'role = "peer"',
+                f'key_file = "{key_file}"',
+                f'listen = "{self.peer_address(i)}"',
+            ]
+        if self.committee is not None:
+            node.append(f'committee_file = "{committee_file}"')
+        bootstrap = ", ".join(f'"{b}"' for b in self._bootstrap(i))
         path.write_text(
             "\n".join(
                 [
                     "[node]",
-                    f'key_file = "{key_file}"',
-                    f'committee_file = "{committee_file}"',
+                    *node,
                     f'data_dir = "{self.data_dir(i).resolve()}"',
+                    "",
+                    "[dht]",
+                    f"enabled = {'true' if s.dht else 'false'}",
+                    f"bootstrap = [{bootstrap}]",
+                    "",
+                    "[content]",
+                    f"chunk_size_kib = {s.content_chunk_kib}",
                     "",
                     "[api]",
                     f'listen = "{s.host}:{s.api_base_port + i}"',
@@ -112,6 +174,7 @@ class LocalCluster:
                     f"sync_interval_ms = {s.crdt_sync_interval_ms}",
                     f"checkpoint_interval_ms = {s.crdt_checkpoint_interval_ms}",
                     "",
+                    s.extra_config,
                 ]
             )
         )

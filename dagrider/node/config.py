@@ -7,6 +7,7 @@ directory with its node configs can be moved as a whole. Every problem is report
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class NodeConfig:
     key_file: Path
-    committee_file: Path
+    committee_file: Path | None  # required for members; a peer without one runs no CRDT store
     data_dir: Path
+    role: str = "member"  # "member" votes in the committee; "peer" only serves the mesh
     listen: tuple[str, int] | None = None  # default: this member's committee address
     api_listen: tuple[str, int] = ("127.0.0.1", 8000)
     api_token: str | None = None
@@ -48,6 +50,21 @@ class NodeConfig:
     nat_offer_relay: bool = False
     nat_reserve: bool = False
     nat_dial_timeout: float = 10.0
+    dht_enabled: bool = True
+    dht_bootstrap: dict[bytes, tuple[str, int]] = field(default_factory=dict)  # key -> address
+    dht_k: int = 20
+    dht_alpha: int = 3
+    dht_disjoint_paths: int = 1
+    dht_mode: str = "auto"  # "server", "client", or "auto" (client while NAT says private)
+    dht_advertise: tuple[tuple[str, int], ...] = ()  # default: the peer listen address
+    content_enabled: bool = True
+    content_chunk_size: int = 1024 * 1024
+    content_max_blob_bytes: int = 64 * 1024**3
+    content_max_upload_bytes: int = 64 * 1024**3
+
+    @property
+    def is_peer(self) -> bool:
+        return self.role == "peer"
 
     def parameters(self) -> Parameters:
         return Parameters(
@@ -59,7 +76,7 @@ class NodeConfig:
 
 
 _SECTIONS: dict[str, set[str]] = {
-    "node": {"key_file", "committee_file", "data_dir", "listen", "peers"},
+    "node": {"key_file", "committee_file", "data_dir", "listen", "peers", "role"},
     "api": {"listen", "token", "max_body_bytes"},
     "consensus": {
         "batch_size",
@@ -75,11 +92,16 @@ _SECTIONS: dict[str, set[str]] = {
     "log": {"format", "level"},
     "crdt": {"enabled", "sync_interval_ms", "checkpoint_interval_ms", "writers"},
     "nat": {"enabled", "relays", "offer_relay", "reserve", "dial_timeout_ms"},
+    "dht": {"enabled", "bootstrap", "k", "alpha", "disjoint_paths", "mode", "advertise"},
+    "content": {"enabled", "chunk_size_kib", "max_blob_mib", "max_upload_mib"},
 }
 
 
-def load_config(path: Path) -> NodeConfig:
-    """Read and validate ``path``; raises ConfigError with a specific message."""
+def load_config(path: Path, role: str | None = None) -> NodeConfig:
+    """Read and validate ``path``; raises ConfigError with a specific message.
+
+    ``role`` (from ``dagrider node --role``) overrides ``[node] role``.
+    """
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -88,6 +110,8 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if role is not None and isinstance(raw.get("node"), dict):
+        raw["node"]["role"] = role
     return parse_config(raw, path.parent)
 
 
@@ -105,9 +129,15 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
     cons = raw.get("consensus", {})
     crdt = raw.get("crdt", {})
     nat = raw.get("nat", {})
-    for key in ("key_file", "committee_file", "data_dir"):
+    dht = raw.get("dht", {})
+    content = raw.get("content", {})
+    role = _choice(node, "role", "member", ("member", "peer"))
+    required = ("key_file", "data_dir") if role == "peer" else ("key_file", "committee_file")
+    for key in (*required, "data_dir"):
         if key not in node:
             raise ConfigError(f"[node] {key} is required")
+    if role == "peer" and "listen" not in node:
+        raise ConfigError("[node] listen is required for a peer (it has no committee address)")
     defaults = Limits()
     try:
         limits = Limits(
@@ -118,8 +148,11 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         )
         cfg = NodeConfig(
             key_file=_path(node, "key_file", base),
-            committee_file=_path(node, "committee_file", base),
+            committee_file=(
+                _path(node, "committee_file", base) if "committee_file" in node else None
+            ),
             data_dir=_path(node, "data_dir", base),
+            role=role,
             listen=_addr(node["listen"], "[node] listen") if "listen" in node else None,
             api_listen=_addr(api.get("listen", "127.0.0.1:8000"), "[api] listen"),
             api_token=_opt_str(api, "token"),
@@ -144,6 +177,17 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             nat_offer_relay=_bool(nat, "offer_relay", False),
             nat_reserve=_bool(nat, "reserve", False),
             nat_dial_timeout=_int(nat, "dial_timeout_ms", 10_000) / 1000.0,
+            dht_enabled=_bool(dht, "enabled", True),
+            dht_bootstrap=_keyed_addresses(dht.get("bootstrap", []), "[dht] bootstrap"),
+            dht_k=_int(dht, "k", 20),
+            dht_alpha=_int(dht, "alpha", 3),
+            dht_disjoint_paths=_int(dht, "disjoint_paths", 1),
+            dht_mode=_choice(dht, "mode", "auto", ("auto", "server", "client")),
+            dht_advertise=_addresses(dht.get("advertise", []), "[dht] advertise"),
+            content_enabled=_bool(content, "enabled", True),
+            content_chunk_size=_int(content, "chunk_size_kib", 1024) * 1024,
+            content_max_blob_bytes=_int(content, "max_blob_mib", 64 * 1024) * 1024 * 1024,
+            content_max_upload_bytes=_int(content, "max_upload_mib", 64 * 1024) * 1024 * 1024,
         )
         cfg.parameters()  # cross-field checks (batch size vs limits, gc depth)
     except ValueError as exc:
@@ -154,20 +198,72 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         raise ConfigError("[mempool] max_pending must be >= 1")
     if cfg.crdt_sync_interval <= 0 or cfg.crdt_checkpoint_interval <= 0:
         raise ConfigError("[crdt] sync_interval_ms and checkpoint_interval_ms must be > 0")
+    _check_mesh(cfg)
     return cfg
+
+
+def _check_mesh(cfg: NodeConfig) -> None:
+    if not 1 <= cfg.dht_k <= 64:
+        raise ConfigError(f"[dht] k must be in [1, 64], got {cfg.dht_k}")
+    if not 1 <= cfg.dht_alpha <= 16:
+        raise ConfigError(f"[dht] alpha must be in [1, 16], got {cfg.dht_alpha}")
+    if not 1 <= cfg.dht_disjoint_paths <= cfg.dht_k:
+        raise ConfigError(f"[dht] disjoint_paths must be in [1, k={cfg.dht_k}]")
+    size = cfg.content_chunk_size
+    if size < 64 * 1024 or size > 4 * 1024 * 1024 or size & (size - 1):
+        raise ConfigError(
+            f"[content] chunk_size_kib must be a power of two in [64, 4096], got {size // 1024}"
+        )
+    if cfg.content_max_blob_bytes <= 0 or cfg.content_max_upload_bytes <= 0:
+        raise ConfigError("[content] max_blob_mib and max_upload_mib must be > 0")
+    if cfg.is_peer and not cfg.dht_enabled:
+        raise ConfigError("[dht] enabled = false: a peer only exists to serve the mesh")
+    if cfg.is_peer and not cfg.dht_bootstrap:
+        raise ConfigError("[dht] bootstrap is required for a peer (how else would it join?)")
+    for host, port in cfg.dht_advertise:
+        if not is_dialable_ip(host):
+            raise ConfigError(
+                f"[dht] advertise {host}:{port}: must be an IP address others can dial "
+                "(not a name, not 0.0.0.0 or ::)"
+            )
+    listen = cfg.listen
+    if cfg.is_peer and not cfg.dht_advertise and listen and not is_dialable_ip(listen[0]):
+        raise ConfigError(
+            f"[dht] advertise is required: [node] listen {listen[0]} is not an "
+            "address others can dial"
+        )
+
+
+def is_dialable_ip(host: str) -> bool:
+    """An IP literal that names one host (the DHT advertises only those)."""
+    try:
+        return not ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _relays(value: object) -> dict[bytes, tuple[str, int]]:
     """``[nat] relays``: a list of "<64-hex Ed25519 key>@host:port"."""
+    return _keyed_addresses(value, "[nat] relays")
+
+
+def _keyed_addresses(value: object, name: str) -> dict[bytes, tuple[str, int]]:
+    """A list of "<64-hex Ed25519 key>@host:port" (relays, DHT bootstrap peers)."""
     if not isinstance(value, list):
-        raise ConfigError('[nat] relays must be a list of "<hex key>@host:port"')
+        raise ConfigError(f'{name} must be a list of "<hex key>@host:port"')
     out: dict[bytes, tuple[str, int]] = {}
     for item in value:
         key, at, address = str(item).partition("@")
         if not isinstance(item, str) or not at or not _HEX_KEY.fullmatch(key):
-            raise ConfigError(f'[nat] relays: {item!r} is not "<64 hex digits>@host:port"')
-        out[bytes.fromhex(key)] = _addr(address, f"[nat] relays {key[:16]}")
+            raise ConfigError(f'{name}: {item!r} is not "<64 hex digits>@host:port"')
+        out[bytes.fromhex(key)] = _addr(address, f"{name} {key[:16]}")
     return out
+
+
+def _addresses(value: object, name: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f'{name} must be a list of "host:port"')
+    return tuple(_addr(item, name) for item in value)
 
 
 _NAMESPACE = re.compile(r"\*|[a-z0-9][a-z0-9_.-]{0,63}")

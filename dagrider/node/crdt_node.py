@@ -80,10 +80,10 @@ class CrdtNode:
         checkpoint_signers: Collection[bytes],
         domain: bytes,
         store: CrdtStore,
-        log_store: Store,
+        log_store: Store | None,
         send: Callable[[bytes, bytes, int], bool],
         connected: Callable[[], Collection[bytes]],
-        submit: Callable[[Sequence[bytes]], object],
+        submit: Callable[[Sequence[bytes]], object] | None,
         sync_interval: float,
         checkpoint_interval: float,
         logger: logging.Logger,
@@ -127,10 +127,14 @@ class CrdtNode:
         )
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._sync_loop(), name="crdt-sync"),
-            asyncio.create_task(self._checkpoint_loop(), name="crdt-checkpoint"),
-        ]
+        """Start anti-entropy, and, on a committee member, checkpoint submissions.
+
+        A mesh peer (no ``submit``, no ``log_store``) replicates documents but neither
+        orders checkpoints nor sees them: it does not follow the consensus log.
+        """
+        self._tasks = [asyncio.create_task(self._sync_loop(), name="crdt-sync")]
+        if self._submit is not None:
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="crdt-checkpoint"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -288,7 +292,7 @@ class CrdtNode:
 
     def submit_checkpoint(self) -> bool:
         heads = self.replica.heads
-        if not heads or heads == self._last_submitted:
+        if self._submit is None or not heads or heads == self._last_submitted:
             return False
         try:
             self._submit([encode_checkpoint(self.signer, self.domain, heads)])
@@ -324,7 +328,7 @@ class CrdtNode:
 
     def _rescan_log(self) -> None:
         """Find checkpoints committed after the last one recorded (crash repair)."""
-        while True:
+        while self.log_store is not None:
             rows = self.log_store.log_after(self._scanned, SCAN_PAGE)
             if not rows:
                 break

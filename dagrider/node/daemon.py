@@ -24,6 +24,7 @@ from aiohttp import web
 from dagrider.errors import CommitteeError
 from dagrider.node.api import build_app
 from dagrider.node.config import ConfigError, NodeConfig, load_config
+from dagrider.node.peer_node import PeerNode
 from dagrider.node.runtime import Node
 from dagrider.node.store import StoreError
 
@@ -82,10 +83,10 @@ def setup_logging(fmt: str, level: str) -> logging.Logger:
     return root
 
 
-def run(config_path: Path) -> int:
+def run(config_path: Path, role: str | None = None) -> int:
     """Entry point of ``dagrider node``; returns the process exit code."""
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, role)
     except ConfigError as exc:
         print(f"dagrider node: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -103,9 +104,15 @@ def run(config_path: Path) -> int:
         return 0
 
 
+def _build(cfg: NodeConfig, log: logging.Logger) -> Node | PeerNode:
+    if cfg.is_peer:
+        return PeerNode(cfg, log.getChild("peer"))
+    return Node(cfg, log.getChild("node"))
+
+
 async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
     try:
-        node = Node(cfg, log.getChild("node"))
+        node = _build(cfg, log)
     except FileNotFoundError as exc:
         return _fail(log, EXIT_CONFIG, f"missing file: {exc.filename}")
     except (CommitteeError, ConfigError, ValueError) as exc:
@@ -117,10 +124,18 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
         try:
             await node.start()
         except OSError as exc:
-            node.store.close()
+            await node.stop()
             host, port = node.listen
             return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"peer listen {host}:{port}"))
-        app = build_app(node, cfg.api_token, cfg.max_body_bytes, crdt=node.crdt)
+        app = build_app(
+            node,
+            cfg.api_token,
+            cfg.max_body_bytes,
+            crdt=node.crdt,
+            content=node.mesh.content_backend() if node.mesh is not None else None,
+            max_upload=cfg.content_max_upload_bytes,
+            member=not cfg.is_peer,
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         host, port = cfg.api_listen
@@ -132,14 +147,19 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
             return _fail(log, EXIT_RUNTIME, _os_reason(exc, f"API listen {host}:{port}"))
         log.info(
             "serving",
-            extra={"node": node.me, "api": f"http://{host}:{port}", "peer_listen": node.listen},
+            extra={
+                "role": cfg.role,
+                "key": node.identity.public_key.hex(),
+                "api": f"http://{host}:{port}",
+                "peer_listen": node.listen,
+            },
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down", extra={"node": node.me})
+        log.info("shutting down", extra={"role": cfg.role})
     finally:
         if runner is not None:
             with contextlib.suppress(Exception):

@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from dagrider.codec import encode
@@ -40,9 +40,16 @@ from dagrider.messages import (
     Val,
     VertexResponse,
 )
-from dagrider.node.config import NodeConfig
+from dagrider.node.components import (
+    add_crdt_metrics,
+    add_nat_counters,
+    build_crdt,
+    build_nat,
+    dht_server_mode,
+)
+from dagrider.node.config import ConfigError, NodeConfig, is_dialable_ip, parse_address
 from dagrider.node.crdt_node import CrdtNode
-from dagrider.node.crdt_store import CrdtStore
+from dagrider.node.mesh import Mesh
 from dagrider.node.metrics import Metrics
 from dagrider.node.service import LogEntry, MempoolFull, TxStatus, TxTooLarge
 from dagrider.node.store import Store, tx_digest
@@ -50,8 +57,8 @@ from dagrider.process import Process, ProcessConfig
 from p2p.config import TransportConfig
 from p2p.framing import FrameKind
 from p2p.identity import Identity
-from p2p.nat.manager import ManagerConfig, PeerInfo
-from p2p.nat_service import NatConfig, NatService
+from p2p.nat.manager import PeerInfo
+from p2p.nat_service import NatService
 from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64
@@ -65,6 +72,8 @@ class Node:
     def __init__(self, cfg: NodeConfig, log: logging.Logger) -> None:
         self.cfg = cfg
         self.logger = log
+        if cfg.committee_file is None:
+            raise ConfigError("[node] committee_file is required for a committee member")
         self.committee = Committee.load(cfg.committee_file)
         self.secret = NodeSecret.load(cfg.key_file, self.committee)
         self.me = self.secret.node_id
@@ -93,7 +102,7 @@ class Node:
             self.identity,
             TransportConfig(listen_host=listen[0], listen_port=listen[1]),
             peers=addresses,
-            allowed=set(self.key_of.values()) | set(cfg.nat_relays),
+            allowed=None if cfg.dht_enabled else set(self.key_of.values()) | set(cfg.nat_relays),
             on_frame=self._on_frame,
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
@@ -102,6 +111,7 @@ class Node:
         )
         self.nat = self._build_nat() if cfg.nat_enabled else None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.mesh = self._build_mesh(addresses) if cfg.dht_enabled else None
         self.store = Store(
             cfg.data_dir / "node.sqlite3",
             self.process.codec,
@@ -147,6 +157,8 @@ class Node:
         await self.transport.start()
         if self.nat is not None:
             self._start_nat(self.nat)
+        if self.mesh is not None:
+            self.mesh.start()
         self._catchup_task = asyncio.create_task(self._catchup_loop())
         if self.crdt is not None:
             self.crdt.start()
@@ -156,6 +168,8 @@ class Node:
             self._catchup_task.cancel()
         if self.crdt is not None:
             await self.crdt.stop()
+        if self.mesh is not None:
+            await self.mesh.close()
         if self.nat is not None:
             await self.nat.close()
         await self.transport.close()
@@ -170,7 +184,8 @@ class Node:
 
     def _on_frame(self, peer_key: bytes, data: bytes) -> None:
         sender = self.id_of.get(peer_key)
-        if sender is None:
+        if sender is None:  # a mesh peer speaking consensus: it has no vote to cast
+            self.m_stranger_frames.inc()
             return
         self.m_frames_in.labels(str(sender)).inc()
         self.m_bytes_in.labels(str(sender)).inc(len(data))
@@ -192,41 +207,47 @@ class Node:
     def _on_connected(self, peer_key: bytes) -> None:
         if self.nat is not None:
             self.nat.on_connected(peer_key)
+        if self.crdt is not None:  # mesh peers replicate the documents too
+            self.crdt.on_connected(peer_key)
         peer = self.id_of.get(peer_key)
-        if peer is None:  # a relay outside the committee
+        if peer is None:  # a relay or a mesh peer outside the committee
             return
         self.logger.info("peer connected", extra={"peer": peer})
         self._emit(self.process.resync(peer))
-        if self.crdt is not None:
-            self.crdt.on_connected(peer_key)
 
     def _on_disconnected(self, peer_key: bytes) -> None:
         if self.nat is not None:
             self.nat.on_disconnected(peer_key)
-        if peer_key not in self.id_of:
-            return
-        self.logger.info("peer disconnected", extra={"peer": self.id_of.get(peer_key)})
         if self.crdt is not None:
             self.crdt.on_disconnected(peer_key)
+        if peer_key in self.id_of:
+            self.logger.info("peer disconnected", extra={"peer": self.id_of.get(peer_key)})
 
     def _on_nat_frame(self, peer_key: bytes, data: bytes) -> None:
         if self.nat is not None:
             self.nat.on_frame(peer_key, data)
 
-    def _build_nat(self) -> NatService:
-        cfg = self.cfg
-        manager = ManagerConfig(dial_timeout=cfg.nat_dial_timeout, retry_after=5.0)
-        nat = NatService(
+    def _build_mesh(self, addresses: dict[bytes, tuple[str, int]]) -> Mesh:
+        """DHT and content on the committee's transport; the members bootstrap each other."""
+        return Mesh(
+            self.cfg,
             self.transport,
-            NatConfig(
-                relays=cfg.nat_relays,
-                offer_relay=cfg.nat_offer_relay,
-                reserve=cfg.nat_reserve,
-                manager=manager,
-            ),
-            self.logger.getChild("nat"),
+            self.identity,
+            bootstrap={**addresses, **self.cfg.dht_bootstrap},
+            advertise=self.cfg.dht_advertise or self._advertised(),
+            server_mode=dht_server_mode(self.cfg, self.nat),
+            logger=self.logger.getChild("mesh"),
         )
-        return nat
+
+    def _advertised(self) -> tuple[tuple[str, int], ...]:
+        """Our listen address if others can dial it, else our committee address."""
+        if is_dialable_ip(self.listen[0]):
+            return (self.listen,)
+        own = _member_address(self.committee, self.me)
+        return (own,) if is_dialable_ip(own[0]) else ()
+
+    def _build_nat(self) -> NatService:
+        return build_nat(self.cfg, self.transport, self.logger.getChild("nat"))
 
     def _start_nat(self, nat: NatService) -> None:
         nat.start()
@@ -237,31 +258,17 @@ class Node:
             nat.want(key, PeerInfo((address,), True, relays))
 
     def _on_crdt_frame(self, peer_key: bytes, data: bytes) -> None:
-        if self.crdt is not None and peer_key in self.id_of:
+        if self.crdt is not None:  # any authenticated peer: changes carry their signatures
             self.crdt.on_frame(peer_key, data)
 
     def _build_crdt(self) -> CrdtNode:
-        committee_keys = frozenset(self.key_of.values())
-        writers = {
-            ns: frozenset(
-                k
-                for key in keys
-                for k in (committee_keys if key == "committee" else [bytes.fromhex(key)])
-            )
-            for ns, keys in self.cfg.crdt_writers.items()
-        }
-        return CrdtNode(
+        return build_crdt(
+            self.cfg,
             seed=self.secret.identity_seed,
-            writers=writers,
-            checkpoint_signers=committee_keys,
-            domain=self.committee.committee_id,
-            store=CrdtStore(self.cfg.data_dir / "node.sqlite3", self.cfg.fsync),
-            log_store=self.store,
-            send=self.transport.send,
-            connected=self.transport.connected,
+            committee=self.committee,
+            transport=self.transport,
             submit=self.submit,
-            sync_interval=self.cfg.crdt_sync_interval,
-            checkpoint_interval=self.cfg.crdt_checkpoint_interval,
+            log_store=self.store,
             logger=self.logger.getChild("crdt"),
         )
 
@@ -476,6 +483,8 @@ class Node:
             st["crdt"] = self.crdt.status()
         if self.nat is not None:
             st["nat"] = self.nat.status()
+        if self.mesh is not None:
+            st.update(self.mesh.status())
         return st
 
     def metrics(self) -> Metrics:
@@ -518,15 +527,21 @@ class Node:
             "dagrider_requeued_transactions_total",
             "Transactions of own vertices that fell below the GC cut unordered, re-proposed",
         )
+        self.m_stranger_frames = r.counter(
+            "dagrider_stranger_consensus_frames_total",
+            "Consensus frames from authenticated peers outside the committee, dropped",
+        )
         self.m_catchup_requests = r.counter(
             "dagrider_catchup_requests_total", "Catch-up requests sent"
         )
         mempool = r.gauge("dagrider_mempool_transactions", "Transactions waiting for a vertex")
         mempool.set_function(lambda: float(len(self.process.mempool)))
         if self.crdt is not None:
-            self._init_crdt_metrics(r, self.crdt)
+            add_crdt_metrics(r, self.crdt)
         if self.nat is not None:
             self._init_nat_metrics(r, self.nat)
+        if self.mesh is not None:
+            self.mesh.add_metrics(r)
 
     def _is_relayed(self, key: bytes) -> float:
         return float((self.transport.path_of(key) or "").startswith("relayed"))
@@ -547,67 +562,10 @@ class Node:
                 continue
             relayed.labels(str(node_id)).set_function(functools.partial(self._is_relayed, key))
             rtt.labels(str(node_id)).set_function(functools.partial(nat.rtt, key))
-        for name, help_text, read in (
-            (
-                "dagrider_nat_punches_succeeded",
-                "Hole punches that gave a direct link",
-                nat.punches_succeeded,
-            ),
-            ("dagrider_nat_punches_failed", "Hole punches that failed", nat.punches_failed),
-            ("dagrider_nat_relay_circuits", "Circuits this node relays now", nat.relay_circuits),
-            ("dagrider_nat_relay_bytes", "Bytes this node relayed", nat.relay_bytes),
-        ):
-            r.gauge(name, help_text).set_function(_as_float(read))
-
-    def _init_crdt_metrics(self, r: Metrics, crdt: CrdtNode) -> None:
-        """Scrape-time gauges over the CRDT store's own counters (no hot-path cost)."""
-        st = crdt.engine.stats
-        values: dict[str, tuple[str, Callable[[], float]]] = {
-            "dagrider_crdt_changes": (
-                "Changes applied to the CRDT store",
-                lambda: len(crdt.replica),
-            ),
-            "dagrider_crdt_pending_changes": (
-                "Changes waiting for dependencies",
-                lambda: crdt.replica.pending_count,
-            ),
-            "dagrider_crdt_heads": (
-                "Heads of the CRDT change DAG",
-                lambda: len(crdt.replica.heads),
-            ),
-            "dagrider_crdt_checkpoints": ("Checkpoints ordered", crdt.checkpoint_count),
-            "dagrider_crdt_sync_sessions_completed": (
-                "Reconciliation sessions completed",
-                lambda: st.sessions_completed,
-            ),
-            "dagrider_crdt_sync_bytes_sent": (
-                "Bytes sent on the CRDT channel",
-                lambda: st.bytes_sent,
-            ),
-            "dagrider_crdt_sync_bytes_received": (
-                "Bytes received on the CRDT channel",
-                lambda: st.bytes_received,
-            ),
-            "dagrider_crdt_peer_faults": (
-                "Invalid CRDT sync input from peers",
-                lambda: crdt.faults,
-            ),
-            "dagrider_crdt_rejected_changes": (
-                "Changes from peers rejected (bad signature, unauthorized, ...)",
-                lambda: crdt.rejected,
-            ),
-        }
-        for name, (help_text, read) in values.items():
-            r.gauge(name, help_text).set_function(_as_float(read))
-
-
-def _as_float(read: Callable[[], float]) -> Callable[[], float]:
-    return lambda: float(read())
+        add_nat_counters(r, nat)
 
 
 def _member_address(c: Committee, node_id: int) -> tuple[str, int]:
-    from dagrider.node.config import ConfigError, parse_address
-
     address = c.member(node_id).address
     if address is None:
         raise ConfigError(f"committee member {node_id} has no address and no [node] override")

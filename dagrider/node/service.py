@@ -39,6 +39,10 @@ def tx_id(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
+class NotAMember(Exception):
+    """A mesh peer was asked to order transactions; only committee members do."""
+
+
 class MempoolFull(Exception):
     """The mempool cannot take the batch; nothing of it was enqueued.
 

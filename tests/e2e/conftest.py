@@ -16,12 +16,13 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     """Build (and by default start) local clusters that are stopped after the test."""
     clusters: list[LocalCluster] = []
 
-    def make(nodes: int = 4, start: bool = True, **kw: object) -> LocalCluster:
+    def make(nodes: int = 4, start: bool = True, peers: int = 0, **kw: object) -> LocalCluster:
         spec = ClusterSpec(
             directory=tmp_path / f"cluster-{len(clusters)}",
             nodes=nodes,
-            base_port=free_port_block(nodes),
-            api_base_port=free_port_block(nodes),
+            peers=peers,
+            base_port=free_port_block(nodes + peers),
+            api_base_port=free_port_block(nodes + peers),
             **kw,  # type: ignore[arg-type]
         )
         cluster = LocalCluster(spec)

@@ -3,7 +3,9 @@
 Node 3's daemon is never started; instead the test holds node 3's real key and speaks
 to the others over authenticated TLS links: undecodable frames, well-formed messages
 with forged content, an oversize frame header. A stranger whose key is not in the
-committee is refused at the handshake. The three correct nodes (2f+1) keep ordering.
+committee may join the mesh (members serve the DHT and content to anyone), but its
+consensus frames are dropped and counted; with the mesh off it is refused at the
+handshake. The three correct nodes (2f+1) keep ordering.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ def _attack_frames() -> list[bytes]:
     return [encode_frame(FrameKind.DATA, p) for p in payloads]
 
 
-async def _attack(cluster: LocalCluster, byzantine: Identity, stranger: Identity) -> list[str]:
+async def _attack(
+    cluster: LocalCluster, byzantine: Identity, stranger: Identity, mesh: bool
+) -> list[str]:
     outcomes: list[str] = []
     for i in range(3):
         address = parse_address(cluster.committee.member(i).address)
@@ -65,9 +69,16 @@ async def _attack(cluster: LocalCluster, byzantine: Identity, stranger: Identity
         except (ConnectionError, OSError) as exc:
             outcomes.append(f"node {i}: stranger refused ({type(exc).__name__})")
             continue
-        # A TLS 1.3 server may only reject after the handshake: then it closes at once.
-        await read_until_closed(r2, timeout=10)
-        outcomes.append(f"node {i}: stranger closed")
+        if not mesh:
+            # A TLS 1.3 server may only reject after the handshake: then it closes at once.
+            await read_until_closed(r2, timeout=10)
+            outcomes.append(f"node {i}: stranger closed")
+        else:
+            for frame in _attack_frames():  # a mesh peer posing as a voter
+                w2.write(frame)
+            await w2.drain()
+            await asyncio.sleep(0.5)
+            outcomes.append(f"node {i}: stranger sent consensus frames")
         with contextlib.suppress(Exception):
             w2.close()
     return outcomes
@@ -79,17 +90,18 @@ def _metric(cluster: LocalCluster, i: int, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+@pytest.mark.parametrize("mesh", [True, False], ids=["mesh", "closed"])
 def test_byzantine_member_and_stranger_do_not_stop_the_others(
-    make_cluster: Callable[..., LocalCluster],
+    make_cluster: Callable[..., LocalCluster], mesh: bool
 ) -> None:
-    cluster = make_cluster(start=False)
+    cluster = make_cluster(start=False, dht=mesh)
     for i in range(3):
         cluster.start(i)
     cluster.wait_ready(60, [0, 1, 2])
     secret = NodeSecret.load(cluster.committee_dir / key_file_name(3))
     byzantine = Identity.from_seed(secret.identity_seed)
     stranger = Identity.generate()
-    outcomes = asyncio.run(_attack(cluster, byzantine, stranger))
+    outcomes = asyncio.run(_attack(cluster, byzantine, stranger, mesh))
     assert len([o for o in outcomes if "byzantine link closed" in o]) == 3
     assert len([o for o in outcomes if "stranger" in o]) == 3
 
@@ -100,3 +112,5 @@ def test_byzantine_member_and_stranger_do_not_stop_the_others(
     assert_same_log(logs)
     assert all(cluster.alive(i) for i in range(3))
     assert sum(_metric(cluster, i, "dagrider_peer_misbehaviour_total") for i in range(3)) >= 3
+    dropped = sum(_metric(cluster, i, "dagrider_stranger_consensus_frames_total") for i in range(3))
+    assert dropped == (3 * len(_attack_frames()) if mesh else 0)

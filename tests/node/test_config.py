@@ -123,3 +123,92 @@ def test_bad_nat_section_is_named(nat: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(_with(nat=nat), Path("/base"))
     assert message in str(info.value)
+
+
+PEER: dict[str, Any] = {
+    "node": {"role": "peer", "key_file": "p.key", "data_dir": "d", "listen": "192.0.2.9:7100"},
+    "dht": {"bootstrap": ["ef" * 32 + "@192.0.2.7:7001"]},
+}
+
+
+def test_mesh_defaults_for_a_member() -> None:
+    cfg = parse_config(BASE, Path("/base"))
+    assert cfg.role == "member" and not cfg.is_peer
+    assert cfg.dht_enabled and cfg.dht_k == 20 and cfg.dht_alpha == 3
+    assert cfg.dht_disjoint_paths == 1 and cfg.dht_mode == "auto"
+    assert cfg.content_enabled and cfg.content_chunk_size == 1024 * 1024
+
+
+def test_peer_role() -> None:
+    cfg = parse_config(
+        {
+            **PEER,
+            "dht": {
+                **PEER["dht"],
+                "k": 16,
+                "alpha": 4,
+                "disjoint_paths": 3,
+                "mode": "client",
+                "advertise": ["203.0.113.9:7100"],
+            },
+            "content": {"chunk_size_kib": 256, "max_blob_mib": 1024, "max_upload_mib": 512},
+        },
+        Path("/base"),
+    )
+    assert cfg.is_peer and cfg.committee_file is None and cfg.listen == ("192.0.2.9", 7100)
+    assert cfg.dht_bootstrap == {bytes.fromhex("ef" * 32): ("192.0.2.7", 7001)}
+    assert (cfg.dht_k, cfg.dht_alpha, cfg.dht_disjoint_paths) == (16, 4, 3)
+    assert cfg.dht_mode == "client" and cfg.dht_advertise == (("203.0.113.9", 7100),)
+    assert cfg.content_chunk_size == 256 * 1024
+    assert cfg.content_max_blob_bytes == 1024**3 and cfg.content_max_upload_bytes == 512 * 1024**2
+
+
+def test_role_override_from_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text(
+        '[node]\nkey_file = "p.key"\ndata_dir = "d"\nlisten = "127.0.0.1:1"\n'
+        f'[dht]\nbootstrap = ["{"ab" * 32}@127.0.0.1:2"]\n'
+    )
+    with pytest.raises(ConfigError, match="committee_file is required"):
+        load_config(path)
+    assert load_config(path, "peer").is_peer
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"node": {**PEER["node"], "role": "observer"}}, "role must be one of"),
+        ({"node": {k: v for k, v in PEER["node"].items() if k != "listen"}}, "listen is required"),
+        ({"dht": {}}, "[dht] bootstrap is required for a peer"),
+        ({"dht": {**PEER["dht"], "enabled": False}}, "a peer only exists to serve the mesh"),
+        ({"dht": {**PEER["dht"], "k": 0}}, "[dht] k must be in [1, 64]"),
+        ({"dht": {**PEER["dht"], "alpha": 99}}, "[dht] alpha must be in [1, 16]"),
+        ({"dht": {**PEER["dht"], "disjoint_paths": 30}}, "disjoint_paths must be in [1, k=20]"),
+        ({"dht": {**PEER["dht"], "mode": "both"}}, "mode must be one of"),
+        ({"dht": {"bootstrap": ["zz@1.2.3.4:5"]}}, 'is not "<64 hex digits>@host:port"'),
+        ({"dht": {**PEER["dht"], "advertise": "1.2.3.4:5"}}, "must be a list"),
+        ({"content": {"chunk_size_kib": 100}}, "power of two in [64, 4096]"),
+        ({"content": {"chunk_size_kib": 8192}}, "power of two in [64, 4096]"),
+        ({"content": {"max_blob_mib": 0}}, "must be > 0"),
+        ({"content": {"chunks": 1}}, "[content] unknown keys ['chunks']"),
+        ({"dht": {**PEER["dht"], "advertise": ["0.0.0.0:1"]}}, "must be an IP address others"),
+        ({"dht": {**PEER["dht"], "advertise": ["peer.example:1"]}}, "not a name"),
+    ],
+)
+def test_bad_mesh_sections_are_named(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**PEER, **change}, Path("/base"))
+    assert message in str(info.value)
+
+
+def test_a_peer_on_a_wildcard_address_must_say_what_to_advertise() -> None:
+    raw = {**PEER, "node": {**PEER["node"], "listen": "0.0.0.0:7100"}}
+    with pytest.raises(ConfigError, match="advertise is required"):
+        parse_config(raw, Path("/base"))
+    raw["dht"] = {**PEER["dht"], "advertise": ["198.51.100.4:7100"]}
+    assert parse_config(raw, Path("/base")).dht_advertise == (("198.51.100.4", 7100),)
+
+
+def test_example_peer_config_loads() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "example-peer.toml")
+    assert cfg.is_peer and cfg.committee_file is not None and len(cfg.dht_bootstrap) == 1

@@ -1,0 +1,296 @@
+"""The mesh side of a node: the Kademlia DHT and the content layer on its peer transport.
+
+Members and peers both run it. It wires the content layer's needs (who provides a CID,
+how to reach a peer, how to announce ourselves) to the DHT, keeps the addresses the DHT
+taught us so that a provider can be dialled, and adapts the content service to what the
+HTTP routes need (:class:`~dagrider.node.content_api.ContentBackend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from dagrider.node.config import NodeConfig
+from dagrider.node.content_api import (
+    BadContentId,
+    BlobInfo,
+    ContentBackend,
+    ContentUnavailable,
+    UploadTooLarge,
+)
+from dagrider.node.metrics import Metrics
+from p2p.content.manifest import CidTextError, cid_from_text, cid_to_text
+from p2p.content_service import ContentConfig, ContentFetchError, ContentService
+from p2p.content_store import ContentNotFound, ContentStore, ContentTooLarge
+from p2p.dht.peer import PeerInfo
+from p2p.dht_service import DhtConfig, DhtService
+from p2p.identity import Identity
+from p2p.transport import PeerTransport
+
+Addr = tuple[str, int]
+KNOWN_ADDRESSES = 4096
+"""Peers whose DHT-learned addresses we remember for dialling (LRU)."""
+KNOWN_FAILURES = 256
+"""Failed fetches whose reason ``/v1/content/{cid}/status`` still reports."""
+
+
+class Mesh:
+    """The DHT and content services of one node, and the glue between them."""
+
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        transport: PeerTransport,
+        identity: Identity,
+        *,
+        bootstrap: Mapping[bytes, Addr],
+        advertise: tuple[Addr, ...],
+        server_mode: Callable[[], bool],
+        logger: logging.Logger,
+    ) -> None:
+        self.log = logger
+        self.transport = transport
+        self.self_info = PeerInfo(identity.public_key, advertise)
+        self._known: OrderedDict[bytes, PeerInfo] = OrderedDict()
+        seeds = [PeerInfo(key, (addr,)) for key, addr in bootstrap.items()]
+        for seed in seeds:
+            self._remember(seed)
+        self.dht = DhtService(
+            transport,
+            self.self_info,
+            DhtConfig(k=cfg.dht_k, alpha=cfg.dht_alpha, disjoint_paths=cfg.dht_disjoint_paths),
+            bootstrap=seeds,
+            server_mode=server_mode,
+            logger=logger.getChild("dht"),
+        )
+        self.store = ContentStore(
+            cfg.data_dir / "content",
+            chunk_size=cfg.content_chunk_size,
+            max_blob_size=cfg.content_max_blob_bytes,
+            fsync=cfg.fsync,
+        )
+        self.content = ContentService(
+            transport,
+            self.store,
+            find_providers=self._find_providers,
+            ensure_link=self._ensure_link,
+            provide=self.dht.provide,
+            config=ContentConfig(
+                chunk_size=cfg.content_chunk_size, max_blob_size=cfg.content_max_blob_bytes
+            ),
+            logger=logger.getChild("content"),
+        )
+        self._backend = _Backend(self)
+        self._started = False
+        self._announcer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the DHT (bootstrap, refresh) and re-announce the blobs held."""
+        self.dht.start()
+        self._announcer = asyncio.create_task(self._announce_held(), name="mesh-announce")
+        self._started = True
+
+    async def _announce_held(self) -> None:
+        """After bootstrap: announce the blobs kept from an earlier run (the DHT
+        republishes them from then on) and resume the downloads a stop interrupted."""
+        await self.dht.ready.wait()
+        for manifest in self.store.list():
+            try:
+                await self.dht.provide(manifest.cid)
+            except Exception as exc:  # the DHT retries at its republish interval
+                self.log.warning(
+                    "announce failed", extra={"cid": cid_to_text(manifest.cid), "reason": str(exc)}
+                )
+        for cid in self.store.partials():
+            self.log.info("resuming download", extra={"cid": cid_to_text(cid)})
+            self._backend.start_fetch(cid)
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        if self._announcer is not None:
+            self._announcer.cancel()
+            await asyncio.gather(self._announcer, return_exceptions=True)
+        await self._backend.close()
+        await self.content.close()
+        await self.dht.close()
+
+    def content_backend(self) -> ContentBackend:
+        return self._backend
+
+    # -- glue ---------------------------------------------------------------------------
+
+    def _remember(self, info: PeerInfo) -> None:
+        if not info.addrs:
+            return
+        self._known[info.key] = info
+        self._known.move_to_end(info.key)
+        while len(self._known) > KNOWN_ADDRESSES:
+            self._known.popitem(last=False)
+
+    async def _find_providers(self, cid: bytes) -> list[bytes]:
+        found = await self.dht.find_providers(cid)
+        for info in found:
+            self._remember(info)
+        return [info.key for info in found if info.key != self.self_info.key]
+
+    async def _ensure_link(self, key: bytes) -> bool:
+        if self.transport.has_link(key):
+            return True
+        info = self._known.get(key)
+        if info is None:
+            info = await self.dht.find_peer(key)
+            if info is None:
+                return False
+            self._remember(info)
+        return await self.dht.ensure_link(info)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"dht": self.dht.status(), "content": self.content.status()}
+
+    def add_metrics(self, r: Metrics) -> None:
+        """Scrape-time gauges over the DHT's and the content layer's status."""
+
+        def read(section: str, key: str) -> Callable[[], float]:
+            def value() -> float:
+                doc = self.dht.status() if section == "dht" else self.content.status()
+                raw = doc.get(key, 0)
+                return float(raw) if isinstance(raw, int | float) else 0.0
+
+            return value
+
+        for section, key, name, help_text in _GAUGES:
+            r.gauge(name, help_text).set_function(read(section, key))
+
+
+_GAUGES = (
+    ("dht", "routing_table_size", "dagrider_dht_routing_peers", "Peers in the routing table"),
+    ("dht", "records", "dagrider_dht_records", "Signed records stored for others"),
+    ("dht", "provider_records", "dagrider_dht_provider_records", "Provider records stored"),
+    ("dht", "lookups", "dagrider_dht_lookups", "Lookups started"),
+    ("dht", "lookups_failed", "dagrider_dht_lookups_failed", "Lookups that found nothing"),
+    ("content", "blobs", "dagrider_content_blobs", "Blobs held"),
+    ("content", "bytes_served", "dagrider_content_bytes_served", "Chunk bytes served"),
+    ("content", "bytes_fetched", "dagrider_content_bytes_fetched", "Verified bytes fetched"),
+    ("content", "bad_chunks", "dagrider_content_bad_chunks", "Chunks that failed verification"),
+    ("content", "fetches_active", "dagrider_content_fetches_active", "Fetches in progress"),
+)
+
+
+class _Backend:
+    """:class:`ContentBackend` over the mesh: what the HTTP routes see."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._fetches: dict[bytes, asyncio.Task[BlobInfo]] = {}
+        self._failures: OrderedDict[bytes, str] = OrderedDict()
+
+    def parse_cid(self, text: str) -> bytes:
+        try:
+            return cid_from_text(text)
+        except CidTextError as exc:
+            raise BadContentId(str(exc)) from None
+
+    async def close(self) -> None:
+        tasks = list(self._fetches.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _info(self, cid: bytes) -> BlobInfo | None:
+        try:
+            m = self.mesh.store.manifest(cid)
+        except ContentNotFound:
+            return None
+        return BlobInfo(cid_to_text(cid), m.size, m.chunk_size, m.chunk_count)
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], limit: int) -> BlobInfo:
+        async def bounded() -> AsyncIterator[bytes]:
+            total = 0
+            async for piece in chunks:
+                total += len(piece)
+                if total > limit:
+                    raise UploadTooLarge(f"upload exceeds the {limit}-byte limit; nothing kept")
+                yield piece
+
+        try:
+            manifest = await self.mesh.content.put_stream(bounded())
+        except ContentTooLarge as exc:
+            raise UploadTooLarge(str(exc)) from None
+        info = self._info(manifest.cid)
+        assert info is not None
+        return info
+
+    def local(self, cid: bytes) -> BlobInfo | None:
+        return self._info(cid)
+
+    def blobs(self) -> list[BlobInfo]:
+        return [
+            BlobInfo(cid_to_text(m.cid), m.size, m.chunk_size, m.chunk_count)
+            for m in self.mesh.store.list()
+        ]
+
+    def _fetch_task(self, cid: bytes) -> asyncio.Task[BlobInfo]:
+        task = self._fetches.get(cid)
+        if task is None:
+            task = asyncio.create_task(self._run_fetch(cid), name=f"fetch-{cid.hex()[:8]}")
+            self._fetches[cid] = task
+            task.add_done_callback(lambda t: self._fetch_done(cid, t))
+        return task
+
+    def _fetch_done(self, cid: bytes, task: asyncio.Task[BlobInfo]) -> None:
+        if self._fetches.get(cid) is task:
+            del self._fetches[cid]
+        if not task.cancelled() and task.exception() is not None:
+            self._failures[cid] = str(task.exception())  # shown by fetch_status
+            while len(self._failures) > KNOWN_FAILURES:
+                self._failures.popitem(last=False)
+
+    async def _run_fetch(self, cid: bytes) -> BlobInfo:
+        try:
+            await self.mesh.content.fetch(cid)
+        except ContentFetchError as exc:
+            raise ContentUnavailable(
+                exc.reason, status=404 if "no provider" in exc.reason else 502
+            ) from None
+        info = self._info(cid)
+        if info is None:
+            raise ContentUnavailable(f"content {cid.hex()} vanished after its fetch", status=500)
+        return info
+
+    async def fetch(self, cid: bytes) -> BlobInfo:
+        return await asyncio.shield(self._fetch_task(cid))
+
+    def start_fetch(self, cid: bytes) -> None:
+        self._failures.pop(cid, None)
+        self._fetch_task(cid)
+
+    def fetch_status(self, cid: bytes) -> dict[str, Any] | None:
+        task = self._fetches.get(cid)
+        if task is None:
+            failure = self._failures.get(cid)
+            return None if failure is None else {"state": "failed", "error": failure}
+        fetches = self.mesh.content.status().get("fetches")
+        progress = fetches.get(cid_to_text(cid)) if isinstance(fetches, dict) else None
+        doc: dict[str, Any] = {"state": "fetching"}
+        if isinstance(progress, dict):
+            doc.update(progress)
+        return doc
+
+    async def read_range(self, cid: bytes, start: int, end: int) -> AsyncIterator[bytes]:
+        async for piece in await self.mesh.store.read_range(cid, start, end):
+            yield piece
+
+    async def providers(self, cid: bytes) -> list[dict[str, Any]]:
+        found = await self.mesh.dht.find_providers(cid)
+        if self.local(cid) is not None:
+            found.insert(0, self.mesh.self_info)
+        return [
+            {"key": p.key.hex(), "addrs": [f"{h}:{port}" for h, port in p.addrs]} for p in found
+        ]
