@@ -21,6 +21,11 @@ from dagrider.node import content_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dht-sim"]:  # its own option set: see `dagrider dht-sim --help`
+        from sim.dht import main as dht_sim
+
+        return dht_sim(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -112,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--max-rounds", type=int, default=cd.max_rounds, help="final sync rounds cap")
     cs.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     cs.set_defaults(handler=_crdt_sim)
+
+    sub.add_parser(
+        "dht-sim",
+        help="simulate a Kademlia DHT with churn and malicious peers (--nodes 2000 --seed S)",
+        add_help=False,
+    )
 
     nd = sub.add_parser("node", help="run a committee member or a mesh peer as a daemon")
     nd.add_argument("--config", "-c", type=Path, required=True, help="node TOML config")

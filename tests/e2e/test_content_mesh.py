@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -186,6 +188,36 @@ def test_content_api_rejects_bad_requests_and_serves_ranges(
     with pytest.raises(ApiError):
         content_get(cluster.api_url(2), unknown, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dagrider", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_keygen_put_get_providers(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    done = _cli("keygen", "--peer", "--out", str(tmp_path / "p.key"))
+    assert done.returncode == 0 and "peer key" in done.stdout
+    assert _cli("keygen", "--peer", "--out", str(tmp_path / "p.key")).returncode == 2
+    cluster = make_cluster(nodes=0, peers=3)
+    data = os.urandom(CHUNK + 77)
+    (tmp_path / "in").write_bytes(data)
+    put = _cli("content", "put", str(tmp_path / "in"), "--api", cluster.api_url(0))
+    assert put.returncode == 0, put.stderr
+    cid = put.stdout.strip()
+    got = _cli("content", "get", cid, "-o", str(tmp_path / "out"), "--api", cluster.api_url(1))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "out").read_bytes() == data and "verified" in got.stdout
+    prov = _cli("content", "providers", cid, "--api", cluster.api_url(2))
+    keys = {p["key"] for p in json.loads(prov.stdout)["providers"]}
+    assert {cluster.key_of(0).hex(), cluster.key_of(1).hex()} <= keys
+    bad = _cli("content", "get", "nope", "-o", str(tmp_path / "x"), "--api", cluster.api_url(1))
+    assert bad.returncode == 1 and "invalid content id" in bad.stderr
+    missing = _cli("content", "put", str(tmp_path / "none"), "--api", cluster.api_url(1))
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
 
 
 def test_a_mesh_peer_replicates_crdt_documents_and_content_without_voting(
