@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import base64
-import socket
 import time
 
 from dagrider.node.client import full_log
 from dagrider.node.cluster import LocalCluster
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base..base+count-1 are free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count >= 65000:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + count):
-                t = socket.socket()
-                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                t.bind(("127.0.0.1", p))
-                socks.append(t)
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free port block")
 
 
 def wait_for_logs(
