@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e.helpers import free_port_block
 
-from dagrider.node.cluster import ClusterSpec, LocalCluster
+from dagrider.node.cluster import ClusterSpec, LocalCluster, free_port_block
 
 
 @pytest.fixture

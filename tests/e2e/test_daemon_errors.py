@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e.helpers import free_port_block
 
 from dagrider.keygen import generate, write_committee_dir
+from dagrider.node.cluster import free_port_block
 
 pytestmark = pytest.mark.e2e
 
