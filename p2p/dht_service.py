@@ -62,6 +62,12 @@ __all__ = ["METHOD", "DhtConfig", "DhtQueryError", "DhtService", "PeerInfo", "Re
 METHOD: Final = "dht"
 RPC_CONFIG: Final = RpcConfig(max_request_bytes=64 * 1024, max_response_bytes=64 * 1024)
 LIVENESS_PINGS_PER_TICK: Final = 3
+MODE_CHECK_S: Final = 1.0
+"""How often the service notices a server -> client switch (NAT reachability turned
+private) and tells its contacts, so that they stop handing out our address."""
+BOOTSTRAP_RETRY_S: Final = 0.5
+"""First retry of a bootstrap that found nobody (doubling up to the maintenance tick):
+bootstrap peers that start after us are found within seconds, not a tick later."""
 
 
 class DhtQueryError(P2PError):
@@ -111,9 +117,24 @@ class DhtService:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the maintenance loop; it bootstraps first."""
+        """Start the maintenance loop (it bootstraps first) and the mode watcher."""
         if self._maintainer is None:
             self._maintainer = asyncio.create_task(self._maintain(), name="dht-maintain")
+            self._spawn(self._watch_mode(), "dht-mode")
+
+    async def _watch_mode(self) -> None:
+        """On a switch to client mode, ping every contact without a sender: a request
+        without one makes the receiver drop us from its table (``DhtCore.handle``)."""
+        server = self._server_mode()
+        while True:
+            await asyncio.sleep(MODE_CHECK_S)
+            now_server = self._server_mode()
+            if server and not now_server:
+                self._stats["became_client"] += 1
+                log_event(self._log, logging.INFO, "dht client mode", table=len(self.core.routing))
+                for peer in self.core.routing.peers():
+                    self._ping_later(peer)
+            server = now_server
 
     async def close(self) -> None:
         """Stop timers and background work, fail our pending calls, stop serving."""
@@ -142,8 +163,11 @@ class DhtService:
         except Exception:
             self._log.exception("dht bootstrap failed")
         self.ready.set()
+        retry = BOOTSTRAP_RETRY_S
         while True:
-            await asyncio.sleep(self._tick)
+            alone = len(self.core.routing) == 0 and bool(self._bootstrap)
+            await asyncio.sleep(min(retry, self._tick) if alone else self._tick)
+            retry = retry * 2 if alone else BOOTSTRAP_RETRY_S
             try:
                 await self._maintenance_round()
             except Exception:

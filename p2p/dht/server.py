@@ -112,6 +112,10 @@ class DhtCore:
                     f"sender {sender.key.hex()[:8]} on a link of {peer_key.hex()[:8]}",
                 )
             self.peer_responded(sender, now)
+        else:
+            # A request without a sender comes from a client (e.g. a node that learned it
+            # is behind a NAT): it must not stay a contact we hand out to others.
+            self.routing.remove(peer_key)
         self.served += 1
         if isinstance(request, Ping):
             return Pong()

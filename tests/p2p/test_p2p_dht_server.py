@@ -49,6 +49,16 @@ def test_server_mode_senders_enter_the_table_client_mode_ones_do_not() -> None:
     assert ME.key not in c.routing
 
 
+def test_a_server_that_turns_client_leaves_the_table() -> None:
+    c = core()
+    a = peer(1)
+    c.handle(a.key, Ping(sender=a), NOW)
+    assert a.key in c.routing
+    c.handle(a.key, FindNode(bytes(32)), NOW + 1)  # NAT traversal found it unreachable
+    assert a.key not in c.routing
+    assert a not in c.closest(bytes(32), peer(9).key)
+
+
 def test_sender_must_be_the_authenticated_peer() -> None:
     c = core()
     with pytest.raises(DhtRequestError) as info:
