@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -145,3 +146,46 @@ async def running(
         yield transport, rec
     finally:
         await transport.close()
+
+
+@dataclass
+class DhtNode:
+    """One in-process DHT node on its own loopback transport (tests, benchmarks)."""
+
+    identity: Identity
+    transport: PeerTransport
+    dht: Any  # p2p.dht_service.DhtService (imported lazily: testing stays light)
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.public_key
+
+    @property
+    def info(self) -> Any:
+        """Its ``PeerInfo``: what others bootstrap from."""
+        return self.dht.self_info
+
+
+async def start_dht_node(
+    seed: bytes, bootstrap: Any, config: Any, *, server: bool = True
+) -> DhtNode:
+    """A started ``DhtService`` in open mode on 127.0.0.1, identity derived from ``seed``.
+
+    ``bootstrap`` is a list of ``p2p.dht.peer.PeerInfo``; ``config`` a ``DhtConfig``;
+    ``server=False`` makes it a client-mode node.
+    """
+    from p2p.dht.peer import PeerInfo
+    from p2p.dht_service import DhtService
+
+    identity = Identity.from_seed(hashlib.sha256(seed).digest())
+    transport = PeerTransport(identity, loopback_config(), {}, None, lambda _k, _p: None)
+    await transport.start()
+    info = PeerInfo(identity.public_key, (transport.listen_address,))
+    dht = DhtService(transport, info, config, bootstrap=bootstrap, server_mode=lambda: server)
+    dht.start()
+    return DhtNode(identity, transport, dht)
+
+
+async def stop_dht_node(node: DhtNode) -> None:
+    await node.dht.close()
+    await node.transport.close()

@@ -7,8 +7,10 @@ one place knows how to lay out a committee directory, write node configs, start,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -274,13 +276,17 @@ class LocalCluster:
 
 def free_port_block(count: int) -> int:
     """A base port such that base..base+count-1 are free on 127.0.0.1 right now (tests,
-    benchmarks: a cluster laid out on consecutive ports)."""
+    benchmarks: a cluster laid out on consecutive ports).
+
+    The block lies below the kernel's ephemeral range, so that the daemons' own outgoing
+    connections cannot take a port before the daemon that should listen on it started.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count >= 65000:
-            continue
+        base = rng.randrange(10_000, max(10_001, low - count))
         socks: list[socket.socket] = []
         try:
             for p in range(base, base + count):

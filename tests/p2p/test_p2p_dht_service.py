@@ -9,7 +9,6 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Collection
-from dataclasses import dataclass
 
 import pytest
 
@@ -17,45 +16,24 @@ from p2p.dht.config import DhtConfig
 from p2p.dht.messages import Ping, PutRecord, PutResult
 from p2p.dht.peer import PeerInfo
 from p2p.dht.records import record_key, sign_record
-from p2p.dht_service import METHOD, DhtQueryError, DhtService
+from p2p.dht_service import METHOD, DhtQueryError
 from p2p.identity import Identity
 from p2p.rpc import RpcRemoteError
-from p2p.testing import LoopFactory, loopback_config, run, wait_until
-from p2p.transport import PeerTransport
+from p2p.testing import DhtNode, LoopFactory, run, start_dht_node, stop_dht_node, wait_until
 
 FAST = DhtConfig(request_timeout=2.0, slow_after=0.5)
 
 
-@dataclass
-class Node:
-    identity: Identity
-    transport: PeerTransport
-    dht: DhtService
-
-    @property
-    def key(self) -> bytes:
-        return self.identity.public_key
-
-    @property
-    def info(self) -> PeerInfo:
-        return self.dht.self_info
+Node = DhtNode
 
 
 async def start_node(
     seed: int, bootstrap: list[PeerInfo], config: DhtConfig, *, server: bool = True
 ) -> Node:
-    identity = Identity.from_seed(hashlib.sha256(b"dht-test" + bytes([seed])).digest())
-    transport = PeerTransport(identity, loopback_config(), {}, None, lambda _k, _p: None)
-    await transport.start()
-    info = PeerInfo(identity.public_key, (transport.listen_address,))
-    dht = DhtService(transport, info, config, bootstrap=bootstrap, server_mode=lambda: server)
-    dht.start()
-    return Node(identity, transport, dht)
+    return await start_dht_node(b"dht-test" + bytes([seed]), bootstrap, config, server=server)
 
 
-async def stop_node(node: Node) -> None:
-    await node.dht.close()
-    await node.transport.close()
+stop_node = stop_dht_node
 
 
 @contextlib.asynccontextmanager
