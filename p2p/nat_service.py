@@ -146,6 +146,7 @@ class NatService:
         for relay, addr in self.config.relays.items():
             if relay == self.key:
                 continue
+            self.transport.defer_dial(relay)  # we dial it: no second dial from elsewhere
             self.perform(self.manager.learn(relay, PeerInfo((addr,), True), self.now))
             self.perform(self.manager.want(relay, self.now))
         self.tick()

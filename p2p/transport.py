@@ -132,6 +132,7 @@ class PeerTransport:
         self._configured = frozenset(peers) | frozenset(allowed or ())
         self._protected: set[bytes] = set()
         self._connecting: dict[bytes, asyncio.Task[None]] = {}
+        self._link_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pruner: asyncio.Task[None] | None = None
         self._log = logger or logging.getLogger("p2p.transport")
         self._rng = rng or random.Random()
@@ -142,6 +143,9 @@ class PeerTransport:
             for key, addr in peers.items()
             if key != self._key
         }
+        self._deferred: set[bytes] = {k for k, p in self._peers.items() if p.address is not None}
+        """Keys whose links are made elsewhere (our dial loop, the peer's, NAT traversal):
+        ``connect`` waits for them instead of racing a second dial from the same port."""
         self._listener: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
         self._bound: tuple[str, int] | None = None
@@ -345,6 +349,9 @@ class PeerTransport:
             raise PeerNotConnected(f"cannot link to {who}: transport is not running")
         if self._allowed is not None and key not in self._allowed:
             raise PeerNotConnected(f"cannot link to {who}: key not allowed")
+        if key in self._deferred:
+            await self._await_link(key, timeout)
+            return
         task = self._connecting.get(key)
         if task is None:
             if not self._room_for(key):
@@ -362,6 +369,34 @@ class PeerTransport:
             if task.cancelled() and (current is None or not current.cancelling()):
                 raise PeerNotConnected(f"cannot link to {who}: transport closed") from None
             raise
+
+    def defer_dial(self, key: bytes) -> None:
+        """Links to ``key`` are made elsewhere (e.g. NAT traversal dials its relays):
+        ``connect`` then waits for that link rather than dialling a second one. Two dials
+        from the listening port to one peer collide; the loser falls back to an
+        ephemeral port, and peers would then observe a wrong (port-changing) mapping.
+        Such a link is also never idle-pruned: whoever made it keeps it for a reason."""
+        self._deferred.add(key)
+        self.protect(key)
+
+    async def _await_link(self, key: bytes, timeout: float | None) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._link_waiters.setdefault(key, []).append(waiter)
+        try:
+            async with asyncio.timeout(
+                self.config.handshake_timeout if timeout is None else timeout
+            ):
+                await waiter
+        except TimeoutError:
+            raise PeerNotConnected(
+                f"no link to {short_id(key)}: it is dialled elsewhere and not up yet"
+            ) from None
+        finally:
+            waiters = self._link_waiters.get(key)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._link_waiters[key]
 
     async def _connect_once(self, key: bytes, address: tuple[str, int]) -> None:
         try:
@@ -709,6 +744,9 @@ class PeerTransport:
             addr=link.remote_addr,
             path=path,
         )
+        for waiter in self._link_waiters.pop(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
         self._callback(self._on_connected, key)
         for listener in list(self._connected_listeners):
             self._callback(listener, key)

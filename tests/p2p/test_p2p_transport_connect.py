@@ -12,7 +12,8 @@ import pytest
 from p2p.errors import PeerNotConnected
 from p2p.framing import FrameKind
 from p2p.identity import Identity
-from p2p.testing import LoopFactory, run, running, wait_until
+from p2p.testing import LoopFactory, loopback_config, run, running, wait_until
+from p2p.transport import PeerTransport
 
 IDS = sorted(
     (Identity.from_seed(bytes([40 + i]) * 32) for i in range(6)), key=lambda i: i.public_key
@@ -161,3 +162,30 @@ def test_channel_registered_after_start_and_listeners(loop_factory: LoopFactory)
             assert not a.try_send(B.public_key, b"x", FrameKind.CONTENT)
 
     run(main(), loop_factory=loop_factory)
+
+
+def test_connect_waits_for_a_link_dialled_elsewhere(loop_factory: LoopFactory) -> None:
+    """A deferred key is never dialled by ``connect``: it waits for the link made by the
+    owner of that dial (here the peer dials us), or fails after the timeout."""
+
+    async def main() -> None:
+        a_id, b_id = Identity.generate(), Identity.generate()
+        got: list[bytes] = []
+        a = PeerTransport(a_id, loopback_config(), {}, None, lambda _k, _p: None)
+        await a.start()
+        b = PeerTransport(b_id, loopback_config(), {}, None, lambda k, p: got.append(p))
+        await b.start()
+        try:
+            a.defer_dial(b_id.public_key)
+            with pytest.raises(PeerNotConnected, match="dialled elsewhere"):
+                await a.connect(b_id.public_key, b.listen_address, timeout=0.3)
+            assert not a.has_link(b_id.public_key)  # no dial was made
+            waiting = asyncio.create_task(a.connect(b_id.public_key, b.listen_address, timeout=5))
+            await b.connect(a_id.public_key, a.listen_address, timeout=5)  # the other side
+            await waiting
+            assert a.has_link(b_id.public_key)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main(), 20, loop_factory=loop_factory)
