@@ -13,7 +13,8 @@ class TransportConfig:
 
     ``send_queue_bytes`` and the rate limits are per peer. Rate limits apply to inbound
     traffic, as token buckets with a one-second burst (at least 1 MiB for bytes): a peer
-    that exceeds them is disconnected and logged (a correct node stays far below them).
+    that exceeds them is disconnected and logged (a correct node stays far below them;
+    the byte rate leaves room for a bulk content transfer, hundreds of MB/s on a LAN).
     ``reconnect_*`` bound the jittered exponential backoff of dialling.
     """
 
@@ -25,7 +26,7 @@ class TransportConfig:
     keepalive_timeout: float = 20.0
     reconnect_initial: float = 0.1
     reconnect_max: float = 5.0
-    rate_bytes_per_s: float = 200e6
+    rate_bytes_per_s: float = 1e9
     rate_frames_per_s: float = 200_000
     handshake_timeout: float = 10.0
     max_handshaking: int = 64

@@ -66,6 +66,7 @@ from p2p.content.messages import (
     HaveReply,
     ManifestPage,
     decode_as,
+    decode_chunk,
     encode,
 )
 from p2p.content_store import ContentNotFound, ContentStore, ContentStoreError, PartialBlob
@@ -415,14 +416,14 @@ class ContentService:
             if not await asyncio.shield(link):  # shared by this provider's requests
                 outcome = "no-link"
             else:
-                body = await self.rpc.call(
+                body = await self.rpc.call_view(
                     key,
                     METHOD_CHUNK,
                     encode(GetChunk(st.cid, index)),
                     timeout=self.config.chunk_timeout,
                 )
-                msg = decode_as(body, ChunkData)
-                ok = msg.index == index and await st.partial.write_verified(index, msg.data)
+                got, data = decode_chunk(body)
+                ok = got == index and await st.partial.write_verified(index, data)
                 outcome = "ok" if ok else "bad"
         except ContentDecodeError:
             outcome = "bad"

@@ -192,7 +192,7 @@ class PartialBlob:
             raise ContentStoreError(f"short write of chunk {index}")
         await self._mark(index)
 
-    async def write_verified(self, index: int, data: bytes) -> bool:
+    async def write_verified(self, index: int, data: bytes | memoryview) -> bool:
         """Check ``data`` against chunk ``index``'s leaf and, if it matches, write it.
 
         One worker-thread hop for both the hash and the write (SHA-256 releases the GIL,

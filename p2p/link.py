@@ -33,7 +33,10 @@ from p2p.identity import short_id
 from p2p.logs import log_event
 from p2p.ratelimit import TokenBucket
 
-READ_CHUNK: Final = 256 * 1024
+READ_CHUNK: Final = 1024 * 1024
+"""Largest read from the stream: about one content chunk, so a 1 MiB frame is one or two
+reads rather than five (``STREAM_LIMIT`` lets the reader buffer 2 MiB)."""
+MIN_BURST_BYTES: Final = 1024 * 1024
 COALESCE_BYTES: Final = 256 * 1024
 MAX_CONTROL_PAYLOAD: Final = 64
 _PING_STAMP: Final = struct.Struct(">d")
@@ -97,7 +100,7 @@ class Link:
         self.last_rx = loop.time()
         # burst: one second of traffic, and never less than a few reads' worth
         self._bytes_bucket = TokenBucket(
-            config.rate_bytes_per_s, max(config.rate_bytes_per_s, 4 * READ_CHUNK), loop.time()
+            config.rate_bytes_per_s, max(config.rate_bytes_per_s, MIN_BURST_BYTES), loop.time()
         )
         self._frames_bucket = TokenBucket(
             config.rate_frames_per_s, config.rate_frames_per_s, loop.time()

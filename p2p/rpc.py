@@ -52,6 +52,7 @@ from p2p.rpc_wire import (
     RpcDecodeError,
     RpcMessage,
     decode,
+    decode_reply_view,
     encode,
 )
 from p2p.transport import PeerTransport
@@ -139,7 +140,7 @@ class RpcConfig:
 @dataclass(eq=False)
 class _Pending:
     peer: bytes
-    future: asyncio.Future[bytes]
+    future: asyncio.Future[bytes | memoryview]
 
 
 def _remote_error(code: str, message: str) -> RpcRemoteError:
@@ -195,6 +196,19 @@ class RpcEndpoint:
         or body over the limits (a caller bug). Cancelling the caller cancels the call
         on the peer too.
         """
+        result = await self._call(peer, method, body, timeout)
+        return result if type(result) is bytes else bytes(result)
+
+    async def call_view(
+        self, peer: bytes, method: str, body: bytes, *, timeout: float
+    ) -> memoryview:
+        """``call``, with the answer as a read-only view into the received frame instead
+        of a copy (for large answers such as content chunks); raises as ``call`` does."""
+        return memoryview(await self._call(peer, method, body, timeout))
+
+    async def _call(
+        self, peer: bytes, method: str, body: bytes, timeout: float
+    ) -> bytes | memoryview:
         if not 0 < len(method) <= MAX_METHOD_CHARS:
             raise ValueError(f"method name {method!r} must have 1..{MAX_METHOD_CHARS} chars")
         if len(body) > self.config.max_request_bytes:
@@ -211,7 +225,7 @@ class RpcEndpoint:
         call_id = next(self._ids) & U64
         deadline_ms = min(U32, max(1, int(timeout * 1000)))
         frame = encode(Request(call_id, method, deadline_ms, body))
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = _Pending(peer, future)
         self._stats["calls"] += 1
         try:
@@ -249,6 +263,10 @@ class RpcEndpoint:
         """Dispatch one frame of our channel (the transport's channel callback)."""
         if self._closed:
             return
+        fast = decode_reply_view(data, self._max_body)
+        if fast is not None:
+            self._on_reply(peer, *fast)
+            return
         try:
             msg = decode(data, self._max_body)
         except RpcDecodeError as exc:
@@ -274,14 +292,21 @@ class RpcEndpoint:
 
     def _on_answer(self, peer: bytes, msg: RpcMessage) -> None:
         assert isinstance(msg, Reply | ErrorReply)
+        if isinstance(msg, Reply):
+            self._on_reply(peer, msg.id, msg.body)
+            return
         pending = self._pending.get(msg.id)
         if pending is None or pending.peer != peer or pending.future.done():
             self._stats["unexpected_answers"] += 1  # late (we gave up) or not ours
             return
-        if isinstance(msg, Reply):
-            pending.future.set_result(msg.body)
-        else:
-            pending.future.set_exception(_remote_error(msg.code, msg.message))
+        pending.future.set_exception(_remote_error(msg.code, msg.message))
+
+    def _on_reply(self, peer: bytes, call_id: int, body: bytes | memoryview) -> None:
+        pending = self._pending.get(call_id)
+        if pending is None or pending.peer != peer or pending.future.done():
+            self._stats["unexpected_answers"] += 1  # late (we gave up) or not ours
+            return
+        pending.future.set_result(body)
 
     def _on_request(self, peer: bytes, req: Request) -> None:
         self._stats["requests"] += 1

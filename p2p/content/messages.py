@@ -234,7 +234,7 @@ def encode(msg: ContentMessage) -> bytes:
     return packed
 
 
-def decode(data: bytes) -> ContentMessage:
+def decode(data: bytes | memoryview) -> ContentMessage:
     """Parse one message, or raise ``ContentDecodeError`` naming the offending field."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ContentDecodeError("frame", f"expected bytes, got {type(data).__name__}")
@@ -278,10 +278,45 @@ def decode(data: bytes) -> ContentMessage:
     return msg
 
 
+_UINT_FORMS: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4}
+_BIN_WIDTH: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def decode_chunk(data: bytes | memoryview) -> tuple[int, memoryview]:
+    """``decode_as(data, ChunkData)`` as ``(index, view of the chunk bytes inside data)``.
+
+    The chunk is not copied out of ``data`` (profiled: copying 1 MiB chunks out of each
+    answer was a visible part of a fetch). The layout ``encode`` writes is recognised
+    directly; anything else (another key order, a wider integer form, any error) goes
+    through ``decode_as``, so exactly the same messages are accepted and rejected.
+    """
+    size = len(data)
+    pos = len(_CHUNK_PREFIX)
+    head = bytes(data[: pos + 5 + len(_DATA_KEY) + 5])
+    if size <= MAX_MESSAGE_BYTES and head.startswith(_CHUNK_PREFIX):
+        first = head[pos] if len(head) > pos else -1
+        index = -1
+        if 0 <= first < 0x80:
+            index, pos = first, pos + 1
+        elif first in _UINT_FORMS:
+            width = _UINT_FORMS[first]
+            if pos + 1 + width <= len(head):
+                index = int.from_bytes(head[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
+        if index >= 0 and head.startswith(_DATA_KEY, pos):
+            pos += len(_DATA_KEY)
+            width = _BIN_WIDTH.get(head[pos] if pos < len(head) else -1, -1)
+            length = size - pos - 1 - width if width >= 0 else -1
+            if 0 <= length <= MAX_CHUNK_SIZE and head.startswith(_bin_header(length), pos):
+                return index, memoryview(data)[size - length :]
+    msg = decode_as(data, ChunkData)
+    return msg.index, memoryview(msg.data)
+
+
 M = TypeVar("M", GetManifest, ManifestPage, GetChunk, ChunkData, Have, HaveReply)
 
 
-def decode_as(data: bytes, cls: type[M]) -> M:
+def decode_as(data: bytes | memoryview, cls: type[M]) -> M:
     """``decode`` and insist on one message type (``ContentDecodeError`` on field ``t``)."""
     msg = decode(data)
     if not isinstance(msg, cls):
