@@ -13,6 +13,20 @@ class P2PError(Exception):
     """Base of every error the p2p layer raises on purpose."""
 
 
+class WireDecodeError(P2PError, ValueError):
+    """Bytes from a peer are not a valid message of some p2p codec; ``field`` names what
+    was wrong (``"frame"``, ``"t"``, a field name, ``"a.b[2]"``...) and ``detail`` how.
+
+    Each codec (NAT, DHT, content, RPC) raises its own subclass, so a caller can tell
+    which layer refused the bytes; none of them raises anything else on bad input.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
 class IdentityError(P2PError, ValueError):
     """A seed, key or certificate cannot serve as a node identity (wrong size, wrong type)."""
 

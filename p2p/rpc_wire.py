@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-from p2p.errors import P2PError
+from p2p.errors import WireDecodeError
 
 VERSION: Final = 1
 MAX_METHOD_CHARS: Final = 32
@@ -36,13 +36,8 @@ U32: Final = 2**32 - 1
 U64: Final = 2**64 - 1
 
 
-class RpcDecodeError(P2PError, ValueError):
+class RpcDecodeError(WireDecodeError):
     """Bytes from a peer are not a valid RPC message; ``field`` names what was wrong."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from p2p.content.manifest import (
     ManifestError,
     decode_manifest,
 )
-from p2p.errors import P2PError
+from p2p.errors import WireDecodeError
 
 VERSION: Final = 1
 METHOD_MANIFEST: Final = "content.manifest"
@@ -59,13 +59,8 @@ MAX_INDEX: Final = 2**32 - 1
 MAX_MESSAGE_BYTES: Final = MAX_CHUNK_SIZE + 1024
 
 
-class ContentDecodeError(P2PError, ValueError):
+class ContentDecodeError(WireDecodeError):
     """Bytes from a peer are not a valid content message; ``field`` names what was wrong."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from p2p.dht.records import (
     ProviderRecord,
     Record,
 )
-from p2p.errors import P2PError
+from p2p.errors import WireDecodeError
 
 DHT_CHANNEL_KIND: Final = 5
 """Frame kind of the DHT channel (``p2p.framing.FrameKind.DHT``)."""
@@ -51,13 +51,8 @@ MAX_MESSAGE_BYTES: Final = 48 * 1024
 closer peers (~32 KiB): under the RPC layer's 64 KiB request limit."""
 
 
-class DhtDecodeError(P2PError, ValueError):
+class DhtDecodeError(WireDecodeError):
     """Bytes from a peer are not a valid DHT message; ``field`` names what was wrong."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 # -- requests ----------------------------------------------------------------------------

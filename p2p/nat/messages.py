@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-from p2p.errors import P2PError
+from p2p.errors import WireDecodeError
 
 Addr = tuple[str, int]
 """A transport address: (IP literal, TCP port)."""
@@ -43,13 +43,8 @@ U32: Final = 2**32 - 1
 U64: Final = 2**64 - 1
 
 
-class NatDecodeError(P2PError, ValueError):
+class NatDecodeError(WireDecodeError):
     """Bytes from a peer are not a valid NAT message; ``field`` names what was wrong."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 class Status(IntEnum):
