@@ -18,11 +18,17 @@ from dagrider.errors import InvalidVertex
 from dagrider.messages import Digest, NodeId, Vertex, genesis
 
 
-def check_structure(v: Vertex, n: int, f: int, gc_depth: int) -> None:
+def check_structure(
+    v: Vertex, n: int, f: int, gc_depth: int, max_block_bytes: int | None = None
+) -> None:
     """Rules that need nothing but the vertex itself (checked before we ECHO it)."""
     quorum = 2 * f + 1
     if v.round < 1:
         raise InvalidVertex(f"round {v.round}: only genesis has round 0")
+    if max_block_bytes is not None:
+        block_bytes = sum(map(len, v.block))
+        if block_bytes > max_block_bytes:
+            raise InvalidVertex(f"block of {block_bytes} bytes exceeds {max_block_bytes}")
     sources = [e.source for e in v.strong_edges]
     if len(v.strong_edges) < quorum:
         raise InvalidVertex(f"{len(v.strong_edges)} strong edges, need >= {quorum}")
@@ -84,16 +90,18 @@ class Dag:
     def strong_path(self, frm: Vertex, to: Vertex) -> bool:
         return bool(self._shist[frm.digest] & self._bit[to.digest])
 
-    def highest_buffered_round(self) -> int:
-        """Highest round among vertices waiting in the buffer (0 if none): peers that
-        far ahead mean this process is lagging."""
-        return max(self._buffer, default=0)
+    def lowest_missing_round(self, current_round: int) -> int | None:
+        """Lowest round of a parent that a buffered vertex of a round we have reached
+        still waits for (None if nothing waits): where a catch-up has to start.
 
-    def lowest_missing_round(self) -> int | None:
-        """Lowest round of a parent that some buffered vertex still waits for (None if
-        nothing waits): where a catch-up has to start."""
+        Vertices above ``current_round`` are not asked about: they wait for their turn
+        anyway, and a Byzantine source's future vertex with invented parents must not
+        make this process ask its peers for rounds nobody has.
+        """
         low: int | None = None
-        for bucket in self._buffer.values():
+        for rnd, bucket in self._buffer.items():
+            if rnd > current_round:
+                continue
             for v in bucket.values():
                 for e in v.edges():
                     if e.round < self.floor or e.digest in self._vertex:

@@ -43,9 +43,15 @@ class Vertex:
     strong_edges: tuple[VertexRef, ...]
     weak_edges: tuple[VertexRef, ...]
     digest: Digest = field(init=False, repr=False, compare=False)
+    # Bytes of the canonical encoding: what holding this vertex costs, charged to its
+    # source by the per-peer budgets (computed with the digest, from the same packing).
+    size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "digest", vertex_digest(self))
+        packed = msgpack.packb(canonical_vertex_body(self), use_bin_type=True)
+        digest = hashlib.blake2b(packed, digest_size=DIGEST_BYTES, person=_VERTEX_PERSON)
+        object.__setattr__(self, "digest", digest.digest())
+        object.__setattr__(self, "size", len(packed))
 
     @property
     def ref(self) -> VertexRef:

@@ -44,6 +44,9 @@ from dagrider.ordering import Ordering, OrderingState
 from dagrider.params import Parameters
 from dagrider.rbc import ReliableBroadcast
 
+REANSWER_ROUNDS = 4
+"""A request for a digest already answered to the same peer is refused for a wave."""
+
 
 @dataclass(frozen=True)
 class ProcessConfig:
@@ -82,7 +85,9 @@ class Process:
         self.quorum = 2 * cfg.f + 1
         p = cfg.params
         self.codec = Codec(cfg.n, p.limits)
-        self.rbc = ReliableBroadcast(cfg.me, cfg.n, cfg.f)
+        self.rbc = ReliableBroadcast(
+            cfg.me, cfg.n, cfg.f, lookahead=p.future_rounds, budget_bytes=p.peer_budget_bytes
+        )
         self.dag = Dag(cfg.n, cfg.f, p.gc_depth)
         self.ordering = Ordering(cfg.n, cfg.f, p.gc_depth)
         self.round = 0  # highest round this process has proposed in (0: only genesis)
@@ -94,6 +99,11 @@ class Process:
         self._suppress_commits_below = 0
         self.completed_wave = 0
         self.started = False
+        # Requests cost the requester: a byte bucket per peer, refilled as rounds pass,
+        # and each (peer, digest) answered once while the digest's round is live.
+        self._response_tokens = [p.response_budget_bytes] * cfg.n
+        # (peer, digest) -> (round of the vertex, our round when we answered)
+        self._answered: dict[tuple[NodeId, bytes], tuple[int, int]] = {}
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -138,7 +148,10 @@ class Process:
         match msg:
             case Val(vertex):
                 try:
-                    check_structure(vertex, self.n, self.cfg.f, self.cfg.params.gc_depth)
+                    params = self.cfg.params
+                    check_structure(
+                        vertex, self.n, self.cfg.f, params.gc_depth, params.limits.max_block_bytes
+                    )
                 except InvalidVertex as exc:
                     return [Misbehaviour(sender, f"invalid vertex: {exc}")]
                 return self._after_rbc(self.rbc.on_val(sender, vertex))
@@ -238,7 +251,9 @@ class Process:
             nxt = self.round + 1
             out.append(RoundAdvanced(nxt))
             params = self.cfg.params
-            behind = self.dag.highest_buffered_round() - nxt
+            # Evidence that peers are ahead must come from f+1 distinct processes (one
+            # of them correct): a single Byzantine claim of round 10**9 moves nothing.
+            behind = self.rbc.proven_round() - nxt
             if behind > params.gc_depth // 2 and nxt not in self._replayed_own:
                 # Peers are so far ahead that a vertex for this round would fall below
                 # their GC cut before anyone could reference it: move on without one.
@@ -262,8 +277,15 @@ class Process:
 
     def _enter_round(self, rnd: int) -> list[Effect]:
         """Make ``rnd`` current and insert the buffered vertices it unblocks."""
+        passed = rnd - self.round
         self.round = rnd
         self.rbc.current_round = rnd
+        if passed > 0:
+            budget = self.cfg.params.response_budget_bytes
+            refill = passed * budget // 4
+            tokens = self._response_tokens
+            for peer in range(self.n):
+                tokens[peer] = min(budget, tokens[peer] + refill)
         _, flagged = self.dag.drain(rnd)
         return [
             Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
@@ -275,8 +297,7 @@ class Process:
         if vertex is None:
             strong = sorted(self.dag.by_round[self.round].values(), key=lambda v: v.source)
             weak = self.dag.weak_candidates(nxt, strong)
-            take = min(len(self.mempool), self.cfg.params.batch_size)
-            block = tuple(self.mempool.popleft() for _ in range(take))
+            block = self._take_batch()
             vertex = Vertex(
                 nxt,
                 self.me,
@@ -290,6 +311,18 @@ class Process:
         out: list[Effect] = [Proposed(vertex)]
         out += self._after_rbc(self.rbc.broadcast(vertex))
         return out + self._enter_round(nxt)
+
+    def _take_batch(self) -> tuple[bytes, ...]:
+        """Up to ``batch_size`` pending transactions within ``max_block_bytes``."""
+        params = self.cfg.params
+        room = params.limits.max_block_bytes
+        block: list[bytes] = []
+        mempool = self.mempool
+        while mempool and len(block) < params.batch_size and len(mempool[0]) <= room:
+            tx = mempool.popleft()
+            room -= len(tx)
+            block.append(tx)
+        return tuple(block)
 
     # -- coin and ordering --------------------------------------------------------------
 
@@ -316,7 +349,11 @@ class Process:
     def _on_coin_share(self, sender: NodeId, share: CoinShare) -> list[Effect]:
         if share.signer != sender:
             return [Misbehaviour(sender, f"coin share signed by {share.signer}")]
-        if share.wave < self.ordering.next_wave or share.wave > self.round // 4 + 10_000:
+        progress = max(self.round, self.rbc.proven_round())
+        if (
+            share.wave < self.ordering.next_wave
+            or share.wave > (progress + self.cfg.params.future_rounds) // 4 + 1
+        ):
             return []
         coin = self._coin(share.wave)
         if coin.value is not None:
@@ -341,6 +378,7 @@ class Process:
             self.rbc.prune(floor)
             self.ordering.prune(floor)
             self._own = {r: v for r, v in self._own.items() if r >= floor}
+            self._answered = {k: r for k, r in self._answered.items() if r[0] >= floor}
             for w in [w for w in self._coins if w < self.ordering.next_wave]:
                 del self._coins[w]
         return [e for e in out if not self._suppressed(e)]
@@ -363,10 +401,35 @@ class Process:
     # -- catch-up -----------------------------------------------------------------------
 
     def _answer_request(self, sender: NodeId, req: VertexRequest) -> list[Effect]:
+        """Serve a vertex by digest, at most once per (peer, digest) per wave of our
+        progress and within the peer's response budget, so a 60-byte request cannot be
+        turned into megabytes of traffic over and over (the requester pays, not us).
+        A correct peer asks once per instance; after a restart it may ask again, which
+        a wave later is answered."""
+        key = (sender, req.digest)
+        answered = self._answered.get(key)
+        if answered is not None and self.round - answered[1] < REANSWER_ROUNDS:
+            return [Misbehaviour(sender, f"repeated VertexRequest for ({req.round}, {req.source})")]
         v = self.dag.get(req.digest)
-        if v is not None and v.round == req.round and v.source == req.source:
-            return [Send(sender, VertexResponse(v))]
-        return self.rbc.on_request(sender, req)
+        if v is not None and (v.round != req.round or v.source != req.source):
+            return []
+        size = v.size if v is not None else 0
+        if size > self._response_tokens[sender]:
+            return [
+                Misbehaviour(
+                    sender,
+                    f"VertexRequest over the response budget "
+                    f"({size} > {self._response_tokens[sender]} bytes left)",
+                )
+            ]
+        out: list[Effect] = [Send(sender, VertexResponse(v))] if v is not None else []
+        if not out:
+            out = self.rbc.on_request(sender, req)  # answered now, or once delivered
+        for e in out:
+            if isinstance(e, Send) and isinstance(e.msg, VertexResponse):
+                self._response_tokens[sender] -= e.msg.vertex.size
+                self._answered[key] = (req.round, self.round)
+        return out
 
     # -- introspection ------------------------------------------------------------------
 

@@ -42,25 +42,75 @@ class _Instance:
     delivered: Digest | None = None
     delivered_vertex: bool = False
     waiting: dict[NodeId, Digest] = field(default_factory=dict)
+    charged: int = 0  # payload bytes of ``vertices``, charged to the source's budget
 
 
 class ReliableBroadcast:
     """All reliable-broadcast instances of one process.
 
     ``horizon`` is the lowest round still tracked: messages below it are ignored and
-    instances below it are forgotten by :meth:`prune`. ``lookahead`` bounds how far
-    above the process's own round a peer can make it allocate state.
+    instances below it are forgotten by :meth:`prune`.
+
+    Two bounds keep what peers can make it hold small (see docs/byzantine.md):
+
+    * ``lookahead``: instances are only created up to this many rounds above the
+      *proven* round (:meth:`proven_round`), the highest round that f+1 distinct
+      processes have shown for their own broadcasts. At least one of any f+1 is
+      correct, so no coalition of f can move the window; a correct process that is
+      really ahead is seen through the others that must follow it.
+    * ``budget_bytes``: payload bytes held per source. A VAL that would take its source
+      over budget is neither stored nor echoed (Bracha still delivers a correct
+      source's vertex through the others' votes, and the payload is then fetched by
+      digest). Payloads of delivered instances are always accepted: 2f+1 READYs vouch
+      for them and the DAG needs them.
     """
 
-    def __init__(self, me: NodeId, n: int, f: int, lookahead: int = 10_000) -> None:
+    def __init__(
+        self,
+        me: NodeId,
+        n: int,
+        f: int,
+        lookahead: int = 200,
+        budget_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.me = me
         self.n = n
         self.quorum = 2 * f + 1
         self.small = f + 1
         self.lookahead = lookahead
+        self.budget_bytes = budget_bytes
         self.horizon = 1
         self.current_round = 0
         self._instances: dict[tuple[NodeId, int], _Instance] = {}
+        self._claimed = [0] * n  # highest round each process showed for its own instance
+        self._proven = 0
+        self._held = [0] * n  # payload bytes held per source
+        self.refused_over_budget = 0
+
+    # -- progress evidence ----------------------------------------------------------------
+
+    def proven_round(self) -> int:
+        """The (f+1)-th highest round among what each process showed for its own
+        broadcasts, counting our own round: some correct process has reached it."""
+        claims = self._claimed
+        claims[self.me] = self.current_round
+        if self._proven < self.current_round:
+            self._recompute_proven()
+        return self._proven
+
+    def held_bytes(self, source: NodeId) -> int:
+        """Payload bytes currently held for ``source`` (its budget use)."""
+        return self._held[source]
+
+    def _claim(self, process: NodeId, rnd: int) -> None:
+        if rnd > self._claimed[process]:
+            self._claimed[process] = rnd
+            if rnd > self._proven:
+                self._recompute_proven()
+
+    def _recompute_proven(self) -> None:
+        self._claimed[self.me] = self.current_round
+        self._proven = sorted(self._claimed, reverse=True)[self.small - 1]
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -71,6 +121,8 @@ class ReliableBroadcast:
     def on_val(self, sender: NodeId, vertex: Vertex) -> list[Effect]:
         if sender != vertex.source:
             return [Misbehaviour(sender, f"VAL for source {vertex.source} from {sender}")]
+        if sender != self.me:
+            self._claim(sender, vertex.round)
         inst = self._instance(vertex.source, vertex.round)
         if inst is None:
             return []
@@ -79,12 +131,25 @@ class ReliableBroadcast:
             return []
         # Hold at most the first VAL plus a payload someone else vouched for, so that an
         # equivocating source cannot make us store an unbounded number of vertices.
-        if (
+        if d not in inst.vertices and (
             inst.sent_echo in (None, d)
             or d == inst.delivered
             or inst.ready_count.get(d, 0) >= self.small
         ):
-            inst.vertices.setdefault(d, vertex)
+            if (
+                sender != self.me
+                and d != inst.delivered
+                and self._held[sender] + vertex.size > self.budget_bytes
+            ):
+                self.refused_over_budget += 1
+                return [
+                    Misbehaviour(
+                        sender,
+                        f"VAL for round {vertex.round} over the per-peer budget "
+                        f"({self._held[sender]} + {vertex.size} > {self.budget_bytes} bytes)",
+                    )
+                ]
+            self._store(vertex.source, inst, vertex)
         out: list[Effect] = []
         if inst.sent_echo is None:
             out += self._vote_echo(vertex.source, vertex.round, inst, vertex.digest)
@@ -93,6 +158,8 @@ class ReliableBroadcast:
         return out + self._try_deliver_payload(inst, vertex.digest)
 
     def on_echo(self, sender: NodeId, msg: Echo) -> list[Effect]:
+        if msg.source == sender:
+            self._claim(sender, msg.round)
         inst = self._instance(msg.source, msg.round)
         if inst is None:
             return []
@@ -104,6 +171,8 @@ class ReliableBroadcast:
         return self._check(msg.source, msg.round, inst, msg.digest)
 
     def on_ready(self, sender: NodeId, msg: Ready) -> list[Effect]:
+        if msg.source == sender:
+            self._claim(sender, msg.round)
         inst = self._instance(msg.source, msg.round)
         if inst is None:
             return []
@@ -132,7 +201,7 @@ class ReliableBroadcast:
             return []
         if vertex.digest != inst.delivered:
             return [Misbehaviour(sender, "VertexResponse with a digest nobody delivered")]
-        inst.vertices[vertex.digest] = vertex
+        self._store(vertex.source, inst, vertex)
         return self._try_deliver_payload(inst, vertex.digest)
 
     # -- recovery and memory ------------------------------------------------------------
@@ -158,7 +227,7 @@ class ReliableBroadcast:
             return
         inst.delivered = vertex.digest
         inst.delivered_vertex = True
-        inst.vertices = {vertex.digest: vertex}
+        self._keep_only(vertex.source, inst, vertex)
 
     def sent_votes(self) -> list[Echo | Ready]:
         """Every vote this process has sent in live instances (to retransmit after reconnect)."""
@@ -176,7 +245,8 @@ class ReliableBroadcast:
             return
         self.horizon = horizon
         for key in [k for k in self._instances if k[1] < horizon]:
-            del self._instances[key]
+            inst = self._instances.pop(key)
+            self._held[key[0]] -= inst.charged
 
     def instance_count(self) -> int:
         return len(self._instances)
@@ -189,7 +259,9 @@ class ReliableBroadcast:
         ``trusted`` (our own store, after a restart) bypasses the lookahead bound, which
         exists only to limit what peers can make us allocate.
         """
-        if rnd < self.horizon or (rnd > self.current_round + self.lookahead and not trusted):
+        if rnd < self.horizon:
+            return None
+        if not trusted and rnd > max(self.current_round, self._proven) + self.lookahead:
             return None
         key = (source, rnd)
         inst = self._instances.get(key)
@@ -237,6 +309,18 @@ class ReliableBroadcast:
         if inst.delivered == d and not inst.delivered_vertex:
             inst.delivered_vertex = True
             # Keep only the delivered payload: equivocating VALs are dead weight now.
-            inst.vertices = {d: vertex}
+            self._keep_only(vertex.source, inst, vertex)
             out.append(Delivered(vertex))
         return out
+
+    def _store(self, source: NodeId, inst: _Instance, vertex: Vertex) -> None:
+        if vertex.digest in inst.vertices:
+            return
+        inst.vertices[vertex.digest] = vertex
+        inst.charged += vertex.size
+        self._held[source] += vertex.size
+
+    def _keep_only(self, source: NodeId, inst: _Instance, vertex: Vertex) -> None:
+        inst.vertices = {vertex.digest: vertex}
+        self._held[source] += vertex.size - inst.charged
+        inst.charged = vertex.size

@@ -34,6 +34,9 @@ class NodeConfig:
     batch_size: int = 1_000
     batch_delay: float = 0.05  # seconds
     gc_depth: int = 50
+    future_rounds: int = 200
+    peer_budget_bytes: int = 64 * 1024 * 1024
+    response_budget_bytes: int = 16 * 1024 * 1024
     max_pending: int = 20_000
     max_body_bytes: int = 64 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
@@ -72,6 +75,9 @@ class NodeConfig:
             batch_size=self.batch_size,
             propose_empty=self.batch_delay <= 0,
             limits=self.limits,
+            future_rounds=self.future_rounds,
+            peer_budget_bytes=self.peer_budget_bytes,
+            response_budget_bytes=self.response_budget_bytes,
         )
 
 
@@ -86,6 +92,10 @@ _SECTIONS: dict[str, set[str]] = {
         "max_tx_bytes",
         "max_edges",
         "max_message_bytes",
+        "max_block_kib",
+        "future_rounds",
+        "peer_budget_mib",
+        "response_budget_mib",
     },
     "mempool": {"max_pending"},
     "storage": {"fsync"},
@@ -145,6 +155,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             max_tx_bytes=_int(cons, "max_tx_bytes", defaults.max_tx_bytes),
             max_edges=_int(cons, "max_edges", defaults.max_edges),
             max_message_bytes=_int(cons, "max_message_bytes", defaults.max_message_bytes),
+            max_block_bytes=_int(cons, "max_block_kib", defaults.max_block_bytes // 1024) * 1024,
         )
         cfg = NodeConfig(
             key_file=_path(node, "key_file", base),
@@ -160,6 +171,9 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             batch_size=_int(cons, "batch_size", 1_000),
             batch_delay=_int(cons, "batch_delay_ms", 50) / 1000.0,
             gc_depth=_int(cons, "gc_depth", 50),
+            future_rounds=_int(cons, "future_rounds", 200),
+            peer_budget_bytes=_int(cons, "peer_budget_mib", 64) * 1024 * 1024,
+            response_budget_bytes=_int(cons, "response_budget_mib", 16) * 1024 * 1024,
             max_pending=_int(raw.get("mempool", {}), "max_pending", 20_000),
             max_body_bytes=_int(api, "max_body_bytes", 64 * 1024 * 1024),
             limits=limits,

@@ -37,7 +37,6 @@ from dagrider.messages import (
     CatchupRequest,
     CoinShareMsg,
     Ready,
-    Val,
     VertexResponse,
 )
 from dagrider.node.components import (
@@ -62,6 +61,7 @@ from p2p.nat_service import NatService
 from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64
+MISBEHAVIOUR_LOG_PERIOD = 1.0  # seconds: one log line per misbehaving peer at most
 CATCHUP_PERIOD = 1.0  # seconds between checks for rounds we cannot complete alone
 LATENCY_TRACKED = 200_000
 
@@ -126,7 +126,8 @@ class Node:
         self._log_changed = asyncio.Event()
         self._submitted: OrderedDict[bytes, float] = OrderedDict()
         self._pending_ids: dict[bytes, int] = {}
-        self._highest_seen_round = 0
+        self._catchup_served_at: dict[int, float] = {}
+        self._misbehaviour_log: dict[int, tuple[float, int]] = {}  # peer -> (logged, quiet)
         self._catchup_task: asyncio.Task[None] | None = None
         self.last_leader: dict[str, Any] | None = None
         self.started_at = time.time()
@@ -199,9 +200,6 @@ class Node:
             return
         if isinstance(msg, CoinShareMsg) and msg.share.signer == sender:
             self._shares.append(msg.share)
-        rnd = msg.vertex.round if isinstance(msg, Val) else getattr(msg, "round", 0)
-        if isinstance(rnd, int) and rnd > self._highest_seen_round:
-            self._highest_seen_round = rnd
         self._emit(self.process.receive(sender, msg))
 
     def _on_connected(self, peer_key: bytes) -> None:
@@ -289,8 +287,11 @@ class Node:
         previous: int | None = None
         while True:
             await asyncio.sleep(CATCHUP_PERIOD)
-            missing = self.process.dag.lowest_missing_round()
-            behind = self._highest_seen_round - self.process.round > self.params.gc_depth // 2
+            missing = self.process.dag.lowest_missing_round(self.process.round)
+            # "Behind" needs f+1 distinct members' word (see Process._advance): one
+            # Byzantine frame claiming round 2**48 must not make us ask forever.
+            proven = self.process.rbc.proven_round()
+            behind = proven - self.process.round > self.params.gc_depth // 2
             stuck = missing is not None and missing == previous
             previous = missing
             if not (behind or stuck):
@@ -305,7 +306,16 @@ class Node:
             )
 
     def _serve_catchup(self, peer: int, req: CatchupRequest) -> None:
-        """Resend, from the store, our READY votes, the vertices and our coin shares."""
+        """Resend, from the store, our READY votes, the vertices and our coin shares.
+
+        A lagging peer asks at most once per ``CATCHUP_PERIOD``; answering more often
+        would let one member turn small requests into our whole store, again and again.
+        """
+        now = time.monotonic()
+        if now - self._catchup_served_at.get(peer, -CATCHUP_PERIOD) < CATCHUP_PERIOD / 2:
+            self._misbehaviour(peer, "catch-up requests faster than one per period")
+            return
+        self._catchup_served_at[peer] = now
         key = self.key_of[peer]
         last = req.round + min(req.rounds, CATCHUP_CHUNK_ROUNDS)
         for vote, vertex in self.store.catchup(req.round, last):
@@ -409,8 +419,19 @@ class Node:
             self.m_leaders.labels("skipped").inc()
 
     def _misbehaviour(self, peer: int, reason: str) -> None:
+        """Count every report; log at most one line per peer per second (a flooding
+        peer must not turn our log into its amplifier), with what was left unsaid."""
         self.m_misbehaviour.labels(str(peer)).inc()
-        self.logger.warning("peer misbehaviour", extra={"peer": peer, "reason": reason})
+        now = time.monotonic()
+        last, quiet = self._misbehaviour_log.get(peer, (-MISBEHAVIOUR_LOG_PERIOD, 0))
+        if now - last < MISBEHAVIOUR_LOG_PERIOD:
+            self._misbehaviour_log[peer] = (last, quiet + 1)
+            return
+        self._misbehaviour_log[peer] = (now, 0)
+        self.logger.warning(
+            "peer misbehaviour",
+            extra={"peer": peer, "reason": reason[:300], "suppressed": quiet},
+        )
 
     # -- NodeService (the client API's view) ---------------------------------------------
 
