@@ -62,7 +62,11 @@ from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64
 MISBEHAVIOUR_LOG_PERIOD = 1.0  # seconds: one log line per misbehaving peer at most
-CATCHUP_PERIOD = 1.0  # seconds between checks for rounds we cannot complete alone
+CATCHUP_PERIOD = 1.0
+CATCHUP_BURST = 3  # catch-up answers a peer may have in hand at once
+CATCHUP_MAX_BYTES = (
+    16 * 1024 * 1024
+)  # vertex bytes in one catch-up answer  # seconds between checks for rounds we cannot complete alone
 LATENCY_TRACKED = 200_000
 
 
@@ -126,7 +130,7 @@ class Node:
         self._log_changed = asyncio.Event()
         self._submitted: OrderedDict[bytes, float] = OrderedDict()
         self._pending_ids: dict[bytes, int] = {}
-        self._catchup_served_at: dict[int, float] = {}
+        self._catchup_tokens: dict[int, tuple[float, float]] = {}  # peer -> (when, tokens)
         self._misbehaviour_log: dict[int, tuple[float, int]] = {}  # peer -> (logged, quiet)
         self._catchup_task: asyncio.Task[None] | None = None
         self.last_leader: dict[str, Any] | None = None
@@ -284,16 +288,20 @@ class Node:
         (delivered while we were down, below the peers' memory floor). Peers answer from
         their stores, starting at the lowest round we are missing.
         """
-        previous: int | None = None
+        previous_round = self.process.round
         while True:
             await asyncio.sleep(CATCHUP_PERIOD)
-            missing = self.process.dag.lowest_missing_round(self.process.round)
+            rnd = self.process.round
+            missing = self.process.dag.lowest_missing_round(rnd)
             # "Behind" needs f+1 distinct members' word (see Process._advance): one
             # Byzantine frame claiming round 2**48 must not make us ask forever.
             proven = self.process.rbc.proven_round()
-            behind = proven - self.process.round > self.params.gc_depth // 2
-            stuck = missing is not None and missing == previous
-            previous = missing
+            behind = proven - rnd > self.params.gc_depth // 2
+            # Stuck: a parent is missing and we made no progress for a whole period. A
+            # vertex whose parents never existed (a Byzantine source's invention) waits
+            # in the buffer while rounds go on, and must not make us ask every second.
+            stuck = missing is not None and rnd == previous_round
+            previous_round = rnd
             if not (behind or stuck):
                 continue
             start = self.process.round if missing is None else min(missing, self.process.round)
@@ -312,13 +320,18 @@ class Node:
         would let one member turn small requests into our whole store, again and again.
         """
         now = time.monotonic()
-        if now - self._catchup_served_at.get(peer, -CATCHUP_PERIOD) < CATCHUP_PERIOD / 2:
+        # A token bucket of CATCHUP_BURST answers, one back per period: a correct peer
+        # asks once per period (timer jitter included); more is counted against it.
+        stamp, tokens = self._catchup_tokens.get(peer, (now, float(CATCHUP_BURST)))
+        tokens = min(float(CATCHUP_BURST), tokens + (now - stamp) / CATCHUP_PERIOD)
+        if tokens < 1.0:
+            self._catchup_tokens[peer] = (now, tokens)
             self._misbehaviour(peer, "catch-up requests faster than one per period")
             return
-        self._catchup_served_at[peer] = now
+        self._catchup_tokens[peer] = (now, tokens - 1.0)
         key = self.key_of[peer]
         last = req.round + min(req.rounds, CATCHUP_CHUNK_ROUNDS)
-        for vote, vertex in self.store.catchup(req.round, last):
+        for vote, vertex in self.store.catchup(req.round, last, CATCHUP_MAX_BYTES):
             self.transport.send(key, encode(Ready(vote.round, vote.source, vote.digest)))
             if vertex is not None:
                 self.transport.send(key, encode(VertexResponse(vertex)))

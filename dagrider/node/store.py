@@ -263,9 +263,14 @@ class Store:
         recovery = Recovery(delivered, votes, own, shares, committed, ordering)
         return recovery, mempool
 
-    def catchup(self, first: int, last: int) -> list[tuple[Ready, Vertex | None]]:
-        """Our READY votes for rounds [first, last) with the vertices they voted for."""
+    def catchup(
+        self, first: int, last: int, max_bytes: int | None = None
+    ) -> list[tuple[Ready, Vertex | None]]:
+        """Our READY votes for rounds [first, last) with the vertices they voted for,
+        stopping once ``max_bytes`` of vertex bodies are out (at least one row): one
+        answer stays bounded however large the vertices in those rounds are."""
         out: list[tuple[Ready, Vertex | None]] = []
+        size = 0
         rows = self._db.execute(
             "SELECT v.round, v.source, v.digest, x.body FROM votes v "
             "LEFT JOIN vertices x ON x.digest = v.digest "
@@ -273,7 +278,10 @@ class Store:
             (_READY, first, last),
         )
         for rnd, source, digest, body in rows:
+            if max_bytes is not None and out and size >= max_bytes:
+                break
             vertex = _val(self.codec.decode(bytes(body))) if body is not None else None
+            size += 0 if body is None else len(body)
             out.append((Ready(rnd, source, bytes(digest)), vertex))
         return out
 
