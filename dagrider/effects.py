@@ -60,10 +60,15 @@ class RoundAdvanced:
 class AwaitBatch:
     """The process may propose for ``round`` but waits for a fuller batch.
 
-    The shell calls ``propose_now(round)`` when its batch timer fires.
+    The shell calls ``propose_now(round)`` when its batch timer fires. ``idle`` says the
+    mempool is empty: the shell waits its (longer) idle interval instead, so an idle
+    committee rests rather than spinning empty rounds. When a transaction arrives
+    during an idle wait the process emits a second, non-idle ``AwaitBatch`` for the
+    same round; whichever timer fires first proposes (``propose_now`` is idempotent).
     """
 
     round: int
+    idle: bool = False
 
 
 @dataclass(frozen=True)

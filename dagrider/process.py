@@ -93,6 +93,7 @@ class Process:
         self.round = 0  # highest round this process has proposed in (0: only genesis)
         self.mempool: deque[bytes] = deque()
         self.awaiting_batch = False
+        self._idle_wait = False  # the current wait began with an empty mempool
         self._coins: dict[int, WaveCoin] = {}
         self._own: dict[int, Vertex] = {}  # our proposals still above the GC floor
         self._replayed_own: dict[int, Vertex] = {}  # proposals reloaded after a restart
@@ -123,6 +124,9 @@ class Process:
             self.mempool.append(tx)
         if self.awaiting_batch and len(self.mempool) >= self.cfg.params.batch_size:
             return self.propose_now(self.round + 1)
+        if self.awaiting_batch and self._idle_wait and self.mempool:
+            self._idle_wait = False  # work arrived: the batch timer, not the idle one
+            return [AwaitBatch(self.round + 1)]
         return []
 
     def propose_now(self, rnd: int) -> list[Effect]:
@@ -267,7 +271,8 @@ class Process:
                 out += self._propose()
             else:
                 self.awaiting_batch = True
-                out.append(AwaitBatch(nxt))
+                self._idle_wait = not self.mempool
+                out.append(AwaitBatch(nxt, idle=self._idle_wait))
                 break
         return out
 

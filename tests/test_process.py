@@ -586,9 +586,10 @@ def proposed(effects: Iterable[Effect]) -> list[Vertex]:
 
 def test_await_batch_then_submit_fills_it() -> None:
     p = Process(batching(3))
-    assert p.start() == [RoundAdvanced(1), AwaitBatch(1)]
+    assert p.start() == [RoundAdvanced(1), AwaitBatch(1, idle=True)]
     assert p.round == 0
-    assert p.submit([b"a", b"b"]) == []
+    # Work arrived during an idle wait: the shell is told to use its batch timer now.
+    assert p.submit([b"a", b"b"]) == [AwaitBatch(1)]
     assert p.status()["mempool"] == 2
     out = p.submit([b"c", b"d"])
     [v] = proposed(out)
@@ -601,10 +602,17 @@ def test_await_batch_then_submit_fills_it() -> None:
     assert p.propose_now(2) == []
 
 
+def test_idle_wait_is_flagged_only_with_an_empty_mempool() -> None:
+    p = Process(batching(3))
+    p.submit([b"x"])
+    assert p.start() == [RoundAdvanced(1), AwaitBatch(1, idle=False)]
+    assert p.submit([b"y"]) == []  # already on the batch timer: nothing new to arm
+
+
 def test_timer_proposes_a_partial_batch() -> None:
     p = Process(batching(3))
     p.start()
-    assert p.submit([b"x"]) == []
+    assert p.submit([b"x"]) == [AwaitBatch(1)]
     assert p.propose_now(2) == []  # not the round we wait for
     assert p.propose_now(0) == []
     [v] = proposed(p.propose_now(1))

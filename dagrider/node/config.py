@@ -33,6 +33,7 @@ class NodeConfig:
     peers: dict[int, tuple[str, int]] = field(default_factory=dict)  # overrides
     batch_size: int = 1_000
     batch_delay: float = 0.05  # seconds
+    idle_round_interval: float = 0.2  # seconds between rounds while the mempool is empty
     gc_depth: int = 50
     future_rounds: int = 200
     peer_budget_bytes: int = 64 * 1024 * 1024
@@ -87,6 +88,7 @@ _SECTIONS: dict[str, set[str]] = {
     "consensus": {
         "batch_size",
         "batch_delay_ms",
+        "idle_round_ms",
         "gc_depth",
         "max_txs_per_vertex",
         "max_tx_bytes",
@@ -170,6 +172,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             peers=_peers(node.get("peers", {})),
             batch_size=_int(cons, "batch_size", 1_000),
             batch_delay=_int(cons, "batch_delay_ms", 50) / 1000.0,
+            idle_round_interval=_int(cons, "idle_round_ms", 200) / 1000.0,
             gc_depth=_int(cons, "gc_depth", 50),
             future_rounds=_int(cons, "future_rounds", 200),
             peer_budget_bytes=_int(cons, "peer_budget_mib", 64) * 1024 * 1024,
@@ -208,6 +211,8 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         raise ConfigError(str(exc)) from None
     if cfg.batch_delay < 0:
         raise ConfigError("[consensus] batch_delay_ms must be >= 0")
+    if cfg.idle_round_interval < 0:
+        raise ConfigError("[consensus] idle_round_ms must be >= 0")
     if cfg.max_pending < 1:
         raise ConfigError("[mempool] max_pending must be >= 1")
     if cfg.crdt_sync_interval <= 0 or cfg.crdt_checkpoint_interval <= 0:

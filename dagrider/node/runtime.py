@@ -381,9 +381,10 @@ class Node:
                     self._pending_ids[d] = self._pending_ids.get(d, 0) + 1
                 self.m_requeued.inc(len(e.txs))
             elif isinstance(e, AwaitBatch):
-                asyncio.get_running_loop().call_later(
-                    self.cfg.batch_delay, self._propose_timer, e.round
-                )
+                delay = self.cfg.batch_delay
+                if e.idle:  # an idle committee rests at least as long as a busy one
+                    delay = max(delay, self.cfg.idle_round_interval)
+                asyncio.get_running_loop().call_later(delay, self._propose_timer, e.round)
             elif isinstance(e, RoundAdvanced):
                 self.m_round.set(e.round)
             elif isinstance(e, LeaderDecided):

@@ -45,6 +45,25 @@ def test_crdt_defaults_and_values() -> None:
     assert cfg.key_file == Path("/base/k")
 
 
+def test_byzantine_bounds_defaults_and_values() -> None:
+    cfg = parse_config(BASE, Path("/base"))
+    p = cfg.parameters()
+    assert (p.future_rounds, p.peer_budget_bytes) == (200, 64 * 1024 * 1024)
+    assert p.response_budget_bytes == 16 * 1024 * 1024 and cfg.idle_round_interval == 0.2
+    assert p.limits.max_block_bytes == 1024 * 1024
+    consensus = {
+        "future_rounds": 300,
+        "peer_budget_mib": 32,
+        "response_budget_mib": 8,
+        "max_block_kib": 512,
+        "idle_round_ms": 500,
+    }
+    p = parse_config(_with(consensus=consensus), Path("/base")).parameters()
+    assert (p.future_rounds, p.peer_budget_bytes) == (300, 32 * 1024 * 1024)
+    assert p.response_budget_bytes == 8 * 1024 * 1024
+    assert p.limits.max_block_bytes == 512 * 1024
+
+
 @pytest.mark.parametrize(
     ("crdt", "message"),
     [
@@ -71,6 +90,10 @@ def test_bad_crdt_section_is_named(crdt: dict[str, Any], message: str) -> None:
         ({"node": {"key_file": "k", "committee_file": "c"}}, "[node] data_dir is required"),
         (_with(api={"listen": "nowhere"}), "must be 'host:port'"),
         (_with(consensus={"batch_delay_ms": -1}), "batch_delay_ms must be >= 0"),
+        (_with(consensus={"idle_round_ms": -1}), "idle_round_ms must be >= 0"),
+        (_with(consensus={"future_rounds": 10}), "future_rounds must be >= gc_depth"),
+        (_with(consensus={"peer_budget_mib": 1}), "peer_budget_bytes must hold two"),
+        (_with(consensus={"max_block_kib": 1}), "max_block_bytes (1024) must be >="),
         (_with(log={"format": "xml"}), "format must be one of"),
     ],
 )
