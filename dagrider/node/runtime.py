@@ -62,11 +62,9 @@ from p2p.transport import PeerTransport
 
 CATCHUP_CHUNK_ROUNDS = 64
 MISBEHAVIOUR_LOG_PERIOD = 1.0  # seconds: one log line per misbehaving peer at most
-CATCHUP_PERIOD = 1.0
+CATCHUP_PERIOD = 1.0  # seconds between checks for rounds we cannot complete alone
 CATCHUP_BURST = 3  # catch-up answers a peer may have in hand at once
-CATCHUP_MAX_BYTES = (
-    16 * 1024 * 1024
-)  # vertex bytes in one catch-up answer  # seconds between checks for rounds we cannot complete alone
+CATCHUP_MAX_BYTES = 16 * 1024 * 1024  # vertex bytes in one catch-up answer
 LATENCY_TRACKED = 200_000
 
 
