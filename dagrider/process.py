@@ -93,7 +93,10 @@ class Process:
         self.round = 0  # highest round this process has proposed in (0: only genesis)
         self.mempool: deque[bytes] = deque()
         self.awaiting_batch = False
-        self._idle_wait = False  # the current wait began with an empty mempool
+        self._idle_wait = False  # the current wait began with nothing to order
+        # Delivered vertices with transactions not yet ordered (digest -> round): while
+        # any exist the committee is busy, so rounds run at the batch pace, not idle.
+        self._work: dict[bytes, int] = {}
         self._coins: dict[int, WaveCoin] = {}
         self._own: dict[int, Vertex] = {}  # our proposals still above the GC floor
         self._replayed_own: dict[int, Vertex] = {}  # proposals reloaded after a restart
@@ -124,8 +127,12 @@ class Process:
             self.mempool.append(tx)
         if self.awaiting_batch and len(self.mempool) >= self.cfg.params.batch_size:
             return self.propose_now(self.round + 1)
-        if self.awaiting_batch and self._idle_wait and self.mempool:
-            self._idle_wait = False  # work arrived: the batch timer, not the idle one
+        return self._wake() if self.mempool else []
+
+    def _wake(self) -> list[Effect]:
+        """Work arrived during an idle wait: switch to the (shorter) batch timer."""
+        if self.awaiting_batch and self._idle_wait:
+            self._idle_wait = False
             return [AwaitBatch(self.round + 1)]
         return []
 
@@ -242,6 +249,10 @@ class Process:
         out: list[Effect] = [
             Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
         ]
+        if vertex.block and vertex.round >= self.dag.floor:
+            if not self.ordering.is_ordered(vertex.digest):
+                self._work[vertex.digest] = vertex.round
+                out += self._wake()
         if inserted:
             out += self._advance()
         return out
@@ -271,7 +282,7 @@ class Process:
                 out += self._propose()
             else:
                 self.awaiting_batch = True
-                self._idle_wait = not self.mempool
+                self._idle_wait = not self.mempool and not self._work
                 out.append(AwaitBatch(nxt, idle=self._idle_wait))
                 break
         return out
@@ -376,6 +387,10 @@ class Process:
         out = self.ordering.advance(self.dag, self.completed_wave)
         if not out:
             return out
+        if self._work:
+            for e in out:
+                if isinstance(e, Commit):
+                    self._work.pop(e.vertex.digest, None)
         floor = self.ordering.floor()
         if floor > self.dag.floor:
             out += self._requeue_orphans(floor)
@@ -384,6 +399,7 @@ class Process:
             self.ordering.prune(floor)
             self._own = {r: v for r, v in self._own.items() if r >= floor}
             self._answered = {k: r for k, r in self._answered.items() if r[0] >= floor}
+            self._work = {d: r for d, r in self._work.items() if r >= floor}
             for w in [w for w in self._coins if w < self.ordering.next_wave]:
                 del self._coins[w]
         return [e for e in out if not self._suppressed(e)]

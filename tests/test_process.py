@@ -609,6 +609,24 @@ def test_idle_wait_is_flagged_only_with_an_empty_mempool() -> None:
     assert p.submit([b"y"]) == []  # already on the batch timer: nothing new to arm
 
 
+def test_work_anywhere_in_the_committee_ends_an_idle_wait() -> None:
+    """An idle committee rests (every wait is idle); a transaction submitted to one
+    member puts every member on the batch timer until it is ordered, then they rest."""
+    c = Cluster(seed=4, params=Parameters(propose_empty=False, batch_size=10))
+    c.start()
+    c.run_until(c.waves_done(2))
+    waits = [e for e in c.effects[0] if isinstance(e, AwaitBatch)]
+    assert waits and all(w.idle for w in waits)
+    mark = len(c.effects[0])
+    c.apply(1, c.procs[1].submit([b"work"]))
+    c.run_until(lambda: any(x.vertex.block for x in c.logs[0]))
+    assert any(isinstance(e, AwaitBatch) and not e.idle for e in c.effects[0][mark:])
+    c.run_until(c.waves_done(c.procs[0].ordering.decided_wave + 2))
+    assert not c.procs[0]._work
+    last = [e for e in c.effects[0] if isinstance(e, AwaitBatch)][-1]
+    assert last.idle
+
+
 def test_timer_proposes_a_partial_batch() -> None:
     p = Process(batching(3))
     p.start()
