@@ -25,7 +25,7 @@ import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from crdt.errors import CrdtError, InvalidOperation
+from crdt.errors import CrdtError, InvalidOperation, clip
 from crdt.limits import CrdtLimits
 
 VERSION = 1
@@ -41,10 +41,12 @@ class ChangeRejected(CrdtError):
     """A change failed a check; :attr:`reason` is a stable machine-readable code.
 
     Codes: ``malformed``, ``oversize``, ``bad-signature``, ``unauthorized``,
-    ``clock`` (not later than its dependencies), ``pending-full``.
+    ``clock`` (not later than its dependencies), ``pending-full``. ``detail`` is cut
+    at ``MAX_DETAIL_CHARS``: a change full of long keys never makes a long log line.
     """
 
     def __init__(self, reason: str, detail: str) -> None:
+        detail = clip(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

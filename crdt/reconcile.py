@@ -43,7 +43,7 @@ from typing import Any
 
 import msgpack
 
-from crdt.errors import CrdtError
+from crdt.errors import CrdtError, clip, short
 
 ID_LEN = 32
 FINGERPRINT_LEN = 16
@@ -58,7 +58,14 @@ _MOD = 1 << (8 * ID_LEN)
 
 
 class ReconcileError(CrdtError):
-    """A reconciliation message or session is malformed; the text names what and where."""
+    """A reconciliation message or session is malformed; the text names what and where.
+
+    Peer data appears in it only through :func:`~crdt.errors.short`, and the text is
+    cut at ``MAX_DETAIL_CHARS`` whatever its source.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(clip(message))
 
 
 def fingerprint_of(total: int, count: int) -> bytes:
@@ -77,7 +84,7 @@ def fingerprint_of(total: int, count: int) -> bytes:
 
 def _check_id(value: object) -> bytes:
     if type(value) is not bytes or len(value) != ID_LEN:
-        raise ReconcileError(f"id must be {ID_LEN} bytes, got {value!r:.80}")
+        raise ReconcileError(f"id must be {ID_LEN} bytes, got {short(value, 80)}")
     return value
 
 
@@ -229,25 +236,27 @@ class Message:
 def _range_from_wire(index: int, item: object) -> Range:
     where = f"range {index}"
     if not isinstance(item, list | tuple) or len(item) != 3:
-        raise ReconcileError(f"{where}: must be [upper, mode, payload], got {item!r:.80}")
+        raise ReconcileError(f"{where}: must be [upper, mode, payload], got {short(item, 80)}")
     upper, mode, payload = item
     if upper is not None and type(upper) is not bytes:
-        raise ReconcileError(f"{where}: upper bound must be bytes or nil, got {upper!r:.80}")
+        raise ReconcileError(f"{where}: upper bound must be bytes or nil, got {short(upper, 80)}")
     if type(mode) is not int or mode not in (0, 1, 2):
-        raise ReconcileError(f"{where}: unknown mode {mode!r:.80}")
+        raise ReconcileError(f"{where}: unknown mode {short(mode, 80)}")
     if mode == Mode.SKIP:
         if payload is not None:
-            raise ReconcileError(f"{where}: SKIP payload must be nil, got {payload!r:.80}")
+            raise ReconcileError(f"{where}: SKIP payload must be nil, got {short(payload, 80)}")
         return Range(upper, Mode.SKIP)
     if mode == Mode.FINGERPRINT:
         if type(payload) is not bytes:
-            raise ReconcileError(f"{where}: fingerprint must be bytes, got {payload!r:.80}")
+            raise ReconcileError(f"{where}: fingerprint must be bytes, got {short(payload, 80)}")
         return Range(upper, Mode.FINGERPRINT, fingerprint=payload)
     if not isinstance(payload, list | tuple) or len(payload) != 2:
-        raise ReconcileError(f"{where}: IDS payload must be [want_reply, ids], got {payload!r:.80}")
+        raise ReconcileError(
+            f"{where}: IDS payload must be [want_reply, ids], got {short(payload, 80)}"
+        )
     want, blob = payload
     if type(want) is not bool:
-        raise ReconcileError(f"{where}: want_reply must be a bool, got {want!r:.80}")
+        raise ReconcileError(f"{where}: want_reply must be a bool, got {short(want, 80)}")
     if type(blob) is not bytes or len(blob) % ID_LEN:
         raise ReconcileError(f"{where}: ids must be a bin of whole {ID_LEN}-byte ids")
     ids = tuple(blob[k : k + ID_LEN] for k in range(0, len(blob), ID_LEN))
@@ -331,8 +340,8 @@ def decode(
             max_map_len=0,
             max_ext_len=0,
         )
-    except (ValueError, TypeError) as exc:
-        raise ReconcileError(f"undecodable message: {exc}") from None
+    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
+        raise ReconcileError(f"undecodable message ({type(exc).__name__}): {exc}") from None
     return Message.from_wire(obj, max_ranges=max_ranges, max_ids=max_ids)
 
 

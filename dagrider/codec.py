@@ -4,7 +4,9 @@ Envelope: a map ``{"t": type, "v": version, ...fields}``. The decoder accepts ex
 the fields of the type, with exact Python types (``bool`` is not an ``int``), sizes
 within :class:`~dagrider.params.Limits` and node ids within the committee. Anything
 else, including trailing bytes, raises :class:`~dagrider.errors.DecodeError` naming
-the field; no other exception escapes :meth:`Codec.decode`.
+the field; no other exception escapes :meth:`Codec.decode`, whatever the bytes (checked
+by ``tests/test_decoder_fuzz.py``). Peer data appears in an error only as a short
+rendering (:func:`~dagrider.errors.short`), so one frame never makes a long log line.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import msgpack
 
 from dagrider.coin import CoinShare
-from dagrider.errors import DecodeError
+from dagrider.errors import DecodeError, short, short_keys
 from dagrider.messages import (
     DIGEST_BYTES,
     CatchupRequest,
@@ -105,20 +107,21 @@ class Codec:
             )
         except msgpack.ExtraData:
             raise DecodeError("frame", "trailing bytes after message") from None
-        except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
             raise DecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
         if not isinstance(obj, dict):
             raise DecodeError("frame", f"expected a map, got {type(obj).__name__}")
         t = _int(obj.get("t"), "t")
         if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-            raise DecodeError("v", f"unsupported version {obj.get('v')!r}")
+            raise DecodeError("v", f"unsupported version {short(obj.get('v'))}")
         entry = self._decoders.get(t)
         if entry is None:
             raise DecodeError("t", f"unknown message type {t}")
         keys, build = entry
-        if set(obj) != keys:
-            extra = sorted(set(obj) - keys)
-            missing = sorted(keys - set(obj))
+        if obj.keys() != keys:
+            # Keys are str or bytes (strict_map_key), which do not sort together.
+            extra = short_keys(obj.keys() - keys)
+            missing = sorted(keys - obj.keys())
             raise DecodeError("fields", f"unexpected {extra} / missing {missing}")
         return build(obj)
 

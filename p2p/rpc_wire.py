@@ -13,7 +13,8 @@ link. Four messages travel on it, in the project's usual envelope
 Ids are chosen by the caller and are unique per (caller, direction). The decoder takes
 exactly the fields of the type and raises ``RpcDecodeError`` naming the field for
 anything else (unknown type or version, missing or extra field, wrong type, oversize,
-trailing bytes). It never raises anything else. ``decode_reply_view`` is a fast path
+trailing bytes). It never raises anything else, whatever the bytes, and renders peer
+data in an error only as a short, cut ``short(...)``. ``decode_reply_view`` is a fast path
 for the ``Reply`` layout ``encode`` writes that returns the body as a view into the frame
 (large content answers are not copied); it recognises nothing ``decode`` would refuse.
 """
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-from p2p.errors import WireDecodeError
+from p2p.errors import WireDecodeError, short, short_keys
 
 VERSION: Final = 1
 MAX_METHOD_CHARS: Final = 32
@@ -164,8 +165,10 @@ def encode(msg: RpcMessage) -> bytes:
     return packed
 
 
-def decode(data: bytes, max_body: int) -> RpcMessage:
+def decode(data: bytes | bytearray | memoryview, max_body: int) -> RpcMessage:
     """Parse one message whose body is at most ``max_body`` bytes, or raise ``RpcDecodeError``."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise RpcDecodeError("frame", f"expected bytes, got {type(data).__name__}")
     if len(data) > max_body + 1024:
         raise RpcDecodeError("frame", f"{len(data)} bytes exceeds {max_body + 1024}")
     try:
@@ -182,7 +185,7 @@ def decode(data: bytes, max_body: int) -> RpcMessage:
         )
     except msgpack.ExtraData:
         raise RpcDecodeError("frame", "trailing bytes after message") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
         raise RpcDecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise RpcDecodeError("frame", f"expected a map, got {type(obj).__name__}")
@@ -190,14 +193,14 @@ def decode(data: bytes, max_body: int) -> RpcMessage:
     if type(t) is not int:
         raise RpcDecodeError("t", f"expected an integer, got {type(t).__name__}")
     if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-        raise RpcDecodeError("v", f"unsupported version {obj.get('v')!r}")
+        raise RpcDecodeError("v", f"unsupported version {short(obj.get('v'))}")
     cls = _TYPES.get(t)
     if cls is None:
         raise RpcDecodeError("t", f"unknown message type {t}")
     names = _FIELDS[t]
-    keys = set(obj) - {"t", "v"}
+    keys = obj.keys() - {"t", "v"}
     if keys != set(names):
-        extra = sorted(repr(k) for k in keys - set(names))
+        extra = short_keys(keys - set(names))
         missing = sorted(set(names) - keys)
         raise RpcDecodeError("fields", f"{cls.__name__}: unexpected {extra} / missing {missing}")
     values = {n: _CHECKS[n](obj[n], n) for n in names}
@@ -207,15 +210,19 @@ def decode(data: bytes, max_body: int) -> RpcMessage:
     return msg
 
 
-def decode_reply_view(data: bytes, max_body: int) -> tuple[int, memoryview] | None:
+def decode_reply_view(
+    data: bytes | bytearray | memoryview, max_body: int
+) -> tuple[int, memoryview] | None:
     """``(id, view of the body inside data)`` if ``data`` is a ``Reply`` in the layout
     ``encode`` writes, else None (the caller then uses ``decode``, which accepts or
-    rejects it with the reason).
+    rejects it with the reason). Never raises; a memoryview is always left to ``decode``.
 
     Everything recognised here is a message ``decode`` accepts as the same ``Reply``;
     the body is not copied out of the frame (profiled: copying 1 MiB content answers
     out of their frames was a visible part of a fetch).
     """
+    if not isinstance(data, bytes | bytearray):  # a view: let ``decode`` judge it
+        return None
     size = len(data)
     if size > max_body + 1024 or not data.startswith(_REPLY_PREFIX):
         return None
@@ -238,6 +245,6 @@ def decode_reply_view(data: bytes, max_body: int) -> tuple[int, memoryview] | No
     if width < 0:
         return None
     length = size - pos - 1 - width
-    if not 0 <= length <= max_body or not data.startswith(_bin_header(length), pos):
+    if not 0 <= length <= min(max_body, U32) or not data.startswith(_bin_header(length), pos):
         return None
     return call_id, memoryview(data)[size - length :]

@@ -20,7 +20,8 @@ raises ``RpcFailure`` with one of the ``ERR_*`` codes.
 Envelope: the project's ``{t: type, v: version, ...fields}``; the decoder takes exactly
 the fields of the type, checks every type and bound, and raises ``ContentDecodeError``
 naming the field for anything else (unknown type, missing or extra field, wrong type,
-oversize, trailing bytes). It never raises anything else.
+oversize, trailing bytes). It never raises anything else, whatever the bytes, and
+renders peer data in an error only as a short, cut ``short(...)``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from p2p.content.manifest import (
     ManifestError,
     decode_manifest,
 )
-from p2p.errors import WireDecodeError
+from p2p.errors import WireDecodeError, short, short_keys
 
 VERSION: Final = 1
 METHOD_MANIFEST: Final = "content.manifest"
@@ -249,7 +250,7 @@ def decode(data: bytes | memoryview) -> ContentMessage:
         )
     except msgpack.ExtraData:
         raise ContentDecodeError("frame", "trailing bytes after message") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
         raise ContentDecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ContentDecodeError("frame", f"expected a map, got {type(obj).__name__}")
@@ -257,14 +258,14 @@ def decode(data: bytes | memoryview) -> ContentMessage:
     if type(t) is not int:
         raise ContentDecodeError("t", f"expected an integer, got {type(t).__name__}")
     if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-        raise ContentDecodeError("v", f"unsupported version {obj.get('v')!r}")
+        raise ContentDecodeError("v", f"unsupported version {short(obj.get('v'))}")
     cls = _TYPES.get(t)
     if cls is None:
         raise ContentDecodeError("t", f"unknown message type {t}")
     names = _FIELDS[t]
-    keys = set(obj) - {"t", "v"}
+    keys = obj.keys() - {"t", "v"}
     if keys != set(names):
-        extra = sorted(repr(k) for k in keys - set(names))
+        extra = short_keys(keys - set(names))
         missing = sorted(set(names) - keys)
         raise ContentDecodeError(
             "fields", f"{cls.__name__}: unexpected {extra} / missing {missing}"
@@ -288,7 +289,8 @@ def decode_chunk(data: bytes | memoryview) -> tuple[int, memoryview]:
     size = len(data)
     pos = len(_CHUNK_PREFIX)
     head = bytes(data[: pos + 5 + len(_DATA_KEY) + 5])
-    if size <= MAX_MESSAGE_BYTES and head.startswith(_CHUNK_PREFIX):
+    flat = not isinstance(data, memoryview) or (data.itemsize == 1 and data.c_contiguous)
+    if flat and size <= MAX_MESSAGE_BYTES and head.startswith(_CHUNK_PREFIX):
         first = head[pos] if len(head) > pos else -1
         index = -1
         if 0 <= first < 0x80:

@@ -13,7 +13,8 @@ takes exactly the fields of the type, checks every type and bound (at most
 ``MAX_PEERS`` peers and ``MAX_PROVIDERS`` providers per answer, ``MAX_ADDRS`` IP-literal
 addresses per peer, values up to ``records.MAX_VALUE``, ``MAX_MESSAGE_BYTES`` per
 message) and raises :class:`DhtDecodeError` naming the field (``closer[3].addrs[0]``)
-for anything else; it never raises anything else. The decoder checks *shape* only:
+for anything else; it never raises anything else, whatever the bytes, and renders peer
+data in an error only as a short, cut ``short(...)``. The decoder checks *shape* only:
 signatures, expiry and record keys are judged by ``p2p.dht.records``.
 """
 
@@ -37,7 +38,7 @@ from p2p.dht.records import (
     ProviderRecord,
     Record,
 )
-from p2p.errors import WireDecodeError
+from p2p.errors import WireDecodeError, short, short_keys
 
 DHT_CHANNEL_KIND: Final = 5
 """Frame kind of the DHT channel (``p2p.framing.FrameKind.DHT``)."""
@@ -208,7 +209,7 @@ def _addr(value: object, name: str) -> Addr:
     except ValueError:
         raise DhtDecodeError(name, f"host {host!r} is not an IP literal") from None
     if type(port) is not int or not 1 <= port <= 65535:
-        raise DhtDecodeError(name, f"port {port!r} not in 1..65535")
+        raise DhtDecodeError(name, f"port {short(port)} not in 1..65535")
     return (host, port)
 
 
@@ -345,23 +346,23 @@ def decode(data: bytes) -> DhtMessage:
         )
     except msgpack.ExtraData:
         raise DhtDecodeError("frame", "trailing bytes after message") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
         raise DhtDecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise DhtDecodeError("frame", f"expected a map, got {type(obj).__name__}")
     t = obj.get("t")
     if type(t) is not int:
-        raise DhtDecodeError("t", f"expected an integer message type, got {t!r}"[:120])
+        raise DhtDecodeError("t", f"expected an integer message type, got {short(t, 80)}")
     if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-        raise DhtDecodeError("v", f"unsupported version {obj.get('v')!r}"[:120])
+        raise DhtDecodeError("v", f"unsupported version {short(obj.get('v'), 80)}")
     cls = _TYPES.get(t)
     if cls is None:
         raise DhtDecodeError("t", f"unknown message type {t}")
     spec = _SPEC[cls]
     names = {name for name, _ in spec}
-    keys = set(obj) - {"t", "v"}
+    keys = obj.keys() - {"t", "v"}
     if keys != names:
-        extra = sorted(repr(k)[:40] for k in keys - names)
+        extra = short_keys(keys - names)
         missing = sorted(names - keys)
         raise DhtDecodeError("fields", f"{cls.__name__}: unexpected {extra} / missing {missing}")
     msg: DhtMessage = cls(**{name: check(obj[name], name) for name, check in spec})

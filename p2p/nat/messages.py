@@ -6,7 +6,8 @@ of them travel on one application channel, frame kind ``NAT_CHANNEL_KIND``. The
 envelope is the project's usual ``{t: type, v: version, ...fields}``; the decoder takes
 exactly the fields of the type, checks every type and bound, and raises
 ``NatDecodeError`` naming the field for anything else (unknown type, missing or extra
-field, wrong type, oversize, trailing bytes). It never raises anything else.
+field, wrong type, oversize, trailing bytes). It never raises anything else, whatever
+the bytes, and renders peer data in an error only as a short, cut ``short(...)``.
 
 Durations cross the wire as integer milliseconds (peers' clocks differ, so only
 relative times are sent); the state machines work in float seconds.
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-from p2p.errors import WireDecodeError
+from p2p.errors import WireDecodeError, short, short_keys
 
 Addr = tuple[str, int]
 """A transport address: (IP literal, TCP port)."""
@@ -263,7 +264,7 @@ def _addr(value: object, name: str) -> Addr:
     except ValueError:
         raise NatDecodeError(name, f"host {host!r} is not an IP literal") from None
     if type(port) is not int or not 1 <= port <= 65535:
-        raise NatDecodeError(name, f"port {port!r} not in 1..65535")
+        raise NatDecodeError(name, f"port {short(port)} not in 1..65535")
     return (host, port)
 
 
@@ -379,20 +380,20 @@ def decode(data: bytes) -> NatMessage:
         )
     except msgpack.ExtraData:
         raise NatDecodeError("frame", "trailing bytes after message") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
         raise NatDecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise NatDecodeError("frame", f"expected a map, got {type(obj).__name__}")
     t = _uint(obj.get("t"), "t", 255)
     if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-        raise NatDecodeError("v", f"unsupported version {obj.get('v')!r}")
+        raise NatDecodeError("v", f"unsupported version {short(obj.get('v'))}")
     cls = _TYPES.get(t)
     if cls is None:
         raise NatDecodeError("t", f"unknown message type {t}")
     names = _FIELDS[t]
-    keys = set(obj) - {"t", "v"}
+    keys = obj.keys() - {"t", "v"}
     if keys != set(names):
-        extra = sorted(repr(k) for k in keys - set(names))
+        extra = short_keys(keys - set(names))
         missing = sorted(set(names) - keys)
         raise NatDecodeError("fields", f"{cls.__name__}: unexpected {extra} / missing {missing}")
     msg: NatMessage = cls(**{n: _CHECKS[n](obj[n], n) for n in names})
