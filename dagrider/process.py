@@ -249,10 +249,10 @@ class Process:
         out: list[Effect] = [
             Misbehaviour(v.source, f"vertex ({v.round}, {v.source}): {why}") for v, why in flagged
         ]
-        if vertex.block and vertex.round >= self.dag.floor:
-            if not self.ordering.is_ordered(vertex.digest):
-                self._work[vertex.digest] = vertex.round
-                out += self._wake()
+        fresh = vertex.round >= self.dag.floor and not self.ordering.is_ordered(vertex.digest)
+        if vertex.block and fresh:
+            self._work[vertex.digest] = vertex.round
+            out += self._wake()
         if inserted:
             out += self._advance()
         return out
