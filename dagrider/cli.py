@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sm.add_argument("--gc-depth", type=int, default=50, help="rounds kept below last commit")
     sm.add_argument(
+        "--slow-node-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="delay everything one correct node (drawn from the seed) sends by MS ms",
+    )
+    sm.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -230,6 +237,7 @@ def _sim(args: argparse.Namespace) -> int:
         batch_delay=args.batch_delay,
         gc_depth=args.gc_depth,
         max_time=args.max_time,
+        slow_node_delay=args.slow_node_delay,
     )
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")

@@ -3,38 +3,70 @@
 A Byzantine node runs a real :class:`~dagrider.process.Process` (so it knows what a
 correct node would send) and a strategy rewrites its outgoing traffic. Everything it
 sends is bytes on the simulated wire, decoded by the receivers' strict codec.
+
+Every frame that deviates from what a correct node would send is marked ``attack``;
+the runner counts them (and the frames a strategy withheld) so that a run can show the
+fault was exercised. Stateless strategies are plain functions; stateful ones (they
+learn their round, delivered vertices and coin shares from the effects of the inner
+process) are small classes, one instance per node, made by :func:`by_name`. All their
+randomness comes from the ``rng`` they are given, so a run replays exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import random
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+import msgpack
 
 from dagrider.codec import encode
-from dagrider.effects import Broadcast, Effect, Send
-from dagrider.messages import CoinShareMsg, Echo, Message, Ready, Val, Vertex, VertexRef
+from dagrider.coin import CoinShare
+from dagrider.effects import Broadcast, Delivered, Effect, Proposed, RoundAdvanced, Send
+from dagrider.messages import (
+    DIGEST_BYTES,
+    CoinShareMsg,
+    Echo,
+    Message,
+    Ready,
+    Val,
+    Vertex,
+    VertexRef,
+    VertexRequest,
+)
+from dagrider.params import Limits, Parameters
 
 
 @dataclass(frozen=True)
 class Outbound:
-    """Bytes for some recipients; ``msg`` is the decoded form when it is well formed."""
+    """Bytes for some recipients; ``msg`` is the decoded form when it is well formed.
+
+    ``attack`` marks a frame a correct node would not have sent.
+    """
 
     to: tuple[int, ...]
     data: bytes
     msg: Message | None
+    attack: bool = False
 
 
 Strategy = Callable[[int, int, list[Effect], random.Random], list[Outbound]]
 """(me, n, effects of the inner process, rng) -> what actually goes on the wire."""
+
+StrategyFactory = Callable[[Parameters, random.Random], Strategy]
+"""Makes one node's strategy from the committee's parameters (limits, GC depth); what it
+draws from the RNG at setup (before the run) does not depend on the protocol's code."""
 
 
 def _others(me: int, n: int) -> tuple[int, ...]:
     return tuple(i for i in range(n) if i != me)
 
 
-def _out(to: tuple[int, ...], msg: Message) -> Outbound:
-    return Outbound(to, encode(msg), msg)
+def _out(to: tuple[int, ...], msg: Message, attack: bool = False) -> Outbound:
+    return Outbound(to, encode(msg), msg, attack)
 
 
 def honest(me: int, n: int, effects: list[Effect], rng: random.Random) -> list[Outbound]:
@@ -66,7 +98,7 @@ def equivocate(me: int, n: int, effects: list[Effect], rng: random.Random) -> li
             v = e.msg.vertex
             twin = replace(v, block=(*v.block, b"equivocation-%d" % rng.randrange(1 << 30)))
             a, b = _split(me, n, rng)
-            out += [_out(a, Val(v)), _out(b, Val(twin))]
+            out += [_out(a, Val(v)), _out(b, Val(twin), attack=True)]
         else:
             out += honest(me, n, [e], rng)
     return out
@@ -79,7 +111,7 @@ def conflicting_votes(me: int, n: int, effects: list[Effect], rng: random.Random
         if isinstance(e, Broadcast) and isinstance(e.msg, Echo | Ready):
             fake = replace(e.msg, digest=rng.randbytes(32))
             a, b = _split(me, n, rng)
-            out += [_out(a, e.msg), _out(b, fake)]
+            out += [_out(a, e.msg), _out(b, fake, attack=True)]
         else:
             out += honest(me, n, [e], rng)
     return out
@@ -96,7 +128,7 @@ def bad_coin(me: int, n: int, effects: list[Effect], rng: random.Random) -> list
                 replace(s, response=rng.randbytes(32)),
                 replace(s, wave=s.wave + 1),
             ]
-            out.append(_out(_others(me, n), CoinShareMsg(rng.choice(forged))))
+            out.append(_out(_others(me, n), CoinShareMsg(rng.choice(forged)), attack=True))
         else:
             out += honest(me, n, [e], rng)
     return out
@@ -107,7 +139,7 @@ def bad_edges(me: int, n: int, effects: list[Effect], rng: random.Random) -> lis
     out: list[Outbound] = []
     for e in effects:
         if isinstance(e, Broadcast) and isinstance(e.msg, Val):
-            out.append(_out(_others(me, n), Val(_break_edges(e.msg.vertex, rng))))
+            out.append(_out(_others(me, n), Val(_break_edges(e.msg.vertex, rng)), attack=True))
         else:
             out += honest(me, n, [e], rng)
     return out
@@ -140,29 +172,361 @@ def garbage(me: int, n: int, effects: list[Effect], rng: random.Random) -> list[
             b"\xc6\x7f\xff\xff\xff",  # bin32 header announcing 2 GiB
             b"\xdc\xff\xff" + b"\xc0" * 16,
         ]
-        out.append(Outbound(target, rng.choice(junk), None))
+        out.append(Outbound(target, rng.choice(junk), None, attack=True))
     return out
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "silent": silent,
-    "equivocate": equivocate,
-    "conflicting-votes": conflicting_votes,
-    "bad-coin": bad_coin,
-    "bad-edges": bad_edges,
-    "garbage": garbage,
+# --------------------------------------------------------------------------- stateful
+
+
+def _own_round(effects: list[Effect], current: int) -> int:
+    """The inner process's round after ``effects`` (it proposes or skips into it)."""
+    for e in effects:
+        if isinstance(e, Proposed):
+            current = max(current, e.vertex.round)
+        elif isinstance(e, RoundAdvanced):
+            current = max(current, e.round)
+    return current
+
+
+def _fake_strong_edges(rnd: int, n: int, rng: random.Random) -> tuple[VertexRef, ...]:
+    """2f+1 well-formed strong edges into round ``rnd - 1`` to vertices that do not exist."""
+    quorum = 2 * ((n - 1) // 3) + 1
+    sources = sorted(rng.sample(range(n), quorum))
+    return tuple(VertexRef(rnd - 1, s, rng.randbytes(DIGEST_BYTES)) for s in sources)
+
+
+FUTURE_OFFSETS = (27, 28, 100, 10_000)
+"""How far ahead ``future-vertex`` goes: 27 and 28 sit just past half the default GC
+depth (50), where a process used to decide it was far behind its peers and stop
+proposing; 100 is well inside any window; 10 000 is the edge of the RBC lookahead."""
+
+
+@dataclass
+class FutureVertex:
+    """Honest, except that once (at round >= ``start_round``) it broadcasts a well-formed
+    VAL of its own vertex ``offset`` rounds ahead, whose 2f+1 strong edges name vertices
+    that do not exist. Correct nodes deliver it (it is well formed and its source sent
+    it) and then hold a vertex from far in the future. :func:`by_name` draws ``offset``
+    from :data:`FUTURE_OFFSETS` when it makes the node.
+    """
+
+    offset: int = 28
+    start_round: int = 8
+    round: int = 0
+    sent: Vertex | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        self.detail = f"offset {self.offset}, not sent yet"
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out = honest(me, n, effects, rng)
+        self.round = _own_round(effects, self.round)
+        if self.sent is None and self.round >= self.start_round:
+            rnd = self.round + self.offset
+            self.sent = Vertex(rnd, me, (), _fake_strong_edges(rnd, n, rng), ())
+            self.detail = f"VAL for round {rnd} (own round {self.round} + {self.offset})"
+            out.append(_out(_others(me, n), Val(self.sent), attack=True))
+        return out
+
+
+class _BigBlock:
+    """One large block, built once and shared by every vertex made from it (so the
+    simulator's own memory stays small), with a fast path that packs the block once
+    instead of once per vertex.
+
+    ``max_txs_per_vertex`` transactions of equal size, as large as ``block_bytes`` in
+    all allows and so that a VAL carrying the block and ``edges`` references stays just
+    under ``max_message_bytes``.
+    """
+
+    MARGIN = 4096  # room for larger round numbers than the probe's
+
+    def __init__(self, limits: Limits, block_bytes: int, edges: int, rng: random.Random) -> None:
+        count = limits.max_txs_per_vertex
+        probe_tx = 256  # a bin16 header (3 bytes) from 256 bytes on
+        ref = VertexRef(2**40, 0, bytes(DIGEST_BYTES))
+        probe = Vertex(2**40, 0, (b"\x00" * probe_tx,) * count, (ref,) * edges, ())
+        fixed = len(encode(Val(probe))) - count * (probe_tx + 3)
+        size = (limits.max_message_bytes - self.MARGIN - fixed) // count - 3
+        size = max(1, min(size, limits.max_tx_bytes, block_bytes // count))
+        self.block: tuple[bytes, ...] = tuple(rng.randbytes(size) for _ in range(count))
+        self.packed: bytes = msgpack.packb(list(self.block), use_bin_type=True)
+        self.fast: bool | None = None  # None: not checked against the slow path yet
+
+    def vertex(self, rnd: int, source: int, strong: tuple[VertexRef, ...]) -> tuple[Vertex, bytes]:
+        """The vertex and its encoded VAL (the same bytes as ``encode(Val(vertex))``)."""
+        if self.fast:
+            return self._fast(rnd, source, strong)
+        v = Vertex(rnd, source, self.block, strong, ())
+        data = encode(Val(v))
+        if self.fast is None:  # first use: the fast path must agree with the real one
+            try:
+                quick, quick_data = self._fast(rnd, source, strong)
+                self.fast = vars(quick) == vars(v) and quick_data == data
+            except Exception:  # the vertex layout changed: stay on the slow path
+                self.fast = False
+        return v, data
+
+    def _fast(self, rnd: int, source: int, strong: tuple[VertexRef, ...]) -> tuple[Vertex, bytes]:
+        # canonical body: [round, source, block, strong, weak]; block packed once.
+        pack = msgpack.Packer(use_bin_type=True)
+        body = b"".join(
+            [
+                pack.pack_array_header(5),
+                pack.pack(rnd),
+                pack.pack(source),
+                self.packed,
+                pack.pack([[e.round, e.source, e.digest] for e in strong]),
+                pack.pack([]),
+            ]
+        )
+        values: dict[str, object] = {
+            "round": rnd,
+            "source": source,
+            "block": self.block,
+            "strong_edges": strong,
+            "weak_edges": (),
+            "digest": _digest_of_body(body),
+            "size": len(body),  # newer Vertex: bytes of the canonical encoding
+        }
+        v: Vertex = object.__new__(Vertex)
+        for f in dataclasses.fields(Vertex):
+            object.__setattr__(v, f.name, values[f.name])  # KeyError: unknown layout
+        data = b"".join([pack.pack_map_header(3), pack.pack("t"), pack.pack(1), pack.pack("x")])
+        data += body + pack.pack("v") + pack.pack(1)
+        return v, data
+
+
+def _digest_of_body(packed_body: bytes) -> bytes:
+    """``vertex_digest`` from the packed canonical body (checked against it on first use)."""
+    h = hashlib.blake2b(packed_body, digest_size=DIGEST_BYTES, person=b"dagrider-vertex")
+    return h.digest()
+
+
+@dataclass
+class Flood:
+    """Honest, plus traffic meant to exhaust memory and bandwidth, all well formed:
+
+    * VALs of its own with ``max_txs_per_vertex`` transactions for rounds ``round+2``
+      up to ``round+ahead`` with random strong edges: at most ``vals_per_round`` new
+      ones each time it proposes, ``max_vals`` per run. They alternate between the
+      largest block the codec lets through (just under ``max_message_bytes``) and, when
+      the limits have ``max_block_bytes``, the largest block a correct node may store;
+    * ECHO and READY for random digests in the future instances of every source;
+    * copies of its real coin share with the wave changed to future waves (they fail
+      verification, but only once enough shares for the wave are pending).
+
+    It withholds its requests for its own flooded instances (it knows the vertices), so
+    that correct nodes' answers do not dominate the simulator's time.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    ahead: int = 40
+    vals_per_round: int = 4
+    max_vals: int = 48
+    max_votes: int = 4_000
+    coin_waves_ahead: int = 32
+    max_coin_shares: int = 256
+    round: int = 0
+    flooded_to: int = 0
+    vals: int = 0
+    val_bytes: int = 0
+    votes: int = 0
+    coin_shares: int = 0
+    coin_waves: set[int] = field(default_factory=set)
+    flooded: set[int] = field(default_factory=set)
+    blocks: list[_BigBlock] = field(default_factory=list)
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out: list[Outbound] = []
+        for e in effects:
+            if (
+                isinstance(e, Send)
+                and isinstance(e.msg, VertexRequest)
+                and e.msg.source == me
+                and e.msg.round in self.flooded
+            ):
+                continue  # withheld: we know our own flooded vertex
+            out += honest(me, n, [e], rng)
+            if isinstance(e, Broadcast) and isinstance(e.msg, CoinShareMsg):
+                out += self._coin(me, n, e.msg.share)
+        proposed = any(isinstance(e, Proposed) for e in effects)
+        self.round = _own_round(effects, self.round)
+        if proposed:
+            out += self._vals_and_votes(me, n, rng)
+        self.detail = (
+            f"{self.vals} VALs ({self.val_bytes / 1e6:.0f} MB), {self.votes} votes, "
+            f"{self.coin_shares} coin shares"
+        )
+        return out
+
+    def _vals_and_votes(self, me: int, n: int, rng: random.Random) -> list[Outbound]:
+        out: list[Outbound] = []
+        others = _others(me, n)
+        first = max(self.flooded_to, self.round + 1) + 1
+        last = min(self.round + self.ahead, first + self.vals_per_round - 1)
+        for rnd in range(first, last + 1):
+            if self.vals >= self.max_vals:
+                break
+            if not self.blocks:
+                self.blocks = self._make_blocks(n, rng)
+            big = self.blocks[self.vals % len(self.blocks)]
+            v, data = big.vertex(rnd, me, _fake_strong_edges(rnd, n, rng))
+            out.append(Outbound(others, data, Val(v), attack=True))
+            self.val_bytes += len(data)
+            self.flooded.add(rnd)
+            self.flooded_to = rnd
+            self.vals += 1
+            for source in range(n):
+                if self.votes >= self.max_votes:
+                    break
+                for vote in (Echo, Ready):
+                    out.append(_out(others, vote(rnd, source, rng.randbytes(32)), attack=True))
+                    self.votes += 1
+        return out
+
+    def _make_blocks(self, n: int, rng: random.Random) -> list[_BigBlock]:
+        edges = 2 * ((n - 1) // 3) + 1
+        limits = self.limits
+        blocks = [_BigBlock(limits, limits.max_message_bytes, edges, rng)]
+        stored: object = getattr(limits, "max_block_bytes", None)  # newer Limits only
+        if isinstance(stored, int) and stored < limits.max_message_bytes:
+            blocks.append(_BigBlock(limits, stored, edges, rng))
+        return blocks
+
+    def _coin(self, me: int, n: int, share: CoinShare) -> list[Outbound]:
+        out: list[Outbound] = []
+        for wave in range(share.wave + 1, share.wave + 1 + self.coin_waves_ahead):
+            if self.coin_shares >= self.max_coin_shares:
+                break
+            if wave in self.coin_waves:
+                continue
+            self.coin_waves.add(wave)
+            self.coin_shares += 1
+            out.append(_out(_others(me, n), CoinShareMsg(replace(share, wave=wave)), attack=True))
+        return out
+
+
+@dataclass
+class RequestAmplification:
+    """Honest, plus: every delivered vertex carrying at least ``min_block_bytes`` of
+    transactions is requested (``VertexRequest``) from every peer ``repeats`` times,
+    spread over later calls (``per_call`` vertices per call). Each request is a few
+    dozen bytes; each answer is the whole vertex.
+    """
+
+    repeats: int = 20
+    min_block_bytes: int = 1024
+    per_call: int = 2
+    queue: deque[tuple[VertexRequest, int]] = field(default_factory=deque)
+    sent: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out = honest(me, n, effects, rng)
+        for e in effects:
+            if isinstance(e, Delivered) and e.vertex.source != me:
+                v = e.vertex
+                if sum(len(tx) for tx in v.block) >= self.min_block_bytes:
+                    self.queue.append((VertexRequest(v.round, v.source, v.digest), self.repeats))
+        others = _others(me, n)
+        for _ in range(min(self.per_call, len(self.queue))):
+            req, left = self.queue.popleft()
+            out.append(_out(others, req, attack=True))
+            self.sent += 1
+            if left > 1:
+                self.queue.append((req, left - 1))
+        self.detail = f"{self.sent} request broadcasts"
+        return out
+
+
+@dataclass
+class MaxWeakEdges:
+    """Honest, except that its vertices carry as many weak edges as ``max_edges``
+    allows: one per (round, source) from round-2 down to the GC depth, with random
+    digests (vertices that do not exist), so they stay buffered until GC.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    gc_depth: int = 50
+    padded: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out: list[Outbound] = []
+        for e in effects:
+            if isinstance(e, Broadcast) and isinstance(e.msg, Val):
+                v = self._pad(e.msg.vertex, n, rng)
+                out.append(_out(_others(me, n), Val(v), attack=v is not e.msg.vertex))
+            else:
+                out += honest(me, n, [e], rng)
+        self.detail = f"{self.padded} padded vertices"
+        return out
+
+    def _pad(self, v: Vertex, n: int, rng: random.Random) -> Vertex:
+        room = self.limits.max_edges - len(v.strong_edges) - len(v.weak_edges)
+        taken = {(e.round, e.source) for e in v.weak_edges}
+        extra: list[VertexRef] = []
+        low = max(1, v.round - self.gc_depth)
+        for rnd in range(v.round - 2, low - 1, -1):
+            for source in range(n):
+                if len(extra) >= room:
+                    break
+                if (rnd, source) not in taken:
+                    extra.append(VertexRef(rnd, source, rng.randbytes(DIGEST_BYTES)))
+        if not extra:
+            return v
+        self.padded += 1
+        return replace(v, weak_edges=(*v.weak_edges, *extra))
+
+
+def _stateless(strategy: Strategy) -> StrategyFactory:
+    return lambda params, rng: strategy
+
+
+STRATEGIES: dict[str, StrategyFactory] = {
+    "silent": _stateless(silent),
+    "equivocate": _stateless(equivocate),
+    "conflicting-votes": _stateless(conflicting_votes),
+    "bad-coin": _stateless(bad_coin),
+    "bad-edges": _stateless(bad_edges),
+    "garbage": _stateless(garbage),
+    "future-vertex": lambda params, rng: FutureVertex(offset=rng.choice(FUTURE_OFFSETS)),
+    "flood": lambda params, rng: Flood(limits=params.limits),
+    "request-amplification": lambda params, rng: RequestAmplification(),
+    "max-weak-edges": lambda params, rng: MaxWeakEdges(params.limits, params.gc_depth),
 }
 
 
-def by_name(name: str, rng: random.Random) -> tuple[str, Strategy]:
-    """A strategy by name; ``mixed`` draws one per node from the seeded RNG."""
+def by_name(
+    name: str, rng: random.Random, params: Parameters | None = None
+) -> tuple[str, Strategy]:
+    """A new strategy instance by name; ``mixed`` draws one per node from the seeded RNG."""
+    params = params or Parameters()
     if name == "mixed":
         pick = rng.choice(sorted(STRATEGIES))
-        return pick, STRATEGIES[pick]
+        return pick, STRATEGIES[pick](params, rng)
     if name == "none":
         return "honest", honest
     try:
-        return name, STRATEGIES[name]
+        return name, STRATEGIES[name](params, rng)
     except KeyError:
         choices = sorted([*STRATEGIES, "mixed", "none"])
         raise ValueError(f"unknown Byzantine strategy {name!r}; choose from {choices}") from None
+
+
+def detail(strategy: Strategy) -> str:
+    """What a stateful strategy has done so far (empty for stateless ones)."""
+    text = getattr(strategy, "detail", "")
+    return text if isinstance(text, str) else ""

@@ -57,6 +57,7 @@ MODELS: dict[str, LatencyModel] = {
     "constant": Constant(),
     "uniform": Uniform(),
     "longtail": LongTail(),
+    "lan": Uniform(1.0, 10.0, name="lan"),  # 1-10 ms links
 }
 
 

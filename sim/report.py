@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sim.invariants import Verdict
@@ -47,6 +47,16 @@ class SimResult:
     restarts: int
     node_kinds: dict[int, str]
     trace_hash: str
+    # Per Byzantine node: frames a correct node would not have sent / would have sent
+    # but this one withheld, and what a stateful strategy says it did.
+    attack_frames: dict[int, int] = field(default_factory=dict)
+    withheld_frames: dict[int, int] = field(default_factory=dict)
+    attack_details: dict[int, str] = field(default_factory=dict)
+    slow_node: int | None = None
+    # Share of the transactions submitted to correct nodes (to the slow node) by the
+    # time the goal was reached that every correct node ordered; None: none submitted.
+    tx_ordered_share: float | None = None
+    slow_node_tx_ordered_share: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,6 +94,12 @@ class SimResult:
             "misbehaviour_reports": self.misbehaviour_reports,
             "restarts": self.restarts,
             "faulty_nodes": {str(k): v for k, v in self.node_kinds.items()},
+            "attack_frames": {str(k): v for k, v in self.attack_frames.items()},
+            "withheld_frames": {str(k): v for k, v in self.withheld_frames.items()},
+            "attack_details": {str(k): v for k, v in self.attack_details.items()},
+            "slow_node": self.slow_node,
+            "tx_ordered_share": self.tx_ordered_share,
+            "slow_node_tx_ordered_share": self.slow_node_tx_ordered_share,
             "trace_hash": self.trace_hash,
             "replay": self.replay,
         }
@@ -109,13 +125,31 @@ class SimResult:
             f"({msgs:.1f} msgs, {byts:.0f} B per ordered tx)",
             f"  misbehaviour seen {self.misbehaviour_reports} reports by correct nodes"
             + (f"; {self.restarts} crash restarts" if self.restarts else ""),
-            "  invariants:",
+            f"  tx ordered        {_share(self.tx_ordered_share)} of those submitted to correct "
+            "nodes by the goal (or the end)",
         ]
+        if self.slow_node is not None:
+            lines.append(
+                f"  slow node         node {self.slow_node} (+{c.slow_node_delay:g} ms out): "
+                f"{_share(self.slow_node_tx_ordered_share)} of its transactions ordered"
+            )
+        for i, kind in sorted(self.node_kinds.items()):
+            if i in self.attack_frames:
+                note = self.attack_details.get(i)
+                lines.append(
+                    f"  byzantine node {i:<2} {kind}: {self.attack_frames[i]} attack frames, "
+                    f"{self.withheld_frames.get(i, 0)} withheld" + (f"; {note}" if note else "")
+                )
+        lines.append("  invariants:")
         for v in self.verdicts:
-            lines.append(f"    {'PASS' if v.ok else 'FAIL'} {v.name:<10} {v.detail}")
+            lines.append(f"    {'PASS' if v.ok else 'FAIL'} {v.name:<15} {v.detail}")
         if not self.ok:
             lines.append(f"  replay with: {self.replay}")
         return "\n".join(lines)
+
+
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _fmt(p: dict[str, float]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import struct
 from collections.abc import Callable
@@ -20,17 +21,32 @@ from dagrider.effects import (
     LeaderDecided,
     Misbehaviour,
     Proposed,
+    RoundAdvanced,
     Send,
 )
 from dagrider.messages import CoinShareMsg, Digest, Echo, Message, Ready
 from dagrider.params import Parameters
 from dagrider.process import Process, ProcessConfig, Recovery
 from sim import byzantine, latency
-from sim.invariants import Verdict, agreement, integrity, validity
+from sim.invariants import (
+    Verdict,
+    agreement,
+    faults_happened,
+    integrity,
+    liveness,
+    liveness_need,
+    validity,
+)
 from sim.report import SimResult, percentiles
 from sim.world import Adversary, World
 
 FAULT_KINDS = ("none", "crash", "mixed", *sorted(byzantine.STRATEGIES))
+
+STALL_MS = 60_000.0
+"""A run in which no correct node enters a new round for this long (virtual ms, plus the
+batch delay) has stalled and ends there. Every message arrives within
+:data:`sim.world.MAX_DELAY` (10 s) of being sent, partitions last at most 2 s, so a
+correct committee that can make progress never pauses this long."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,8 @@ class SimConfig:
 
     ``byzantine="crash"`` makes the faulty nodes crash and restart from their store;
     any strategy name from :mod:`sim.byzantine` (or ``mixed``) makes them Byzantine.
+    ``slow_node_delay`` (ms) delays every message one correct node (drawn from the seed)
+    sends by that much on top of its link's latency; what it receives is not delayed.
     """
 
     nodes: int = 4
@@ -54,6 +72,7 @@ class SimConfig:
     batch_delay: float = 0.0  # ms; 0 proposes as soon as a round completes
     gc_depth: int = 50
     max_time: float = 0.0  # ms of virtual time; 0 means 120 s per wave
+    slow_node_delay: float = 0.0  # ms added to everything one correct node sends
 
     def __post_init__(self) -> None:
         if self.nodes < 4 or (self.nodes - 1) % 3:
@@ -65,6 +84,8 @@ class SimConfig:
             raise ValueError(f"--byzantine must be one of {list(FAULT_KINDS)}")
         if self.waves < 1:
             raise ValueError("--waves must be >= 1")
+        if not 0 <= self.slow_node_delay < math.inf:
+            raise ValueError(f"--slow-node-delay must be >= 0 ms, got {self.slow_node_delay}")
         latency.by_name(self.latency)
 
     @property
@@ -89,6 +110,7 @@ class SimConfig:
             ("--batch-delay", "batch_delay"),
             ("--gc-depth", "gc_depth"),
             ("--max-time", "max_time"),
+            ("--slow-node-delay", "slow_node_delay"),
         ):
             value = getattr(self, name)
             if value != getattr(defaults, name):
@@ -105,8 +127,12 @@ class _Node:
     log: list[Digest] = field(default_factory=list)
     tx_count: int = 0
     decided: list[LeaderDecided] = field(default_factory=list)
+    leaders_committed: int = 0
     seen_shares: set[tuple[int, int]] = field(default_factory=set)
     misbehaviour: int = 0
+    restarts: int = 0
+    attack_frames: int = 0  # frames a correct node would not have sent
+    withheld_frames: int = 0  # frames a correct node would have sent and this one did not
 
 
 class _Run:
@@ -138,13 +164,24 @@ class _Run:
             if i in faulty and cfg.byzantine == "crash":
                 kind = "crash"
             elif i in faulty:
-                kind, strategy = byzantine.by_name(cfg.byzantine, self.rng)
+                kind, strategy = byzantine.by_name(cfg.byzantine, self.rng, self.params)
             self.nodes.append(_Node(Process(self.configs[i]), kind, strategy))
         self.correct = [i for i, x in enumerate(self.nodes) if x.kind == "correct"]
         self.honest = [i for i, x in enumerate(self.nodes) if x.strategy is None]
+        self.slow_node: int | None = None
+        if cfg.slow_node_delay > 0:  # drawn only then: other runs keep their traces
+            self.slow_node = self.rng.choice(self.correct)
+            self.world.out_delay[self.slow_node] = cfg.slow_node_delay
         self.proposed_at: dict[Digest, tuple[float, int, int]] = {}
         self.committed_at: dict[tuple[int, Digest], float] = {}
-        self.tx_submitted: dict[bytes, float] = {}
+        self.tx_submitted: dict[bytes, tuple[float, int]] = {}  # tx -> (time, node)
+        self.tx_ordered_by: dict[bytes, int] = {}  # tx -> bitmask of correct nodes
+        self.all_correct = sum(1 << i for i in self.correct)
+        self.tx_required: set[bytes] | None = None  # submitted to correct nodes by the goal
+        self.tx_pending = 0  # of tx_required, not yet ordered by every correct node
+        self.last_progress = 0.0  # when a correct node last entered a new round
+        self.stall_ms = STALL_MS + cfg.batch_delay
+        self.stalled_at: float | None = None
         self.tx_latency: list[float] = []
         self.vertex_latency: list[float] = []
         self.tx_counter = 0
@@ -175,13 +212,17 @@ class _Run:
                 w.schedule(t, "crash", i, self.rng.uniform(300, 3_000))
 
     def run(self) -> SimResult:
-        """Phase 1: until every correct node decided ``waves`` waves. Phase 2: until every
-        vertex a correct node proposed in phase 1 is ordered by every correct node (the
-        "eventually" of validity), bounded by ``max_time``.
+        """Phase 1: until every correct node evaluated ``waves`` waves and committed the
+        leaders liveness needs (see :data:`sim.invariants.LIVENESS_SHARE`; after
+        ``2 * waves + 8`` evaluated waves without them it gives up). Phase 2: until every
+        vertex (and transaction) a correct node had by then is ordered by every correct
+        node (the "eventually" of validity) and the faults were exercised. Bounded by
+        ``max_time``; a run in which no correct node advances for :data:`STALL_MS` ends.
         """
         self.setup()
         w = self.world
         goal = self.cfg.waves
+        need = liveness_need(goal)
         last_report = -1.0
         while True:
             ev = w.pop()
@@ -191,20 +232,47 @@ class _Run:
             self.dispatch(ev.kind, ev.node, ev.payload)
             if self.events % 256:
                 continue
+            if w.now - self.last_progress > self.stall_ms:
+                self.stalled_at = w.now
+                break
             if self.goal_time is None:
                 done = min(self.nodes[i].process.ordering.next_wave - 1 for i in self.correct)
+                committed = min(self.nodes[i].leaders_committed for i in self.correct)
                 if self.progress is not None and done != last_report:
                     last_report = done
                     self.progress(min(1.0, done / goal))
-                if done >= goal:
+                if done >= 2 * goal + 8 and committed < need:
+                    break  # waves without commits: liveness fails
+                if done >= goal and committed >= need:
                     self.goal_time = w.now
                     self.required = {d: (r, s) for d, (_, r, s) in self.proposed_at.items()}
-            elif self._all_ordered():
+                    self._require_transactions()
+            elif self._all_ordered() and self._faults_exercised():
                 break
         return self.report()
 
     def _all_ordered(self) -> bool:
-        return all(self.log_sets[i].issuperset(self.required) for i in self.correct)
+        """Every vertex and transaction validity waits for is ordered by every correct node."""
+        return self.tx_pending == 0 and all(
+            self.log_sets[i].issuperset(self.required) for i in self.correct
+        )
+
+    def _require_transactions(self) -> None:
+        """Phase 2 also waits for every transaction submitted to a correct node so far."""
+        correct = set(self.correct)
+        self.tx_required = {tx for tx, (_, i) in self.tx_submitted.items() if i in correct}
+        full = self.all_correct
+        self.tx_pending = sum(1 for tx in self.tx_required if self.tx_ordered_by.get(tx, 0) != full)
+
+    def _faults_exercised(self) -> bool:
+        """Every crash node restarted once and every Byzantine node deviated (the run goes
+        on until they did, within ``max_time``, so that a passing run exercised them)."""
+        for node in self.nodes:
+            if node.kind == "crash" and node.restarts == 0:
+                return False
+            if node.strategy is not None and not node.attack_frames + node.withheld_frames:
+                return False
+        return True
 
     def dispatch(self, kind: str, i: int, payload: object) -> None:
         node = self.nodes[i]
@@ -251,7 +319,7 @@ class _Run:
         for _ in range(count):
             self.tx_counter += 1
             tx = struct.pack(">IQ", i, self.tx_counter).ljust(self.cfg.tx_size, b"\x00")
-            self.tx_submitted[tx] = self.world.now
+            self.tx_submitted[tx] = (self.world.now, i)
             txs.append(tx)
         if self.world.alive[i]:
             self.apply(i, self.nodes[i].process.submit(txs))
@@ -274,6 +342,7 @@ class _Run:
         self.apply(i, fresh.recover(old.store), replay=True)
         assert len(old.log) >= committed_before
         self.restarts += 1
+        old.restarts += 1
         if self.rng.random() < 0.5:  # crash again later
             at = self.world.now + self.rng.uniform(500, self.crash_horizon / 2)
             self.world.schedule(at, "crash", i, self.rng.uniform(300, 3_000))
@@ -288,9 +357,7 @@ class _Run:
         node = self.nodes[i]
         self._record(i, node, effects, replay)
         if node.strategy is not None:
-            for ob in node.strategy(i, self.cfg.nodes, effects, self.rng):
-                for dst in ob.to:
-                    self.world.send(i, dst, ob.data, ob.msg)
+            self._apply_strategy(i, node, node.strategy, effects)
             return
         for e in effects:
             if isinstance(e, Broadcast):
@@ -302,6 +369,29 @@ class _Run:
                 data, msg = self._wire(e.msg)
                 self.world.send(i, e.to, data, msg)
             elif isinstance(e, AwaitBatch):
+                self.world.schedule(self.world.now + self.cfg.batch_delay, "timer", i, e.round)
+
+    def _apply_strategy(
+        self, i: int, node: _Node, strategy: byzantine.Strategy, effects: list[Effect]
+    ) -> None:
+        """Send what the strategy makes of the effects; count how far it deviated."""
+        n = self.cfg.nodes
+        wanted = sum(
+            n - 1 if isinstance(e, Broadcast) else 1
+            for e in effects
+            if isinstance(e, Broadcast | Send)
+        )
+        plain = 0
+        for ob in strategy(i, n, effects, self.rng):
+            if ob.attack:
+                node.attack_frames += len(ob.to)
+            else:
+                plain += len(ob.to)
+            for dst in ob.to:
+                self.world.send(i, dst, ob.data, ob.msg)
+        node.withheld_frames += max(0, wanted - plain)
+        for e in effects:  # the inner process keeps its honest pace
+            if isinstance(e, AwaitBatch):
                 self.world.schedule(self.world.now + self.cfg.batch_delay, "timer", i, e.round)
 
     def _wire(self, msg: Message) -> tuple[bytes, Message]:
@@ -329,6 +419,9 @@ class _Run:
                 self._on_commit(i, e, now)
             elif isinstance(e, Delivered):
                 store.delivered.append(e.vertex)
+            elif isinstance(e, RoundAdvanced):
+                if node.kind == "correct":
+                    self.last_progress = now
             elif isinstance(e, Proposed):
                 if not store.own or store.own[-1].round < e.vertex.round:
                     store.own.append(e.vertex)
@@ -338,6 +431,7 @@ class _Run:
                 store.votes.append(e.msg)
             elif isinstance(e, LeaderDecided):
                 node.decided.append(e)
+                node.leaders_committed += e.committed
             elif isinstance(e, Misbehaviour):
                 node.misbehaviour += 1
 
@@ -350,24 +444,54 @@ class _Run:
             for tx in e.vertex.block:
                 submitted = self.tx_submitted.get(tx)
                 if submitted is not None:
-                    self.tx_latency.append(now - submitted)
+                    self.tx_latency.append(now - submitted[0])
+        if self.nodes[i].kind != "correct":
+            return
+        bit = 1 << i
+        for tx in e.vertex.block:
+            if tx not in self.tx_submitted:
+                continue
+            before = self.tx_ordered_by.get(tx, 0)
+            if before & bit:
+                continue
+            self.tx_ordered_by[tx] = after = before | bit
+            if after == self.all_correct and self.tx_required is not None:
+                self.tx_pending -= tx in self.tx_required
 
     # -- report -------------------------------------------------------------------------
 
     def report(self) -> SimResult:
         logs = {i: self.nodes[i].log for i in self.honest}
         correct_logs = {i: self.nodes[i].log for i in self.correct}
-        reached = self.goal_time is not None
+        evaluated = min(self.nodes[i].process.ordering.next_wave - 1 for i in self.correct)
+        committed_waves = min(
+            sum(1 for d in self.nodes[i].decided if d.committed and d.wave <= evaluated)
+            for i in self.correct
+        )
+        stall = ""
+        if self.stalled_at is not None:
+            rounds = sorted({self.nodes[i].process.round for i in self.correct})
+            stall = (
+                f"stalled: no correct node entered a new round for {self.stall_ms / 1000:.0f} s "
+                f"(until {self.stalled_at / 1000:.1f} s; correct nodes at rounds "
+                f"{rounds[0]}..{rounds[-1]})"
+            )
+        faulty = {i: x.kind for i, x in enumerate(self.nodes) if x.kind != "correct"}
+        byz = [(i, x) for i, x in enumerate(self.nodes) if x.strategy is not None]
+        attacks = {i: x.attack_frames + x.withheld_frames for i, x in byz}
         verdicts = [
             agreement(logs),
             integrity(logs),
-            validity(self.required, correct_logs),
-            Verdict(
-                "liveness",
-                reached,
-                f"all correct nodes decided {self.cfg.waves} waves"
-                if reached
-                else f"stopped at {self.world.now:.0f} ms before {self.cfg.waves} waves",
+            validity(self.required, correct_logs)
+            if self.goal_time is not None
+            else Verdict("validity", True, "not checked: the goal was never reached (liveness)"),
+            liveness(
+                self.cfg.waves, evaluated, committed_waves, end_ms=self.world.now, stall=stall
+            ),
+            faults_happened(
+                faulty,
+                {i: x.restarts for i, x in enumerate(self.nodes) if x.kind == "crash"},
+                attacks,
             ),
         ]
         best = max(self.correct, key=lambda k: len(self.nodes[k].log))
@@ -397,9 +521,34 @@ class _Run:
             tx_latency_ms=percentiles(self.tx_latency),
             misbehaviour_reports=sum(self.nodes[i].misbehaviour for i in self.honest),
             restarts=self.restarts,
-            node_kinds={i: x.kind for i, x in enumerate(self.nodes) if x.kind != "correct"},
+            node_kinds=faulty,
             trace_hash=trace.hexdigest(),
+            attack_frames={i: x.attack_frames for i, x in byz},
+            withheld_frames={i: x.withheld_frames for i, x in byz},
+            attack_details={
+                i: byzantine.detail(x.strategy)
+                for i, x in byz
+                if x.strategy is not None and byzantine.detail(x.strategy)
+            },
+            slow_node=self.slow_node,
+            tx_ordered_share=self._ordered_share(self.correct),
+            slow_node_tx_ordered_share=(
+                None if self.slow_node is None else self._ordered_share([self.slow_node])
+            ),
         )
+
+    def _ordered_share(self, nodes: list[int]) -> float | None:
+        """Share of the transactions submitted to ``nodes`` (by the goal, or by the end of
+        a run that never reached it) that every correct node ordered; None if there were
+        none."""
+        cut = self.world.now if self.goal_time is None else self.goal_time
+        wanted = set(nodes)
+        total = ordered = 0
+        for tx, (at, i) in self.tx_submitted.items():
+            if i in wanted and at <= cut:
+                total += 1
+                ordered += self.tx_ordered_by.get(tx, 0) == self.all_correct
+        return ordered / total if total else None
 
 
 def run(cfg: SimConfig, seed: int, progress: Callable[[float], None] | None = None) -> SimResult:

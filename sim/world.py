@@ -61,7 +61,12 @@ class World:
     """Event queue plus the network between ``n`` nodes."""
 
     def __init__(
-        self, n: int, rng: random.Random, latency: LatencyModel, adversary: Adversary | None
+        self,
+        n: int,
+        rng: random.Random,
+        latency: LatencyModel,
+        adversary: Adversary | None,
+        out_delay: dict[int, float] | None = None,
     ) -> None:
         self.n = n
         self.rng = rng
@@ -77,6 +82,9 @@ class World:
         self.dropped = 0
         self._slow: set[int] = set()
         self._slow_epoch = -1
+        # Extra delay (ms) on every message a node sends, on top of the link's: a slow
+        # (but correct) node. Not capped by MAX_DELAY: it is the node, not the network.
+        self.out_delay: dict[int, float] = dict(out_delay or {})
 
     def schedule(self, at: float, kind: str, node: int, payload: Any = None) -> None:
         self._seq += 1
@@ -93,15 +101,25 @@ class World:
         return len(self._queue)
 
     def send(self, src: int, dst: int, data: bytes, msg: Message | None) -> None:
-        """Put a message on the wire; partitions hold it back until they heal."""
+        """Put a message on the wire; partitions hold it back until they heal.
+
+        A frame whose decoded form ``msg`` is known travels as that message: its bytes
+        are counted here and not kept (nobody reads them again), so that large frames
+        in flight cost the simulator no memory.
+        """
         self.sent.messages += 1
         self.sent.bytes += len(data)
+        if msg is not None:
+            data = b""
         if self.partition is not None and self.partition[src] != self.partition[dst]:
             self.held.append((src, dst, data, msg))
             return
         self.schedule(self.now + self._delay(src, dst), "deliver", dst, (src, data, msg))
 
     def _delay(self, src: int, dst: int) -> float:
+        return self._link_delay(src, dst) + self.out_delay.get(src, 0.0)
+
+    def _link_delay(self, src: int, dst: int) -> float:
         d = min(self.latency.sample(self.rng, src, dst), MAX_DELAY)
         adv = self.adversary
         if adv is None:

@@ -25,16 +25,34 @@ from dagrider.codec import Codec, encode
 from dagrider.coin import CoinPublicKey, CoinSecretShare, make_share, verify_share
 from dagrider.coin import deal as deal_coin
 from dagrider.dag import check_structure
-from dagrider.effects import Broadcast, Effect, Send
+from dagrider.effects import Broadcast, Delivered, Effect, Proposed, RoundAdvanced, Send
 from dagrider.errors import DecodeError, InvalidShare, InvalidVertex
-from dagrider.messages import CoinShareMsg, Echo, Ready, Val, Vertex, VertexRequest, genesis
-from dagrider.params import Parameters
+from dagrider.messages import (
+    CoinShareMsg,
+    Echo,
+    Ready,
+    Val,
+    Vertex,
+    VertexRef,
+    VertexRequest,
+    genesis,
+)
+from dagrider.params import Limits, Parameters
 from sim import byzantine, latency
 from sim.byzantine import Outbound
-from sim.invariants import Verdict, agreement, integrity, validity
+from sim.invariants import (
+    LIVENESS_SHARE,
+    Verdict,
+    agreement,
+    faults_happened,
+    integrity,
+    liveness,
+    liveness_need,
+    validity,
+)
 from sim.latency import Constant, LongTail, Uniform
 from sim.report import SimResult, percentiles
-from sim.runner import FAULT_KINDS, SimConfig, _Run, run
+from sim.runner import FAULT_KINDS, STALL_MS, SimConfig, _Run, run
 from sim.world import Adversary, World
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +169,7 @@ NON_DEFAULT: list[tuple[str, object]] = [
 ]
 # Once replay bugs (fixed): batch_size and max_time were not replayed, floats lost digits.
 NON_DEFAULT += [("batch_size", 64), ("max_time", 5_000.0), ("tx_per_second", 123.4567891)]
+NON_DEFAULT += [("slow_node_delay", 1_500.25), ("latency", "lan"), ("byzantine", "flood")]
 REPLAY_CASES = [pytest.param(name, value, id=f"{name}={value}") for name, value in NON_DEFAULT]
 
 
@@ -216,6 +235,12 @@ def test_unknown_latency_model_is_refused(name: str) -> None:
 def test_waves_must_be_positive() -> None:
     with pytest.raises(ValueError, match="--waves"):
         SimConfig(waves=0)
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("inf"), float("nan")])
+def test_slow_node_delay_must_be_a_finite_non_negative_number(delay: float) -> None:
+    with pytest.raises(ValueError, match="--slow-node-delay"):
+        SimConfig(slow_node_delay=delay)
 
 
 def test_every_fault_kind_is_accepted() -> None:
@@ -295,6 +320,44 @@ def test_validity_with_nothing_proposed_or_no_nodes_is_vacuous() -> None:
     assert validity({d("a"): (1, 0)}, {}).ok
 
 
+def test_liveness_needs_the_goal_and_a_share_of_committed_waves() -> None:
+    assert LIVENESS_SHARE == 0.25
+    assert [liveness_need(w) for w in (1, 3, 4, 5, 8, 9, 10)] == [1, 1, 1, 2, 2, 3, 3]
+    ok = liveness(3, 8, 1, end_ms=1.0)
+    assert ok.ok and ok.name == "liveness"
+    assert "1 of 8 evaluated waves committed (need >= 1)" in ok.detail
+    # Evaluated waves without commits used to pass: the goal alone is not liveness.
+    none = liveness(3, 14, 0, end_ms=1.0)
+    assert not none.ok and "evaluated 3 waves but only 0 of 14" in none.detail
+    assert not liveness(10, 28, 2, end_ms=1.0).ok  # needs ceil(10/4) = 3
+    assert liveness(10, 12, 3, end_ms=1.0).ok
+    late = liveness(3, 2, 2, end_ms=1234.0)
+    assert not late.ok and "stopped at 1234 ms before 3 waves" in late.detail
+    stalled = liveness(3, 8, 8, end_ms=1.0, stall="stalled: x")
+    assert not stalled.ok and stalled.detail.startswith("stalled: x")
+
+
+def test_a_run_goes_on_past_a_streak_of_faulty_leaders_until_it_committed() -> None:
+    # Seed 707 of the slow sweep: the coin elects the silent node for waves 1-4. The
+    # run does not stop at 3 evaluated waves with a single commit; it goes on.
+    cfg = SimConfig(nodes=4, faults=1, byzantine="silent", waves=5, partitions=2)
+    result = run(cfg, 707)
+    assert result.ok, result.summary()
+    assert result.leaders_committed >= liveness_need(5) == 2
+    assert result.leaders_skipped >= 4
+
+
+def test_faults_happened_needs_a_restart_per_crash_node_and_an_attack_per_byzantine() -> None:
+    assert faults_happened({}, {}, {}).ok
+    good = faults_happened({0: "crash", 2: "flood"}, {0: 1}, {2: 7})
+    assert good.ok and good.name == "faults-happened"
+    assert "node 0 1 restarts" in good.detail and "node 2 7 frames" in good.detail
+    v = faults_happened({0: "crash", 2: "flood", 3: "silent"}, {0: 0}, {2: 7, 3: 0})
+    assert not v.ok
+    assert "node 0 (crash)" in v.detail and "node 3 (silent)" in v.detail
+    assert "node 2" not in v.detail
+
+
 # --------------------------------------------------------------------------- world
 
 
@@ -349,6 +412,29 @@ def test_partition_holds_cross_messages_until_heal() -> None:
         (1_050.0, "deliver", 2, (0, b"across", None)),
     ]
     assert w.sent.messages == 3
+
+
+def test_a_slow_node_s_outgoing_messages_are_delayed_and_its_incoming_are_not() -> None:
+    w = World(4, random.Random(0), Constant(5.0), None, out_delay={2: 5_000.0})
+    w.send(2, 0, b"from slow", None)
+    w.send(0, 2, b"to slow", None)
+    w.split([0, 0, 1, 1])
+    w.send(2, 1, b"held from slow", None)
+    w.heal()
+    assert sorted((t, p[1]) for t, _, _, p in drain(w)) == [  # type: ignore[index]
+        (5.0, b"to slow"),
+        (5_005.0, b"from slow"),
+        (5_005.0, b"held from slow"),
+    ]
+
+
+def test_decoded_frames_travel_as_messages_and_are_counted_in_full() -> None:
+    w = world()
+    msg = Echo(1, 0, d("x"))
+    data = encode(msg)
+    w.send(0, 1, data, msg)
+    assert (w.sent.messages, w.sent.bytes) == (1, len(data))
+    assert drain(w) == [(50.0, "deliver", 1, (0, b"", msg))]
 
 
 def test_adversary_delays_within_its_bounds_and_never_drops() -> None:
@@ -573,6 +659,226 @@ def test_mixed_draws_real_strategies_from_the_rng() -> None:
     assert byzantine.by_name("none", random.Random(0))[0] == "honest"
 
 
+def test_stateful_strategies_are_made_per_node() -> None:
+    for name in ("future-vertex", "flood", "request-amplification", "max-weak-edges"):
+        a = byzantine.by_name(name, random.Random(0))[1]
+        b = byzantine.by_name(name, random.Random(0))[1]
+        assert a is not b, name
+    assert byzantine.by_name("silent", random.Random(0))[1] is byzantine.silent
+
+
+def fake_refs(rnd: int, sources: range | list[int], tag: bytes = b"p") -> tuple[VertexRef, ...]:
+    return tuple(VertexRef(rnd, s, (tag + bytes([rnd % 256, s])).ljust(32, b".")) for s in sources)
+
+
+def own_vertex(rnd: int, block: tuple[bytes, ...] = (), source: int = ME) -> Vertex:
+    return Vertex(rnd, source, block, fake_refs(rnd - 1, range(3)), ())
+
+
+def proposal(rnd: int) -> list[Effect]:
+    """What the inner process emits when it proposes for ``rnd``."""
+    v = own_vertex(rnd)
+    return [RoundAdvanced(rnd), Proposed(v), Broadcast(Val(v)), Broadcast(Echo(rnd, ME, v.digest))]
+
+
+def attacks(out: list[Outbound]) -> list[Outbound]:
+    return [ob for ob in out if ob.attack]
+
+
+def test_future_vertex_sends_one_far_future_val_with_invented_parents() -> None:
+    offsets = set()
+    for seed in range(12):
+        _, strat = byzantine.by_name("future-vertex", random.Random(seed))
+        assert isinstance(strat, byzantine.FutureVertex)
+        rng = random.Random(seed)
+        for rnd in range(1, 8):
+            out = strat(ME, N, proposal(rnd), rng)
+            assert not attacks(out) and len(out) == 2  # honest VAL and ECHO
+        out = strat(ME, N, proposal(8), rng)
+        (ob,) = attacks(out)
+        assert len(out) == 3 and set(ob.to) == others()
+        v = ob.msg.vertex  # type: ignore[union-attr]
+        offsets.add(v.round - 8)
+        assert v.source == ME and v.round - 8 in (27, 28, 100, 10_000)
+        check_structure(v, N, 1, 50)  # well formed: a correct node echoes it
+        assert {e.round for e in v.strong_edges} == {v.round - 1}
+        assert len({e.source for e in v.strong_edges}) == 3
+        assert decoded(ob) == ob.msg
+        assert f"round {v.round}" in strat.detail
+        for rnd in range(9, 20):  # once only; honest afterwards
+            assert not attacks(strat(ME, N, proposal(rnd), rng))
+    assert len(offsets) >= 3, offsets
+
+
+SMALL = Limits(max_txs_per_vertex=50, max_message_bytes=40_000)
+
+
+def test_flood_sends_large_future_vals_votes_and_coin_shares_within_its_caps() -> None:
+    strat = byzantine.Flood(limits=SMALL, ahead=10, vals_per_round=4, max_vals=9)
+    codec = Codec(N, SMALL)
+    rng = random.Random(1)
+    out = strat(ME, N, proposal(5), rng)
+    vals = [ob for ob in attacks(out) if isinstance(ob.msg, Val)]
+    assert [ob.msg.vertex.round for ob in vals] == [7, 8, 9, 10]  # type: ignore[union-attr]
+    for ob in vals:
+        v = ob.msg.vertex  # type: ignore[union-attr]
+        assert set(ob.to) == others() and v.source == ME
+        assert len(v.block) == SMALL.max_txs_per_vertex
+        assert SMALL.max_message_bytes - 5_000 < len(ob.data) <= SMALL.max_message_bytes
+        assert ob.data == encode(ob.msg)  # type: ignore[arg-type]
+        got = codec.decode(ob.data)
+        assert got == ob.msg and got.vertex.digest == v.digest  # type: ignore[union-attr]
+        check_structure(v, N, 1, 50)
+    votes = [ob.msg for ob in attacks(out) if isinstance(ob.msg, Echo | Ready)]
+    assert len(votes) == 4 * N * 2
+    assert {(m.round, m.source) for m in votes} == {(r, s) for r in (7, 8, 9, 10) for s in range(N)}
+    # Later proposals go further ahead, never past `ahead`, never more than max_vals.
+    rounds = [ob.msg.vertex.round for ob in vals]  # type: ignore[union-attr]
+    for rnd in range(6, 30):
+        more = strat(ME, N, proposal(rnd), rng)
+        for ob in attacks(more):
+            if isinstance(ob.msg, Val):
+                assert rnd + 2 <= ob.msg.vertex.round <= rnd + 10
+                rounds.append(ob.msg.vertex.round)
+    assert len(rounds) == len(set(rounds)) == 9 == strat.vals
+    # It does not ask peers for its own flooded vertices (it has them).
+    mine = VertexRequest(rounds[0], ME, d("mine"))
+    other = VertexRequest(rounds[0], 0, d("theirs"))
+    sent = strat(ME, N, [Send(0, mine), Send(0, other)], rng)
+    assert [ob.msg for ob in sent] == [other]
+
+
+def test_flood_vals_stay_just_under_the_real_message_limit() -> None:
+    limits = Parameters().limits
+    strat = byzantine.Flood(limits=limits, vals_per_round=2)
+    out = attacks(strat(ME, N, proposal(3), random.Random(2)))
+    vals = [ob for ob in out if isinstance(ob.msg, Val)]
+    assert len(vals) == 2
+    big = vals[0]
+    assert limits.max_message_bytes - 64 * 1024 < len(big.data) <= limits.max_message_bytes
+    assert len(big.msg.vertex.block) == limits.max_txs_per_vertex  # type: ignore[union-attr]
+    assert Codec(N, limits).decode(big.data) == big.msg
+    stored = getattr(limits, "max_block_bytes", None)
+    if stored is not None:  # the second alternates to the largest block a node may store
+        block = vals[1].msg.vertex.block  # type: ignore[union-attr]
+        assert stored - len(block) * 200 < sum(map(len, block)) <= stored
+    # Every vertex shares one block object: the simulator's memory stays small.
+    blocks = {id(ob.msg.vertex.block) for ob in vals}  # type: ignore[union-attr]
+    assert len(blocks) == (2 if stored is not None else 1)
+
+
+def test_flood_copies_its_coin_share_to_future_waves_that_fail_verification() -> None:
+    pub, secrets, domain = committee_keys()
+    good = make_share(secrets[ME], pub.verification_keys[ME], 1, domain)
+    strat = byzantine.Flood(limits=SMALL, coin_waves_ahead=5, max_coin_shares=8)
+    out = strat(ME, N, [Broadcast(CoinShareMsg(good))], random.Random(0))
+    assert out[0].msg == CoinShareMsg(good) and not out[0].attack
+    forged = [ob.msg.share for ob in attacks(out)]  # type: ignore[union-attr]
+    assert [sh.wave for sh in forged] == [2, 3, 4, 5, 6]
+    for sh in forged:
+        with pytest.raises(InvalidShare):
+            verify_share(pub, sh, domain)
+    again = make_share(secrets[ME], pub.verification_keys[ME], 2, domain)
+    out = strat(ME, N, [Broadcast(CoinShareMsg(again))], random.Random(0))
+    assert [ob.msg.share.wave for ob in attacks(out)] == [7]  # type: ignore[union-attr]
+    for wave in range(3, 20):  # the window moves on, up to max_coin_shares in all
+        share = make_share(secrets[ME], pub.verification_keys[ME], wave, domain)
+        out += strat(ME, N, [Broadcast(CoinShareMsg(share))], random.Random(0))
+    assert strat.coin_shares == 8
+
+
+def test_request_amplification_asks_every_peer_for_each_large_vertex_20_times() -> None:
+    strat = byzantine.RequestAmplification()
+    big = own_vertex(3, block=(b"x" * 600, b"y" * 600), source=0)
+    small = own_vertex(3, block=(b"z" * 10,), source=2)
+    mine = own_vertex(3, block=(b"w" * 2000,), source=ME)
+    rng = random.Random(0)
+    out = strat(ME, N, [Delivered(big), Delivered(small), Delivered(mine)], rng)
+    for _ in range(40):
+        out += strat(ME, N, [], rng)
+    reqs = [ob for ob in attacks(out)]
+    assert all(isinstance(ob.msg, VertexRequest) and set(ob.to) == others() for ob in reqs)
+    assert {ob.msg for ob in reqs} == {VertexRequest(3, 0, big.digest)}
+    assert len(reqs) == 20
+    assert len(attacks(strat(ME, N, [], rng))) == 0  # done with it
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"), [(Limits(), 3 + 49 * N), (Limits(max_edges=40), 40)]
+)
+def test_max_weak_edges_pads_proposals_up_to_the_edge_limit(limits: Limits, expected: int) -> None:
+    strat = byzantine.MaxWeakEdges(limits, gc_depth=50)
+    rng = random.Random(0)
+    v = own_vertex(60)
+    (ob,) = strat(ME, N, [Broadcast(Val(v))], rng)
+    padded = ob.msg.vertex  # type: ignore[union-attr]
+    assert ob.attack and padded.strong_edges == v.strong_edges
+    assert len(padded.strong_edges) + len(padded.weak_edges) == expected
+    check_structure(padded, N, 1, 50)
+    assert Codec(N, limits).decode(ob.data) == ob.msg
+    assert min(e.round for e in padded.weak_edges) >= 10
+    (early,) = strat(ME, N, [Broadcast(Val(own_vertex(2)))], rng)
+    assert not early.attack  # nothing to pad below round 3
+
+
+def test_byzantine_nodes_keep_proposing_when_proposals_wait_for_the_batch_timer() -> None:
+    cfg = SimConfig(nodes=4, faults=1, byzantine="max-weak-edges", waves=3, batch_delay=20.0)
+    r = _Run(cfg, 3, None)
+    result = r.run()
+    (byz,) = result.node_kinds
+    assert r.nodes[byz].process.round >= 12, "the Byzantine node stalled at its batch timer"
+    assert result.attack_frames[byz] > 0
+
+
+def test_attack_and_withheld_frames_are_counted_and_reported() -> None:
+    result = run(SimConfig(nodes=4, faults=1, byzantine="silent", waves=2), 5)
+    (byz,) = result.node_kinds
+    assert result.attack_frames == {byz: 0}
+    assert result.withheld_frames[byz] > 0
+    verdicts = {v.name: v for v in result.verdicts}
+    assert verdicts["faults-happened"].ok, verdicts["faults-happened"]
+    doc = json.loads(result.to_json())
+    assert doc["withheld_frames"] == {str(byz): result.withheld_frames[byz]}
+    assert {"name": "faults-happened", "ok": True}.items() <= doc["verdicts"][-1].items()
+    garbage_run = run(SimConfig(nodes=4, faults=1, byzantine="garbage", waves=2), 5)
+    assert sum(garbage_run.attack_frames.values()) > 0
+    assert "attack frames" in garbage_run.summary()
+
+
+def test_a_crash_run_goes_on_until_the_crashed_node_restarted() -> None:
+    # Found by the faults-happened check: this run used to end before its only restart.
+    result = run(SimConfig(nodes=4, faults=1, byzantine="crash", waves=3, latency="constant"), 0)
+    assert result.ok, result.summary()
+    assert result.restarts >= 1
+
+
+def test_a_stalled_run_ends_early_and_fails_liveness() -> None:
+    r = _Run(SimConfig(nodes=4, waves=3), 1, None)
+    r.world.split([0, 1, 2, 3])  # nobody hears anybody, forever
+    result = r.run()
+    liveness_verdict = next(v for v in result.verdicts if v.name == "liveness")
+    assert not liveness_verdict.ok
+    assert liveness_verdict.detail.startswith("stalled: no correct node entered a new round")
+    assert result.virtual_ms < STALL_MS + 5_000, "a stall must not run to max_time"
+    assert "replay with:" in result.summary()
+
+
+def test_slow_node_is_a_correct_node_drawn_from_the_seed_and_reported() -> None:
+    cfg = SimConfig(nodes=4, faults=1, byzantine="silent", waves=2, slow_node_delay=300.0)
+    chosen = set()
+    for seed in range(8):
+        r = _Run(cfg, seed, None)
+        result = r.run()
+        assert result.slow_node in r.correct
+        assert r.world.out_delay == {result.slow_node: 300.0}
+        chosen.add(result.slow_node)
+        assert result.slow_node_tx_ordered_share == 1.0, result.summary()
+        assert f"slow node         node {result.slow_node}" in result.summary()
+    assert len(chosen) >= 2
+    plain = _Run(SimConfig(nodes=4, waves=2), 0, None)
+    assert plain.slow_node is None and plain.world.out_delay == {}
+
+
 @pytest.mark.parametrize("kind", ["garbage", "bad-coin", "bad-edges"])
 def test_correct_nodes_notice_detectable_misbehaviour(kind: str) -> None:
     result = run(SimConfig(nodes=4, faults=1, byzantine=kind, waves=3), 6)
@@ -619,6 +925,10 @@ def test_report_json_round_trips_and_has_the_metrics() -> None:
     msgs, byts = result.per_transaction()
     assert doc["messages_per_tx"] == msgs and doc["bytes_per_tx"] == byts
     assert set(doc["tx_latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert doc["tx_ordered_share"] == 1.0
+    assert doc["slow_node"] is None and doc["slow_node_tx_ordered_share"] is None
+    names = [v["name"] for v in doc["verdicts"]]
+    assert names == ["agreement", "integrity", "validity", "liveness", "faults-happened"]
 
 
 # --------------------------------------------------------------------------- latency
@@ -636,7 +946,11 @@ def test_latency_models_sample_in_their_ranges() -> None:
 
 
 def test_latency_registry() -> None:
-    for name in ("constant", "uniform", "longtail"):
+    for name in ("constant", "uniform", "longtail", "lan"):
         assert latency.by_name(name).name == name
+    lan = latency.by_name("lan")
+    rng = random.Random(0)
+    xs = [lan.sample(rng, 0, 1) for _ in range(2000)]
+    assert 1.0 <= min(xs) < 1.5 and 9.5 < max(xs) <= 10.0
     with pytest.raises(ValueError, match="unknown latency model"):
         latency.by_name("nope")
