@@ -8,8 +8,12 @@ it to its store before the bytes leave the node.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dagrider.messages import Message, NodeId, Vertex, VertexRef
+
+if TYPE_CHECKING:  # ordering imports effects
+    from dagrider.ordering import OrderingState
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,15 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class CheckpointReached:
+    """The log passed a checkpoint position; ``state`` resumes ordering exactly there.
+    The shell signs the checkpoint, persists the state and serves it (see
+    :mod:`dagrider.checkpoint`)."""
+
+    state: OrderingState
+
+
+@dataclass(frozen=True)
 class Misbehaviour:
     """A peer sent something a correct peer never sends; the shell may score or log it."""
 
@@ -114,5 +127,6 @@ Effect = (
     | AwaitBatch
     | LeaderDecided
     | Commit
+    | CheckpointReached
     | Misbehaviour
 )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dagrider.checkpoint import CHAIN_GENESIS, chain_next, entry_hash, ordering_digest, pack_block
 from dagrider.dag import Dag
-from dagrider.effects import Commit, Effect, LeaderDecided
+from dagrider.effects import CheckpointReached, Commit, Effect, LeaderDecided
 from dagrider.messages import Digest, NodeId, Vertex
 
 
@@ -38,15 +39,31 @@ class OrderingState:
     # Leaders of waves above decided_wave: a later commit walks back through them, and
     # their coins cannot be rebuilt once peers have moved on.
     leaders: tuple[tuple[int, NodeId], ...] = ()
+    # Hash chain of the committed log (entries with transactions), see dagrider.checkpoint.
+    chain: bytes = CHAIN_GENESIS
+
+    def digest(self, gc_depth: int) -> bytes:
+        """The agreed part of this state (see :func:`dagrider.checkpoint.ordering_digest`)."""
+        return ordering_digest(
+            self.decided_wave,
+            self.last_leader_round,
+            self.next_index,
+            self.next_tx_index,
+            self.chain,
+            self.ordered,
+            gc_depth,
+        )
 
 
 class Ordering:
     """Turns the DAG plus the coin's leaders into ``Commit`` effects."""
 
-    def __init__(self, n: int, f: int, gc_depth: int) -> None:
+    def __init__(self, n: int, f: int, gc_depth: int, checkpoint_interval: int = 0) -> None:
         self.n = n
         self.quorum = 2 * f + 1
         self.gc_depth = gc_depth
+        self.checkpoint_interval = checkpoint_interval  # 0: no checkpoints
+        self.chain = CHAIN_GENESIS
         self.next_wave = 1  # next wave to evaluate
         self.decided_wave = 0  # last wave whose leader was committed
         self.last_leader_round = 0
@@ -64,6 +81,27 @@ class Ordering:
             self.next_tx_index,
             tuple(sorted(self._ordered.items(), key=lambda kv: (kv[1], kv[0]))),
             tuple(sorted((w, x) for w, x in self.leaders.items() if w > self.decided_wave)),
+            self.chain,
+        )
+
+    def checkpoint_state(self) -> OrderingState:
+        """The state at a checkpoint: only what every correct node agrees on (ordered
+        digests at or above the floor, no leaders of undecided waves)."""
+        floor = self.floor()
+        return OrderingState(
+            self.next_wave,
+            self.decided_wave,
+            self.last_leader_round,
+            self.next_index,
+            self.next_tx_index,
+            tuple(
+                sorted(
+                    ((d, r) for d, r in self._ordered.items() if r >= floor),
+                    key=lambda kv: (kv[1], kv[0]),
+                )
+            ),
+            (),
+            self.chain,
         )
 
     def import_state(self, state: OrderingState) -> None:
@@ -74,6 +112,7 @@ class Ordering:
         self.next_tx_index = state.next_tx_index
         self._ordered = dict(state.ordered)
         self.leaders.update(dict(state.leaders))
+        self.chain = state.chain
 
     def set_leader(self, wave: int, leader: NodeId) -> None:
         self.leaders.setdefault(wave, leader)
@@ -82,8 +121,13 @@ class Ordering:
         """Evaluate every wave that is complete and whose coin is known, in order."""
         out: list[Effect] = []
         while self.next_wave <= completed_wave and self.next_wave in self.leaders:
+            before = self.next_index
             out += self._wave_ready(dag, self.next_wave)
             self.next_wave += 1
+            every = self.checkpoint_interval
+            if every and self.next_index // every > before // every:
+                # First wave boundary past a multiple: the same place on every node.
+                out.append(CheckpointReached(self.checkpoint_state()))
         return out
 
     def is_ordered(self, digest: Digest) -> bool:
@@ -140,6 +184,16 @@ class Ordering:
         for u in dag.history(leader, floor, self._ordered.keys()):
             self._ordered[u.digest] = u.round
             out.append(Commit(self.next_index, self.next_tx_index, u, wave, leader.ref))
+            if u.block:
+                entry = entry_hash(
+                    self.next_index,
+                    self.next_tx_index,
+                    u.round,
+                    u.source,
+                    wave,
+                    pack_block(u.block),
+                )
+                self.chain = chain_next(self.chain, entry)
             self.next_index += 1
             self.next_tx_index += len(u.block)
         self.last_leader_round = leader.round

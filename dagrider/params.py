@@ -70,6 +70,8 @@ class Parameters:
     future_rounds: int = 200
     peer_budget_bytes: int = 64 * 1024 * 1024
     response_budget_bytes: int = 16 * 1024 * 1024
+    # Committed vertices between checkpoints (0: none); see dagrider.checkpoint.
+    checkpoint_interval: int = 0
 
     def __post_init__(self) -> None:
         if self.gc_depth < 8:
@@ -78,6 +80,10 @@ class Parameters:
             raise ValueError(
                 f"Parameters.batch_size must be in 1..{self.limits.max_txs_per_vertex}, "
                 f"got {self.batch_size}"
+            )
+        if self.checkpoint_interval < 0:
+            raise ValueError(
+                f"Parameters.checkpoint_interval must be >= 0, got {self.checkpoint_interval}"
             )
         if self.future_rounds < self.gc_depth:
             raise ValueError(

@@ -89,7 +89,7 @@ class Process:
             cfg.me, cfg.n, cfg.f, lookahead=p.future_rounds, budget_bytes=p.peer_budget_bytes
         )
         self.dag = Dag(cfg.n, cfg.f, p.gc_depth)
-        self.ordering = Ordering(cfg.n, cfg.f, p.gc_depth)
+        self.ordering = Ordering(cfg.n, cfg.f, p.gc_depth, p.checkpoint_interval)
         self.round = 0  # highest round this process has proposed in (0: only genesis)
         self.mempool: deque[bytes] = deque()
         self.awaiting_batch = False
@@ -211,10 +211,12 @@ class Process:
         own = {v.round: v for v in state.own if v.round >= floor}
         self._suppress_commits_below = state.committed
         self.started = True
-        if floor > 0 and own:
-            # Rounds below the floor are gone: resume at our last proposal instead of
-            # walking up from genesis. Its VAL goes out again with ``resync``.
-            self.round = max(own)
+        if floor > 0:
+            # Rounds below the floor are gone: resume at our last proposal (its VAL
+            # goes out again with ``resync``), or at the floor itself when we have
+            # none above it (a state installed from a checkpoint), instead of walking
+            # up from genesis.
+            self.round = max(own) if own else floor
             self.rbc.current_round = self.round
             self.completed_wave = (self.round - 1) // 4
             self._own = own
@@ -233,6 +235,34 @@ class Process:
             out += self._on_delivered(v)
         out += self._advance()
         return [e for e in out if not isinstance(e, Delivered)]
+
+    def install_checkpoint(self, state: OrderingState) -> list[Effect]:
+        """Resume ordering from a certified checkpoint instead of replaying history.
+
+        The shell has verified ``state`` against a certificate (f+1 members signed its
+        digest) and stored it with the log it ends. Everything below the new GC floor
+        is dropped; this process enters the floor round without a vertex of its own and
+        walks up with the vertices its peers still hold (catch-up), proposing again only
+        once it is near the committee's proven round (the skip rule in ``_advance``).
+        """
+        if state.next_index <= self.ordering.next_index:
+            return []
+        self.ordering.import_state(state)
+        floor = self.ordering.floor()
+        self.dag.prune(floor)
+        self.rbc.prune(floor)
+        self.ordering.prune(floor)
+        self._coins = {w: c for w, c in self._coins.items() if w >= self.ordering.next_wave}
+        self._own = {r: v for r, v in self._own.items() if r >= floor}
+        self._replayed_own = {}
+        self._work = {d: r for d, r in self._work.items() if r >= floor}
+        self.started = True
+        out: list[Effect] = []
+        if self.round < floor:
+            self.awaiting_batch = False
+            self.completed_wave = max(self.completed_wave, (floor - 1) // 4)
+            out += self._enter_round(floor)
+        return out + self._advance()
 
     # -- reliable broadcast -> DAG ------------------------------------------------------
 

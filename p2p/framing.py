@@ -40,6 +40,7 @@ class FrameKind(IntEnum):
     NAT = 4
     DHT = 5
     CONTENT = 6
+    STATE = 7  # consensus checkpoints and state transfer (dagrider.statesync)
 
 
 LINK_KINDS: Final = frozenset({FrameKind.DATA, FrameKind.PING, FrameKind.PONG})

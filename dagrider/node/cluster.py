@@ -42,6 +42,8 @@ class ClusterSpec:
     batch_delay_ms: int = 50
     max_pending: int = 20_000
     gc_depth: int = 50
+    checkpoint_interval: int = 256
+    retain_rounds: int = 2_000
     log_level: str = "info"
     crdt_sync_interval_ms: int = 2_000
     crdt_checkpoint_interval_ms: int = 10_000
@@ -165,6 +167,10 @@ class LocalCluster:
                     f"batch_size = {s.batch_size}",
                     f"batch_delay_ms = {s.batch_delay_ms}",
                     f"gc_depth = {s.gc_depth}",
+                    f"checkpoint_interval = {s.checkpoint_interval}",
+                    "",
+                    "[storage]",
+                    f"retain_rounds = {s.retain_rounds}",
                     "",
                     "[mempool]",
                     f"max_pending = {s.max_pending}",

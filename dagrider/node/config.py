@@ -38,6 +38,8 @@ class NodeConfig:
     future_rounds: int = 200
     peer_budget_bytes: int = 64 * 1024 * 1024
     response_budget_bytes: int = 16 * 1024 * 1024
+    checkpoint_interval: int = 256  # committed vertices between certified checkpoints
+    retain_rounds: int = 2_000  # rounds of vertices and votes kept below the GC floor
     max_pending: int = 20_000
     max_body_bytes: int = 64 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
@@ -79,6 +81,7 @@ class NodeConfig:
             future_rounds=self.future_rounds,
             peer_budget_bytes=self.peer_budget_bytes,
             response_budget_bytes=self.response_budget_bytes,
+            checkpoint_interval=self.checkpoint_interval,
         )
 
 
@@ -98,9 +101,10 @@ _SECTIONS: dict[str, set[str]] = {
         "future_rounds",
         "peer_budget_mib",
         "response_budget_mib",
+        "checkpoint_interval",
     },
     "mempool": {"max_pending"},
-    "storage": {"fsync"},
+    "storage": {"fsync", "retain_rounds"},
     "log": {"format", "level"},
     "crdt": {"enabled", "sync_interval_ms", "checkpoint_interval_ms", "writers"},
     "nat": {"enabled", "relays", "offer_relay", "reserve", "dial_timeout_ms"},
@@ -177,6 +181,8 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             future_rounds=_int(cons, "future_rounds", 200),
             peer_budget_bytes=_int(cons, "peer_budget_mib", 64) * 1024 * 1024,
             response_budget_bytes=_int(cons, "response_budget_mib", 16) * 1024 * 1024,
+            checkpoint_interval=_int(cons, "checkpoint_interval", 256),
+            retain_rounds=_int(raw.get("storage", {}), "retain_rounds", 2_000),
             max_pending=_int(raw.get("mempool", {}), "max_pending", 20_000),
             max_body_bytes=_int(api, "max_body_bytes", 64 * 1024 * 1024),
             limits=limits,
@@ -211,6 +217,10 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         raise ConfigError(str(exc)) from None
     if cfg.batch_delay < 0:
         raise ConfigError("[consensus] batch_delay_ms must be >= 0")
+    if cfg.checkpoint_interval < 1:
+        raise ConfigError("[consensus] checkpoint_interval must be >= 1")
+    if cfg.retain_rounds < 0:
+        raise ConfigError("[storage] retain_rounds must be >= 0")
     if cfg.idle_round_interval < 0:
         raise ConfigError("[consensus] idle_round_ms must be >= 0")
     if cfg.max_pending < 1:

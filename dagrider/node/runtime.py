@@ -23,6 +23,7 @@ from dagrider.committee import Committee, NodeSecret
 from dagrider.effects import (
     AwaitBatch,
     Broadcast,
+    CheckpointReached,
     Commit,
     Effect,
     LeaderDecided,
@@ -51,6 +52,7 @@ from dagrider.node.crdt_node import CrdtNode
 from dagrider.node.mesh import Mesh
 from dagrider.node.metrics import Metrics
 from dagrider.node.service import LogEntry, MempoolFull, TxStatus, TxTooLarge
+from dagrider.node.state_sync import StateSync
 from dagrider.node.store import Store, tx_digest
 from dagrider.process import Process, ProcessConfig
 from p2p.config import TransportConfig
@@ -109,7 +111,11 @@ class Node:
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
             logger=log.getChild("transport"),
-            channels={FrameKind.CRDT: self._on_crdt_frame, FrameKind.NAT: self._on_nat_frame},
+            channels={
+                FrameKind.CRDT: self._on_crdt_frame,
+                FrameKind.NAT: self._on_nat_frame,
+                FrameKind.STATE: self._on_state_frame,
+            },
         )
         self.nat = self._build_nat() if cfg.nat_enabled else None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +126,17 @@ class Node:
             c.committee_id,
             self.params.gc_depth,
             cfg.fsync,
+            retain_rounds=cfg.retain_rounds,
+        )
+        self.state_sync = StateSync(
+            c,
+            self.secret,
+            self.process,
+            self.store,
+            self.transport,
+            self._emit,
+            self._misbehaviour,
+            log.getChild("state"),
         )
         self.crdt = self._build_crdt() if cfg.crdt_enabled else None
         self._effects: list[Effect] = []
@@ -145,6 +162,7 @@ class Node:
             self._pending_ids[tx_digest(tx)] = self._pending_ids.get(tx_digest(tx), 0) + 1
         self.process.mempool.extend(mempool)
         self._emit(self.process.recover(recovery))
+        self.state_sync.load()
         self.logger.info(
             "node started",
             extra={
@@ -257,6 +275,9 @@ class Node:
             address = self.cfg.peers.get(peer) or _member_address(self.committee, peer)
             nat.want(key, PeerInfo((address,), True, relays))
 
+    def _on_state_frame(self, peer_key: bytes, data: bytes) -> None:
+        self.state_sync.on_frame(peer_key, data)
+
     def _on_crdt_frame(self, peer_key: bytes, data: bytes) -> None:
         if self.crdt is not None:  # any authenticated peer: changes carry their signatures
             self.crdt.on_frame(peer_key, data)
@@ -298,8 +319,12 @@ class Node:
             # Stuck: a parent is missing and we made no progress for a whole period. A
             # vertex whose parents never existed (a Byzantine source's invention) waits
             # in the buffer while rounds go on, and must not make us ask every second.
-            stuck = missing is not None and rnd == previous_round
+            progressed = rnd != previous_round
+            stuck = missing is not None and not progressed
             previous_round = rnd
+            # Far behind and getting nowhere: peers may no longer hold those rounds, so
+            # a certified checkpoint is the way back (dagrider.node.state_sync).
+            self.state_sync.seek(behind and not progressed)
             if not (behind or stuck):
                 continue
             start = self.process.round if missing is None else min(missing, self.process.round)
@@ -389,6 +414,8 @@ class Node:
                 self._on_leader(e)
             elif isinstance(e, Misbehaviour):
                 self._misbehaviour(e.peer, e.reason)
+            elif isinstance(e, CheckpointReached):
+                self.state_sync.on_checkpoint(e.state)
         if committed:
             self._log_changed.set()
             self._log_changed = asyncio.Event()
@@ -511,6 +538,7 @@ class Node:
             log_head=self.log_head(),
             uptime_seconds=round(time.time() - self.started_at, 3),
             peers=self.transport.stats(),
+            state_sync=self.state_sync.status(),
         )
         if self.crdt is not None:
             st["crdt"] = self.crdt.status()

@@ -14,7 +14,9 @@ restarted node can never send a conflicting one. Tables:
   difference between the store and consensus being the bottleneck (profiled: per-row
   inserts with a random 32-byte index took 45 % of a loaded node's time);
 * ``mempool``: accepted client transactions not yet proposed;
-* ``meta``: the ordering snapshot that matches the log.
+* ``meta``: the ordering snapshot that matches the log (with the log's hash chain);
+* ``checkpoints``: the ordering state at each recent checkpoint position and, once f+1
+  members signed it, its certificate (see :mod:`dagrider.checkpoint`).
 
 Rows below the GC floor are deleted as the floor rises; the log is kept in full.
 """
@@ -29,12 +31,27 @@ from pathlib import Path
 
 import msgpack
 
+from crdt.checkpoint import is_checkpoint
+from dagrider.checkpoint import CHAIN_GENESIS, Certificate
 from dagrider.codec import Codec, encode
 from dagrider.coin import CoinShare
-from dagrider.effects import Broadcast, Commit, Delivered, Effect, Proposed, Requeued
+from dagrider.effects import (
+    Broadcast,
+    CheckpointReached,
+    Commit,
+    Delivered,
+    Effect,
+    Proposed,
+    Requeued,
+)
+from dagrider.errors import DecodeError
 from dagrider.messages import CoinShareMsg, Echo, Ready, Val, Vertex
 from dagrider.ordering import OrderingState
 from dagrider.process import Recovery
+from dagrider.statesync import CertificateOffer, pack_ordering, unpack_ordering
+from dagrider.statesync import LogRow as SyncRow
+from dagrider.statesync import decode as decode_state
+from dagrider.statesync import encode as encode_state
 
 SCHEMA_VERSION = 2
 
@@ -60,7 +77,10 @@ CREATE TABLE IF NOT EXISTS tx_ids (prefix INTEGER PRIMARY KEY, tx_index INTEGER 
 CREATE TABLE IF NOT EXISTS mempool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, tx_id BLOB NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS mempool_tx_id ON mempool(tx_id);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    idx INTEGER PRIMARY KEY, state BLOB NOT NULL, certificate BLOB);
 """
+CHECKPOINTS_KEPT = 8  # own checkpoint states (and certificates) kept to serve peers
 
 _ECHO, _READY = 1, 2
 
@@ -110,6 +130,11 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._check_identity(committee_id)
         self.floor = 0
+        row = self._db.execute("SELECT value FROM meta WHERE key='crdt_cut'").fetchone()
+        # Digest of the last CRDT checkpoint transaction in the log (zeros: none yet):
+        # the CRDT cut a consensus checkpoint vouches for, the same on every node.
+        self.crdt_cut = bytes(row[0]) if row else bytes(32)
+        self.crdt_cut_at: dict[int, bytes] = {}  # checkpoint position -> cut in force
 
     def close(self) -> None:
         self._db.close()
@@ -185,9 +210,19 @@ class Store:
                     "INSERT INTO mempool(tx_id, data) VALUES (?, ?)",
                     [(tx_digest(tx), tx) for tx in e.txs],
                 )
+            elif isinstance(e, CheckpointReached):
+                self.crdt_cut_at[e.state.next_index] = self.crdt_cut
+                self.save_checkpoint(e.state)
             elif isinstance(e, Commit):
                 v = e.vertex
                 if v.block:
+                    for tx in v.block:
+                        if is_checkpoint(tx):
+                            self.crdt_cut = hashlib.blake2b(tx, digest_size=32).digest()
+                            db.execute(
+                                "INSERT OR REPLACE INTO meta VALUES ('crdt_cut', ?)",
+                                (self.crdt_cut,),
+                            )
                     block = msgpack.packb(list(v.block), use_bin_type=True)
                     log_rows.append(
                         (e.index, e.tx_index, len(v.block), v.round, v.source, e.wave, now, block)
@@ -218,6 +253,118 @@ class Store:
         db.execute("DELETE FROM votes WHERE round < ?", (keep,))
         db.execute("DELETE FROM own WHERE round < ?", (floor,))
         db.execute("DELETE FROM coin_shares WHERE wave < ?", (ordering.next_wave,))
+
+    # -- checkpoints and state transfer -------------------------------------------------
+
+    def save_checkpoint(self, state: OrderingState) -> None:
+        """Keep the ordering state at a checkpoint position (to serve it once certified)."""
+        db = self._db
+        db.execute(
+            "INSERT OR IGNORE INTO checkpoints(idx, state) VALUES (?, ?)",
+            (state.next_index, _pack_ordering(state)),
+        )
+        db.execute(
+            "DELETE FROM checkpoints WHERE idx NOT IN "
+            "(SELECT idx FROM checkpoints ORDER BY idx DESC LIMIT ?)",
+            (CHECKPOINTS_KEPT,),
+        )
+
+    def save_certificate(self, cert: Certificate, state: OrderingState | None = None) -> None:
+        """Persist a certificate (and the state it certifies, if we did not reach it)."""
+        idx = cert.checkpoint.index
+        db = self._db
+        if state is not None:
+            db.execute(
+                "INSERT OR IGNORE INTO checkpoints(idx, state) VALUES (?, ?)",
+                (idx, _pack_ordering(state)),
+            )
+        db.execute(
+            "UPDATE checkpoints SET certificate = ? WHERE idx = ?", (_pack_certificate(cert), idx)
+        )
+
+    def latest_certificate(self) -> tuple[Certificate, OrderingState] | None:
+        """The newest certified checkpoint we hold with its ordering state."""
+        row = self._db.execute(
+            "SELECT certificate, state FROM checkpoints WHERE certificate IS NOT NULL "
+            "ORDER BY idx DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return _unpack_certificate(bytes(row[0])), _unpack_ordering(bytes(row[1]))
+
+    def log_rows(self, first: int, until: int, max_bytes: int) -> tuple[list[SyncRow], bool]:
+        """Log rows with vertex index in [first, until), at most ``max_bytes`` of blocks
+        (at least one row); and whether the range is exhausted."""
+        rows: list[SyncRow] = []
+        size = 0
+        cursor = self._db.execute(
+            "SELECT vertex_index, tx_index, round, source, wave, block FROM log "
+            "WHERE vertex_index >= ? AND vertex_index < ? ORDER BY vertex_index",
+            (first, until),
+        )
+        for index, tx_index, rnd, source, wave, block in cursor:
+            if rows and size + len(block) > max_bytes:
+                return rows, False
+            rows.append(SyncRow(index, tx_index, rnd, source, wave, bytes(block)))
+            size += len(block)
+        return rows, True
+
+    def install(
+        self, cert: Certificate, state: OrderingState, rows: Sequence[SyncRow], now: float
+    ) -> None:
+        """Install a verified transfer in one transaction: the log up to the certified
+        position, the ordering state that resumes there, and the certificate."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO log VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r.index,
+                        r.tx_index,
+                        len(r.transactions()),
+                        r.round,
+                        r.source,
+                        r.wave,
+                        now,
+                        r.block,
+                    )
+                    for r in rows
+                ],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO tx_ids VALUES (?,?)",
+                [
+                    (_prefix(tx), r.tx_index + k)
+                    for r in rows
+                    for k, tx in enumerate(r.transactions())
+                ],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('ordering', ?)", (_pack_ordering(state),)
+            )
+            db.execute(
+                "DELETE FROM own WHERE round < ?",
+                (max(0, state.last_leader_round - self.gc_depth),),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints(idx, state, certificate) VALUES (?, ?, ?)",
+                (cert.checkpoint.index, _pack_ordering(state), _pack_certificate(cert)),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.floor = max(0, state.last_leader_round - self.gc_depth)
+
+    def set_crdt_cut(self, cut: bytes) -> None:
+        self.crdt_cut = cut
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('crdt_cut', ?)", (cut,))
+
+    def ordering_state(self) -> OrderingState | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='ordering'").fetchone()
+        return _unpack_ordering(bytes(row[0])) if row else None
 
     def add_to_mempool(self, txs: Sequence[bytes]) -> list[bytes]:
         """Persist accepted client transactions; returns their ids."""
@@ -356,29 +503,32 @@ def _val(msg: object) -> Vertex:
 
 
 def _pack_ordering(s: OrderingState) -> bytes:
-    packed: bytes = msgpack.packb(
-        [
-            s.next_wave,
-            s.decided_wave,
-            s.last_leader_round,
-            s.next_index,
-            s.next_tx_index,
-            [[d, r] for d, r in s.ordered],
-            [[w, x] for w, x in s.leaders],
-        ],
-        use_bin_type=True,
-    )
+    packed: bytes = msgpack.packb(pack_ordering(s), use_bin_type=True)
     return packed
 
 
 def _unpack_ordering(b: bytes) -> OrderingState:
-    nw, dw, llr, ni, nti, ordered, leaders = msgpack.unpackb(b, raw=False)
-    return OrderingState(
-        nw,
-        dw,
-        llr,
-        ni,
-        nti,
-        tuple((bytes(d), int(r)) for d, r in ordered),
-        tuple((int(w), int(x)) for w, x in leaders),
-    )
+    fields = msgpack.unpackb(b, raw=False)
+    if isinstance(fields, list) and len(fields) == 7:  # written before the hash chain
+        fields.append(CHAIN_GENESIS)
+    try:
+        return unpack_ordering(fields)
+    except DecodeError as exc:
+        raise StoreError(f"corrupt store: ordering state: {exc}") from None
+
+
+def _pack_certificate(cert: Certificate) -> bytes:
+    return encode_state(CertificateOffer(cert, _EMPTY_STATE))
+
+
+def _unpack_certificate(b: bytes) -> Certificate:
+    try:
+        msg = decode_state(b)
+    except DecodeError as exc:
+        raise StoreError(f"corrupt store: certificate: {exc}") from None
+    if not isinstance(msg, CertificateOffer):
+        raise StoreError("corrupt store: expected a certificate")
+    return msg.certificate
+
+
+_EMPTY_STATE = OrderingState(0, 0, 0, 0, 0, ())

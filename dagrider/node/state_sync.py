@@ -1,0 +1,283 @@
+"""The daemon's checkpoint and state-transfer shell, on the ``STATE`` frame channel.
+
+It signs a checkpoint whenever the ordering passes one, gathers the members' votes
+into certificates (:class:`~dagrider.checkpoint.CheckpointCollector`), keeps them in
+the store and serves them. A member that has fallen behind further than its peers keep
+history (the catch-up loop tells it, see :meth:`StateSync.seek`) asks for the latest
+certificate, checks it (f+1 member signatures, the ordering state's digest), fetches
+the log up to it from one peer at a time (:class:`~dagrider.statesync.Transfer`,
+banning a peer whose rows do not match the certificate's hash chain), installs log and
+state in one store transaction and lets the process resume from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from crdt.checkpoint import is_checkpoint
+from dagrider.checkpoint import Certificate, CertificateError, Checkpoint, CheckpointCollector
+from dagrider.committee import Committee, NodeSecret
+from dagrider.effects import Effect
+from dagrider.errors import DecodeError
+from dagrider.node.store import Store
+from dagrider.ordering import OrderingState
+from dagrider.process import Process
+from dagrider.statesync import (
+    LOG_CHUNK_BYTES,
+    CertificateOffer,
+    CertificateRequest,
+    CheckpointVote,
+    LogRequest,
+    LogRows,
+    StateMessage,
+    Transfer,
+    decode,
+    encode,
+)
+from p2p.framing import FrameKind
+from p2p.transport import PeerTransport
+
+SEEK_AFTER = 3  # consecutive "behind" catch-up periods before asking for a certificate
+ANSWERS_PER_SECOND = 8.0  # certificate and log answers one peer may have per second
+ANSWER_BURST = 16.0
+
+
+class StateSync:
+    """One member's checkpoints, certificates and state transfers."""
+
+    def __init__(
+        self,
+        committee: Committee,
+        secret: NodeSecret,
+        process: Process,
+        store: Store,
+        transport: PeerTransport,
+        emit: Callable[[list[Effect]], None],
+        misbehaviour: Callable[[int, str], None],
+        logger: logging.Logger,
+    ) -> None:
+        self.committee = committee
+        self.me = secret.node_id
+        self.signing_key = secret.signing_key()
+        self.process = process
+        self.store = store
+        self.transport = transport
+        self.emit = emit
+        self.misbehaviour = misbehaviour
+        self.logger = logger
+        params = process.cfg.params
+        self.gc_depth = params.gc_depth
+        self.keys = {m.node_id: m.identity_key for m in committee.members}
+        self.id_of = {m.identity_key: m.node_id for m in committee.members}
+        self.peers = [m.node_id for m in committee.members if m.node_id != self.me]
+        self.collector = CheckpointCollector(
+            committee.committee_id, self.keys, committee.f, params.checkpoint_interval
+        )
+        self.transfer: Transfer | None = None
+        self._behind_periods = 0
+        self._tokens: dict[int, tuple[float, float]] = {}
+        self.stats = {
+            "checkpoints_signed": 0,
+            "certificates": 0,
+            "transfers_started": 0,
+            "transfers_installed": 0,
+            "transfer_peers_banned": 0,
+        }
+
+    def load(self) -> None:
+        latest = self.store.latest_certificate()
+        if latest is not None:
+            self.collector.adopt(latest[0])
+        self.collector.position = self.process.ordering.next_index
+
+    def status(self) -> dict[str, object]:
+        latest = self.collector.latest
+        return {
+            **self.stats,
+            "latest_certificate": None if latest is None else latest.checkpoint.index,
+            "transfer": None
+            if self.transfer is None
+            else {
+                "target": self.transfer.target.index,
+                "position": self.transfer.position,
+                "serving": self.transfer.serving,
+                "banned": sorted(self.transfer.banned),
+            },
+        }
+
+    # -- our own checkpoints -------------------------------------------------------------
+
+    def on_checkpoint(self, state: OrderingState) -> None:
+        """The ordering passed a checkpoint (already stored): sign it, tell the others."""
+        cut = self.store.crdt_cut_at.pop(state.next_index, self.store.crdt_cut)
+        cp = Checkpoint(
+            self.committee.committee_id,
+            state.next_index,
+            state.next_tx_index,
+            state.chain,
+            state.digest(self.gc_depth),
+            cut,
+        )
+        sig = cp.sign(self.signing_key)
+        self.stats["checkpoints_signed"] += 1
+        self.collector.position = state.next_index
+        data = encode(CheckpointVote(cp, sig))
+        for peer in self.peers:
+            self._send(peer, data)
+        self._take_vote(self.me, cp, sig)
+
+    def _take_vote(self, signer: int, cp: Checkpoint, sig: bytes) -> None:
+        result = self.collector.add(signer, cp, sig)
+        if isinstance(result, str):
+            self.misbehaviour(signer, result)
+        elif isinstance(result, Certificate):
+            self.stats["certificates"] += 1
+            self.store.save_certificate(result)
+            self.logger.info(
+                "checkpoint certified",
+                extra={"index": cp.index, "signers": [s for s, _ in result.signatures]},
+            )
+
+    # -- frames --------------------------------------------------------------------------
+
+    def on_frame(self, peer_key: bytes, data: bytes) -> None:
+        sender = self.id_of.get(peer_key)
+        if sender is None or sender == self.me:
+            return  # state transfer is between members only
+        try:
+            msg = decode(data)
+        except DecodeError as exc:
+            self.misbehaviour(sender, f"undecodable state-sync message: {exc}")
+            return
+        self._dispatch(sender, msg)
+
+    def _dispatch(self, sender: int, msg: StateMessage) -> None:
+        match msg:
+            case CheckpointVote(cp, sig):
+                self._take_vote(sender, cp, sig)
+            case CertificateRequest():
+                if self._may_answer(sender):
+                    self._offer(sender)
+            case CertificateOffer():
+                self._on_offer(sender, msg)
+            case LogRequest(first, until):
+                if self._may_answer(sender):
+                    rows, done = self.store.log_rows(first, until, LOG_CHUNK_BYTES)
+                    self._send(sender, encode(LogRows(tuple(rows), done)))
+            case LogRows():
+                self._on_rows(sender, msg)
+
+    def _may_answer(self, peer: int) -> bool:
+        now = time.monotonic()
+        stamp, tokens = self._tokens.get(peer, (now, ANSWER_BURST))
+        tokens = min(ANSWER_BURST, tokens + (now - stamp) * ANSWERS_PER_SECOND)
+        if tokens < 1.0:
+            self._tokens[peer] = (now, tokens)
+            self.misbehaviour(peer, "state-sync requests over the rate limit")
+            return False
+        self._tokens[peer] = (now, tokens - 1.0)
+        return True
+
+    def _offer(self, peer: int) -> None:
+        latest = self.store.latest_certificate()
+        if latest is not None:
+            self._send(peer, encode(CertificateOffer(*latest)))
+
+    def _send(self, peer: int, data: bytes) -> None:
+        self.transport.send(self.keys[peer], data, FrameKind.STATE)
+
+    # -- falling behind and catching up from a certificate ---------------------------------
+
+    def seek(self, behind: bool) -> None:
+        """Called once per catch-up period: after a few periods behind, ask every peer
+        for its latest certificate; while a transfer runs, re-ask its serving peer (a
+        lost answer or a reconnect resumes where the verified rows end)."""
+        self._behind_periods = self._behind_periods + 1 if behind else 0
+        if self.transfer is not None:
+            req = self.transfer.request()
+            if req is None:
+                self.logger.warning("state transfer: no peer left to ask; starting over")
+                self.transfer = None
+            else:
+                self._send(req[0], encode(req[1]))
+            return
+        if self._behind_periods >= SEEK_AFTER:
+            data = encode(CertificateRequest())
+            for peer in self.peers:
+                self._send(peer, data)
+
+    def _on_offer(self, sender: int, offer: CertificateOffer) -> None:
+        if self.transfer is not None or self._behind_periods < SEEK_AFTER:
+            return  # unasked (or already busy): nothing to do with it
+        cert, state = offer.certificate, offer.state
+        ordering = self.process.ordering
+        if cert.checkpoint.index <= ordering.next_index:
+            return  # no newer than what we have
+        if max(0, state.last_leader_round - self.gc_depth) <= self.process.round:
+            return  # installing it would not move us forward: catch-up will do
+        try:
+            cert.verify(self.committee.committee_id, self.keys, self.committee.f)
+        except CertificateError as exc:
+            self.misbehaviour(sender, f"certificate refused: {exc}")
+            return
+        cp = cert.checkpoint
+        if state.digest(self.gc_depth) != cp.ordering or state.next_index != cp.index:
+            self.misbehaviour(sender, "ordering state does not match its certificate")
+            return
+        if (state.next_tx_index, state.chain) != (cp.tx_index, cp.chain):
+            self.misbehaviour(sender, "ordering state does not match its certificate")
+            return
+        peers = [sender, *(p for p in self.peers if p != sender)]
+        self.transfer = Transfer(
+            cert, state, ordering.next_index, ordering.next_tx_index, ordering.chain, peers
+        )
+        self.stats["transfers_started"] += 1
+        self.logger.info(
+            "state transfer started",
+            extra={"from_index": ordering.next_index, "to_index": cp.index, "peer": sender},
+        )
+        req = self.transfer.request()
+        if req is not None:
+            self._send(req[0], encode(req[1]))
+
+    def _on_rows(self, sender: int, msg: LogRows) -> None:
+        t = self.transfer
+        if t is None:
+            return
+        why = t.on_rows(sender, msg)
+        if why is not None:
+            self.stats["transfer_peers_banned"] += 1
+            self.misbehaviour(sender, f"state transfer: {why}")
+        elif t.finished:
+            self._install(t)
+            return
+        req = t.request()
+        if req is not None:
+            self._send(req[0], encode(req[1]))
+
+    def _install(self, t: Transfer) -> None:
+        self.transfer = None
+        cut = self.store.crdt_cut
+        for row in t.rows:
+            for tx in row.transactions():
+                if is_checkpoint(tx):
+                    cut = hashlib.blake2b(tx, digest_size=32).digest()
+        if cut != t.target.crdt:
+            # The log verified against the chain, so f+1 signers vouched for another
+            # cut than this log implies: refuse rather than install something odd.
+            self.logger.error("state transfer: CRDT cut does not match the certificate")
+            return
+        self.store.install(t.certificate, t.state, t.rows, time.time())
+        self.store.set_crdt_cut(cut)
+        self.collector.adopt(t.certificate)
+        self.collector.position = t.state.next_index
+        self.stats["transfers_installed"] += 1
+        self.logger.info(
+            "state transfer installed",
+            extra={"index": t.target.index, "rows": len(t.rows), "tx_index": t.target.tx_index},
+        )
+        self._behind_periods = 0
+        self.emit(self.process.install_checkpoint(t.state))
