@@ -10,6 +10,15 @@ change of the cut by hash.
 Anyone can submit a transaction, so a checkpoint counts only if it is signed by one of
 the configured keys (the committee's) over this committee's domain; everything else
 that merely looks like one is ignored, deterministically, on every node.
+
+Attestations (format version 2). A checkpoint transaction may also carry up to
+``MAX_ATTESTS`` attestations ``(k, digest)``: "the state of checkpoint k's cut, encoded
+as a :class:`~crdt.snapshot.Snapshot`, has this digest, computed from changes I
+verified". A checkpoint becomes *final* (its history may be compacted, and a snapshot of
+it may be accepted from a peer) once enough distinct committee members attested the
+same digest for it (f + 1 of n = 3f + 1 by default: at least one of them is correct, so
+the digest is the true state of the cut). The tally is a function of the log alone and
+so the same on every node. Version 1 transactions (heads only) are still read.
 """
 
 from __future__ import annotations
@@ -25,16 +34,28 @@ from nacl.signing import VerifyKey
 from crdt.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, Signer
 
 MAGIC = b"\x00drcrdt-ckpt\x00"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAX_CHECKPOINT_HEADS = 4096
+MAX_ATTESTS = 8
+DIGEST_BYTES = 32
+
+Attestation = tuple[int, bytes]
+"""(checkpoint number k, snapshot digest of k's cut)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CheckpointClaim:
-    """A validly signed head set found in a transaction."""
+    """A validly signed head set (and attestations) found in a transaction."""
 
     signer: bytes
     heads: tuple[bytes, ...]
+    attests: tuple[Attestation, ...] = ()
+
+
+def attest_quorum(members: int) -> int:
+    """Matching attestations that make a checkpoint final: f + 1 for n = 3f + 1 + r."""
+    return (max(members, 1) - 1) // 3 + 1
 
 
 def is_checkpoint(tx: bytes) -> bool:
@@ -42,17 +63,37 @@ def is_checkpoint(tx: bytes) -> bool:
     return tx.startswith(MAGIC)
 
 
-def _body(domain: bytes, signer: bytes, heads: tuple[bytes, ...]) -> bytes:
-    packed: bytes = msgpack.packb([VERSION, domain, signer, list(heads)], use_bin_type=True)
+def _body(
+    version: int,
+    domain: bytes,
+    signer: bytes,
+    heads: tuple[bytes, ...],
+    attests: tuple[Attestation, ...],
+) -> bytes:
+    fields: list[object] = [version, domain, signer, list(heads)]
+    if version >= 2:
+        fields.append([[k, d] for k, d in attests])
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return MAGIC + packed
 
 
-def encode_checkpoint(signer: Signer, domain: bytes, heads: Iterable[bytes]) -> bytes:
-    """The transaction bytes announcing ``heads`` (sorted) as a checkpoint candidate."""
+def encode_checkpoint(
+    signer: Signer,
+    domain: bytes,
+    heads: Iterable[bytes],
+    attests: Iterable[Attestation] = (),
+) -> bytes:
+    """The transaction bytes announcing ``heads`` (sorted) as a checkpoint candidate,
+    with attestations of earlier checkpoints' digests (sorted by k, the newest kept)."""
     ordered = tuple(sorted(set(heads)))[:MAX_CHECKPOINT_HEADS]
+    latest: dict[int, bytes] = {}
+    for k, digest in attests:
+        latest.setdefault(k, digest)
+    claims = tuple(sorted(latest.items()))[-MAX_ATTESTS:]
     key = signer.public_key
-    signature = signer.sign(_body(domain, key, ordered))
-    packed: bytes = msgpack.packb([VERSION, key, list(ordered), signature], use_bin_type=True)
+    signature = signer.sign(_body(VERSION, domain, key, ordered, claims))
+    wire = [VERSION, key, list(ordered), [[k, d] for k, d in claims], signature]
+    packed: bytes = msgpack.packb(wire, use_bin_type=True)
     return MAGIC + packed
 
 
@@ -69,10 +110,18 @@ def decode_checkpoint(
         obj = msgpack.unpackb(tx[len(MAGIC) :], raw=False, use_list=True)
     except Exception:
         return None
-    if not isinstance(obj, list) or len(obj) != 4:
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         return None
-    version, key, heads, signature = obj
-    if type(version) is not int or version != VERSION:
+    version = obj[0]
+    if version not in READABLE_VERSIONS or len(obj) != version + 3:
+        return None
+    if version == 1:
+        _, key, heads, signature = obj
+        raw_attests: object = []
+    else:
+        _, key, heads, raw_attests, signature = obj
+    attests = _attestations(raw_attests)
+    if attests is None:
         return None
     if not isinstance(key, bytes) or len(key) != KEY_BYTES or key not in signers:
         return None
@@ -86,7 +135,26 @@ def decode_checkpoint(
         return None
     head_tuple = tuple(heads)
     try:
-        VerifyKey(key).verify(_body(domain, key, head_tuple), signature)
+        VerifyKey(key).verify(_body(version, domain, key, head_tuple, attests), signature)
     except (BadSignatureError, ValueError):
         return None
-    return CheckpointClaim(key, head_tuple)
+    return CheckpointClaim(key, head_tuple, attests)
+
+
+def _attestations(obj: object) -> tuple[Attestation, ...] | None:
+    """Parsed attestations: at most MAX_ATTESTS, strictly increasing k; None if not."""
+    if not isinstance(obj, list) or len(obj) > MAX_ATTESTS:
+        return None
+    out: list[Attestation] = []
+    for item in obj:
+        if not isinstance(item, list) or len(item) != 2:
+            return None
+        k, digest = item
+        if type(k) is not int or not 0 < k < 1 << 63:
+            return None
+        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+            return None
+        if out and k <= out[-1][0]:
+            return None
+        out.append((k, digest))
+    return tuple(out)

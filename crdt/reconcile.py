@@ -116,6 +116,15 @@ class IdSet:
         self._prefix = None
         return True
 
+    def update(self, ids: Iterable[bytes]) -> int:
+        """Insert many ids in one sort (a snapshot's); return how many were new."""
+        new = {_check_id(x) for x in ids if x not in self}
+        if new:
+            self._ids = sorted(new.union(self._ids))
+            self._ints = [int.from_bytes(x, "big") for x in self._ids]
+            self._prefix = None
+        return len(new)
+
     def __contains__(self, item: object) -> bool:
         if type(item) is not bytes:
             return False

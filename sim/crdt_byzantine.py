@@ -36,7 +36,19 @@ from crdt.errors import InvalidOperation
 from crdt.limits import CrdtLimits
 from crdt.reconcile import FINGERPRINT_LEN, ID_LEN, Message, Mode, Range
 from crdt.replica import AccessPolicy, Replica
-from crdt.sync import MSG_CHANGES, MSG_SESSION, MSG_WANT, SyncEngine, SyncResult
+from crdt.sync import (
+    MSG_CHANGES,
+    MSG_SESSION,
+    MSG_SNAPSHOT_OFFER,
+    MSG_SNAPSHOT_PART,
+    MSG_SNAPSHOT_WANT,
+    MSG_WANT,
+    SYNC_VERSION,
+    SyncEngine,
+    SyncResult,
+    encode_changes,
+    encode_session,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +79,7 @@ class Setting:
 
 def changes_message(encoded: list[bytes]) -> bytes:
     """A ``MSG_CHANGES`` frame in the sync wire format (see :mod:`crdt.sync`)."""
-    out: bytes = msgpack.packb([MSG_CHANGES, encoded], use_bin_type=True)
-    return out
+    return encode_changes(encoded)
 
 
 def raw_change(
@@ -91,8 +102,8 @@ def _kind_of(data: bytes) -> int | None:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception:  # any garbage: not a frame
         return None
-    if isinstance(obj, list) and obj and type(obj[0]) is int:
-        return obj[0]
+    if isinstance(obj, list) and len(obj) >= 2 and obj[0] == SYNC_VERSION and type(obj[1]) is int:
+        return obj[1]
     return None
 
 
@@ -306,7 +317,7 @@ class Withholder(ByzantineReplica):
         out: list[Packet] = []
         for p in packets:
             if _kind_of(p.data) == MSG_SESSION:
-                sid = msgpack.unpackb(p.data, raw=False)[1]
+                sid = msgpack.unpackb(p.data, raw=False)[2]
                 key = (p.dst, int(sid))
                 left = self._budget.setdefault(key, rng.randrange(1, 4))
                 if left <= 0:
@@ -368,17 +379,24 @@ class Garbage(ByzantineReplica):
 
     def _retyped(self, rng: random.Random) -> bytes:
         """Valid msgpack, invalid frame: wrong kinds, types, arities, sizes."""
+        v = SYNC_VERSION
         shapes: list[Any] = [
-            [MSG_CHANGES, [rng.randbytes(20)]],
-            [MSG_CHANGES, [1, 2, 3]],
-            [MSG_CHANGES, "x"],
-            [MSG_WANT, [rng.randbytes(31)]],
-            [MSG_SESSION, 0, True, [], None],
-            [MSG_SESSION, 1, "yes", [], None],
-            [MSG_SESSION, 1, True, [rng.randbytes(5)], None],
-            [MSG_SESSION, 1, True, [], [[None, 7, None]]],
-            [MSG_SESSION, 1, True, []],
-            [9, []],
+            [v, MSG_CHANGES, [rng.randbytes(20)]],
+            [v, MSG_CHANGES, [1, 2, 3]],
+            [v, MSG_CHANGES, "x"],
+            [v, MSG_WANT, [rng.randbytes(31)]],
+            [v, MSG_SESSION, 0, True, [], None],
+            [v, MSG_SESSION, 1, "yes", [], None],
+            [v, MSG_SESSION, 1, True, [rng.randbytes(5)], None],
+            [v, MSG_SESSION, 1, True, [], [[None, 7, None]]],
+            [v, MSG_SESSION, 1, True, []],
+            [v, MSG_SNAPSHOT_OFFER, rng.randrange(1, 9), rng.randbytes(32), 1 << 20],
+            [v, MSG_SNAPSHOT_WANT, rng.randrange(1, 9), rng.randbytes(32)],
+            [v, MSG_SNAPSHOT_PART, 1, rng.randbytes(32), 0, 10, rng.randbytes(10)],
+            [v, MSG_SNAPSHOT_OFFER, 0, b"", -1],
+            [MSG_SESSION, 1, True, [], None],  # an older protocol version
+            [v + 1, MSG_WANT, []],
+            [v, 9, []],
             {"t": 1},
             [],
         ]
@@ -403,7 +421,9 @@ class Liar(ByzantineReplica):
         if _kind_of(data) != MSG_SESSION:
             return honest
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        sid, from_initiator = obj[1], obj[2]
+        if len(obj) < 4:
+            return honest
+        sid, from_initiator = obj[2], obj[3]
         if type(sid) is not int or type(from_initiator) is not bool or not 0 < sid < 1 << 63:
             return honest
         return [*honest, Packet(src, self._session(sid, not from_initiator, rng))]
@@ -419,11 +439,7 @@ class Liar(ByzantineReplica):
         real = list(self.replica.heads)
         heads = sorted({*rng.sample(real, min(len(real), 2)), rng.randbytes(ID_LEN)})
         recon = None if rng.random() < 0.1 else random_recon(rng, list(self.replica.ids))
-        wire = None if recon is None else recon.to_wire()
-        out: bytes = msgpack.packb(
-            [MSG_SESSION, sid, from_initiator, heads, wire], use_bin_type=True
-        )
-        return out
+        return encode_session(sid, from_initiator, heads, recon)
 
 
 def random_recon(rng: random.Random, real_ids: list[bytes]) -> Message:

@@ -298,7 +298,7 @@ def test_forged_changes_are_refused_for_the_expected_reasons() -> None:
     reasons: set[str] = set()
     for now in range(200):
         for packet in forger.attack(10 + now, rng):
-            kind, encoded = msgpack.unpackb(packet.data)
+            _version, kind, encoded = msgpack.unpackb(packet.data)
             assert kind == MSG_CHANGES
             for data in encoded:
                 receipt = victim.receive(data)

@@ -5,7 +5,8 @@ Routes:
 * ``GET  /v1/crdt/docs`` -- the documents this node holds.
 * ``GET  /v1/crdt/docs/{ns}/{name}[?checkpoint=k]`` -- a document's value now, or as of
   checkpoint ``k`` with the proof (the checkpoint's head hashes) and a state hash that
-  is identical on every node.
+  is identical on every node; 410 when ``k``'s history was compacted away (a cut below,
+  or beside, the node's snapshot).
 * ``POST /v1/crdt/docs/{ns}/{name}`` -- apply ``{"ops": [...]}`` as one signed change
   (see :mod:`crdt.document` for the operation format).
 * ``GET  /v1/crdt/checkpoints[?after=&limit=]`` and ``/v1/crdt/checkpoints/{k}``.
@@ -27,6 +28,7 @@ from crdt.document import parse_intents
 from crdt.errors import InvalidOperation
 from dagrider.node.api import ApiError
 from dagrider.node.crdt_node import (
+    CheckpointCompacted,
     CheckpointIncomplete,
     CrdtNode,
     UnknownCheckpoint,
@@ -81,6 +83,8 @@ class CrdtRoutes:
             raise ApiError(
                 409, str(exc), headers={"Retry-After": "1"}, extra={"missing": exc.missing}
             ) from None
+        except CheckpointCompacted as exc:
+            raise ApiError(410, str(exc)) from None
 
     async def post_doc(self, request: web.Request) -> web.Response:
         doc = _doc_id(request)

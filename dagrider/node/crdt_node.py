@@ -5,6 +5,15 @@ This is the shell around the pure :mod:`crdt` code: it feeds the
 every applied change before telling anyone about it (a write the API acknowledged
 survives a crash), performs the engine's sends, and turns ordered checkpoint
 transactions into numbered, agreed causal cuts.
+
+Compaction. Every ``attest_every``-th checkpoint is a compaction candidate: a committee
+member that holds its cut (and at least ``compact_min_changes`` changes of it above its
+current snapshot) attests the digest of its snapshot in its next checkpoint transaction.
+When ``attest_quorum`` members (f + 1 by default) attested the same digest, the
+checkpoint is *final* on every node alike; a node then replaces the changes below it by
+the snapshot, in memory and in SQLite in one transaction, and may hand the snapshot to
+peers that lack changes below it. A node accepts a peer's snapshot only for a
+checkpoint final in its own view of the log, with that digest (see :mod:`crdt.sync`).
 """
 
 from __future__ import annotations
@@ -21,16 +30,29 @@ from typing import Any
 import msgpack
 
 from crdt.change import Change, KeySigner
-from crdt.checkpoint import decode_checkpoint, encode_checkpoint, is_checkpoint
+from crdt.checkpoint import (
+    MAX_ATTESTS,
+    Attestation,
+    attest_quorum,
+    decode_checkpoint,
+    encode_checkpoint,
+    is_checkpoint,
+)
 from crdt.document import Intent, prepare_ops
-from crdt.replica import AccessPolicy, MissingChanges, Replica
+from crdt.replica import AccessPolicy, CutCompacted, MissingChanges, Replica
+from crdt.snapshot import Snapshot, SnapshotError, decode_snapshot, snapshot_digest
 from crdt.sync import SyncEngine, SyncResult
-from dagrider.node.crdt_store import CheckpointRow, CrdtStore
+from dagrider.node.crdt_store import AttestationRow, CheckpointRow, CrdtStore, SnapshotRow
 from dagrider.node.store import Store
 from p2p.framing import FrameKind
 
 SCAN_PAGE = 10_000
 SUBSCRIBER_QUEUE = 1024
+COMPACT_MIN_CHANGES = 10_000
+"""Default: compact once a final checkpoint's cut holds this many uncompacted changes."""
+ATTEST_EVERY = 16
+"""Default: every 16th checkpoint is a compaction candidate whose digest members attest."""
+CANDIDATES_LOOKED_AT = 4
 
 
 class UnknownDocument(LookupError):
@@ -39,6 +61,10 @@ class UnknownDocument(LookupError):
 
 class UnknownCheckpoint(LookupError):
     """No checkpoint with this number has been ordered yet (404)."""
+
+
+class CheckpointCompacted(LookupError):
+    """The checkpoint's cut lies below (or beside) the compacted history (410)."""
 
 
 class CheckpointIncomplete(Exception):
@@ -87,6 +113,9 @@ class CrdtNode:
         sync_interval: float,
         checkpoint_interval: float,
         logger: logging.Logger,
+        compact_min_changes: int = COMPACT_MIN_CHANGES,
+        attest_every: int = ATTEST_EVERY,
+        attest_quorum: int | None = None,
     ) -> None:
         self.signer = KeySigner(seed)
         self.replica = Replica(AccessPolicy({ns: frozenset(k) for ns, k in writers.items()}))
@@ -109,16 +138,34 @@ class CrdtNode:
         self._peer_turn = 0
         self.faults = 0
         self.rejected = 0
+        self.compact_min_changes = compact_min_changes
+        self.attest_every = max(1, attest_every)
+        self.attest_quorum = attest_quorum or _quorum(self.checkpoint_signers)
+        self._attests: dict[int, dict[bytes, bytes]] = {}  # k -> signer -> digest
+        self._final: dict[int, bytes] = {}  # k -> final snapshot digest
+        self._attested: set[int] = set()  # candidates we attested
+        self._prepared: dict[int, Snapshot] = {}  # our snapshots of candidates
+        self._settled: set[int] = set()  # final checkpoints never to compact at
+        self.compactions = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def load(self) -> None:
         """Rebuild the replica from the database and catch up on checkpoints."""
+        stored = self.store.snapshot()
+        if stored is not None:  # our own file: parsed, not re-verified against the log
+            if snapshot_digest(stored.data) != stored.digest:
+                raise SnapshotError("the stored snapshot does not match its digest")
+            self.replica.install(decode_snapshot(stored.data, self.replica.limits))
         for data in self.store.changes():
             receipt = self.replica.receive(data, verify=False)
             if receipt.status not in ("applied", "pending", "duplicate"):
                 self.log.warning("stored change not re-applied", extra={"reason": receipt.reason})
         self._checkpoints = self.store.checkpoints()
+        for att in self.store.attestations():
+            self._attests.setdefault(att.k, {}).setdefault(att.signer, att.digest)
+        for k in sorted(self._attests):
+            self._tally(k)
         self._scanned = self.store.scanned()
         self._rescan_log()
         self.log.info(
@@ -158,7 +205,27 @@ class CrdtNode:
         self.engine.peer_gone(peer)
 
     def _perform(self, result: SyncResult, *, local: bool) -> None:
-        if result.applied:
+        got = result.snapshot
+        if got is not None:
+            snap = got.snapshot
+            self.store.save_snapshot(
+                SnapshotRow(snap.checkpoint, snap.digest, snap.encode()),
+                got.installed.dropped,
+                [(c.hash, c.encoded) for c in result.applied],
+            )
+            self._prepared.clear()
+            self.log.info(
+                "crdt snapshot installed",
+                extra={
+                    "k": snap.checkpoint,
+                    "peer": _hex(got.peer)[:16],
+                    "changes": len(snap.clocks),
+                    "bytes": len(snap.encode()),
+                },
+            )
+            if result.applied:
+                self._notify(result.applied, local=local)
+        elif result.applied:
             self.store.add_changes((c.hash, c.encoded) for c in result.applied)
             self._notify(result.applied, local=local)
         for fault in result.faults:
@@ -211,6 +278,11 @@ class CrdtNode:
             docs = self.replica.state_at(row.heads)
         except MissingChanges as exc:
             raise CheckpointIncomplete(len(exc.missing)) from None
+        except CutCompacted as exc:
+            raise CheckpointCompacted(
+                f"checkpoint {checkpoint}'s history was compacted into the snapshot of "
+                f"checkpoint {exc.checkpoint}; read that checkpoint or a later one"
+            ) from None
         state = docs.get(doc)
         if state is None:
             raise UnknownDocument(f"document {doc!r} does not exist at checkpoint {checkpoint}")
@@ -236,12 +308,22 @@ class CrdtNode:
 
     def status(self) -> dict[str, Any]:
         st = self.engine.stats
+        base = self.replica.base
         return {
             "changes": len(self.replica),
             "documents": len(self.replica.documents()),
             "heads": len(self.replica.heads),
             "pending": self.replica.pending_count,
             "checkpoints": len(self._checkpoints),
+            "final_checkpoint": max(self._final, default=0),
+            "compaction": {
+                "snapshot_checkpoint": 0 if base is None else base.checkpoint,
+                "compacted_changes": len(self.replica) - self.replica.live_count,
+                "live_changes": self.replica.live_count,
+                "compactions": self.compactions,
+                "snapshots_installed": st.snapshots_installed,
+                "snapshots_sent": st.snapshots_sent,
+            },
             "sync": {
                 "sessions_started": st.sessions_started,
                 "sessions_completed": st.sessions_completed,
@@ -285,22 +367,111 @@ class CrdtNode:
     # -- checkpoints -------------------------------------------------------------------
 
     async def _checkpoint_loop(self) -> None:
-        """Submit our heads as a checkpoint candidate whenever they changed."""
+        """Submit our heads as a checkpoint candidate whenever they changed (with any
+        attestations due), and compact when a final checkpoint allows it."""
         while True:
             await asyncio.sleep(self.checkpoint_interval)
             self.submit_checkpoint()
+            self.compact()
 
     def submit_checkpoint(self) -> bool:
         heads = self.replica.heads
-        if self._submit is None or not heads or heads == self._last_submitted:
+        if self._submit is None or not heads:
+            return False
+        attests = self._attestations_due()
+        if heads == self._last_submitted and not attests:
             return False
         try:
-            self._submit([encode_checkpoint(self.signer, self.domain, heads)])
+            self._submit([encode_checkpoint(self.signer, self.domain, heads, attests)])
         except Exception as exc:  # mempool full: the next interval tries again
             self.log.info("checkpoint not submitted", extra={"reason": str(exc)})
             return False
         self._last_submitted = heads
+        self._attested.update(k for k, _ in attests)
         return True
+
+    # -- compaction --------------------------------------------------------------------
+
+    def _attestations_due(self) -> list[Attestation]:
+        """Digests of the newest compaction candidates we hold and have not attested."""
+        if self.compact_min_changes <= 0:
+            return []
+        base = self.replica.base
+        floor = 0 if base is None else base.checkpoint
+        latest = len(self._checkpoints) - len(self._checkpoints) % self.attest_every
+        lowest = max(floor, latest - CANDIDATES_LOOKED_AT * self.attest_every)
+        out: list[Attestation] = []
+        for k in range(latest, lowest, -self.attest_every):
+            if k in self._attested or k in self._final or len(out) >= MAX_ATTESTS:
+                continue
+            snap = self._candidate(k)
+            if snap is not None:
+                out.append((k, snap.digest))
+        return out
+
+    def _candidate(self, k: int) -> Snapshot | None:
+        """Our snapshot of checkpoint ``k`` if we hold its cut and it is worth compacting."""
+        snap = self._prepared.get(k)
+        if snap is not None:
+            return snap
+        heads = self._checkpoints[k - 1].heads
+        try:
+            above = len(self.replica.causal_past(heads))
+            if above < self.compact_min_changes or not heads:
+                return None
+            snap = self.replica.snapshot_at(k, heads)
+        except (MissingChanges, CutCompacted):
+            return None
+        while len(self._prepared) >= 2:
+            del self._prepared[min(self._prepared)]
+        self._prepared[k] = snap
+        return snap
+
+    def compact(self) -> bool:
+        """Compact below the newest final checkpoint we can; True if we did."""
+        if self.compact_min_changes <= 0:
+            return False
+        base = self.replica.base
+        floor = 0 if base is None else base.checkpoint
+        for k in sorted((k for k in self._final if k > floor), reverse=True)[:8]:
+            if k in self._settled:
+                continue
+            snap = self._candidate(k)
+            if snap is None:
+                continue
+            if snap.digest != self._final[k]:
+                self._settled.add(k)
+                self.log.error(
+                    "crdt checkpoint digest differs from the attested one: not compacting",
+                    extra={"k": k, "ours": snap.digest.hex()[:16]},
+                )
+                continue
+            dropped = self.replica.compact(snap)
+            self.store.save_snapshot(SnapshotRow(k, snap.digest, snap.encode()), dropped)
+            self._prepared.clear()
+            self.compactions += 1
+            self.log.info(
+                "crdt history compacted",
+                extra={"k": k, "dropped": len(dropped), "bytes": len(snap.encode())},
+            )
+            return True
+        return False
+
+    def _tally(self, k: int) -> None:
+        """Make checkpoint ``k`` final once a quorum attested one digest for it."""
+        if k in self._final:
+            return
+        votes: dict[bytes, int] = {}
+        for digest in self._attests.get(k, {}).values():
+            votes[digest] = votes.get(digest, 0) + 1
+            if votes[digest] >= self.attest_quorum:
+                self._final[k] = digest
+                self.engine.set_final(k, digest)
+                return
+
+    def final_checkpoints(self) -> dict[int, bytes]:
+        """Final checkpoints (number -> snapshot digest) seen in the log."""
+        return dict(self._final)
 
     def on_commit(self, first_index: int, txs: Sequence[bytes]) -> None:
         """Called for every committed vertex, in log order, after it is persisted."""
@@ -315,11 +486,20 @@ class CrdtNode:
         claim = decode_checkpoint(tx, self.domain, self.checkpoint_signers)
         if claim is None:
             return
+        attested: list[AttestationRow] = []
+        for k, digest in claim.attests:  # only of checkpoints ordered before this one
+            votes = self._attests.setdefault(k, {}) if k <= len(self._checkpoints) else None
+            if votes is not None and claim.signer not in votes:
+                votes[claim.signer] = digest
+                attested.append(AttestationRow(k, claim.signer, digest))
+                self._tally(k)
         if self._checkpoints and self._checkpoints[-1].heads == claim.heads:
+            if attested:
+                self.store.add_checkpoint(None, index, attested)
             return  # the same cut again: no new checkpoint
         row = CheckpointRow(len(self._checkpoints) + 1, index, claim.signer, claim.heads)
         self._checkpoints.append(row)
-        self.store.add_checkpoint(row, index)
+        self.store.add_checkpoint(row, index, attested)
         missing = [h for h in claim.heads if h not in self.replica]
         if missing:
             self.log.info(
@@ -346,6 +526,10 @@ def _checkpoint_json(row: CheckpointRow) -> dict[str, Any]:
         "signer": row.signer.hex(),
         "heads": [h.hex() for h in row.heads],
     }
+
+
+def _quorum(signers: Collection[bytes]) -> int:
+    return attest_quorum(len(signers))
 
 
 def _hex(peer: object) -> str:

@@ -5,7 +5,13 @@ restart replays them without buffering; they are re-read without re-checking
 signatures (they were verified on the way in and the file is the node's own).
 Checkpoints are derived from the consensus log; ``scanned`` records how far the log has
 been searched for them, so a crash between a commit and the checkpoint write is
-repaired by rescanning from there.
+repaired by rescanning from there. Attestations of checkpoint digests (which make a
+checkpoint final) come from the same transactions and are written with them.
+
+Compaction replaces the changes below a final checkpoint by one snapshot row (the
+encoded :class:`~crdt.snapshot.Snapshot`): the row is written and the changes it stands
+for are deleted in one transaction, so a crash leaves either the old history or the
+snapshot, never neither. Changes above the snapshot stay rows of ``crdt_changes``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,20 @@ CREATE TABLE IF NOT EXISTS crdt_checkpoints (
     heads BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS crdt_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS crdt_attestations (
+    k INTEGER NOT NULL,
+    signer BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (k, signer)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS crdt_snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checkpoint INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    data BLOB NOT NULL
+);
 """
+_TABLES = ("crdt_changes", "crdt_checkpoints", "crdt_meta", "crdt_attestations", "crdt_snapshot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +58,24 @@ class CheckpointRow:
     log_index: int
     signer: bytes
     heads: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationRow:
+    """``signer`` attested that checkpoint ``k``'s snapshot has digest ``digest``."""
+
+    k: int
+    signer: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    """The stored compaction snapshot: checkpoint number, digest, encoded snapshot."""
+
+    checkpoint: int
+    digest: bytes
+    data: bytes
 
 
 class CrdtStore:
@@ -67,13 +104,72 @@ class CrdtStore:
         for (data,) in self._db.execute("SELECT data FROM crdt_changes ORDER BY seq"):
             yield bytes(data)
 
-    def add_checkpoint(self, row: CheckpointRow, scanned: int) -> None:
+    def add_checkpoint(
+        self, row: CheckpointRow | None, scanned: int, attestations: Iterable[AttestationRow] = ()
+    ) -> None:
+        """Record what one checkpoint transaction brought (a new checkpoint, attestations;
+        the first per (k, signer) counts) and the scan position, in one transaction."""
         with self._transaction():
-            self._db.execute(
-                "INSERT OR IGNORE INTO crdt_checkpoints VALUES (?, ?, ?, ?)",
-                (row.k, row.log_index, row.signer, b"".join(row.heads)),
+            if row is not None:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO crdt_checkpoints VALUES (?, ?, ?, ?)",
+                    (row.k, row.log_index, row.signer, b"".join(row.heads)),
+                )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO crdt_attestations VALUES (?, ?, ?)",
+                ((r.k, r.signer, r.digest) for r in attestations),
             )
             self._set_scanned(scanned)
+
+    def attestations(self) -> list[AttestationRow]:
+        rows = self._db.execute("SELECT k, signer, digest FROM crdt_attestations ORDER BY k")
+        return [AttestationRow(k, bytes(signer), bytes(digest)) for k, signer, digest in rows]
+
+    def save_snapshot(
+        self,
+        snapshot: SnapshotRow,
+        drop: Iterable[bytes],
+        add: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """In one transaction: store ``snapshot`` (replacing any older one), delete the
+        changes ``drop`` it stands for, and append the changes ``add`` (hash, encoded)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO crdt_snapshot VALUES (1, ?, ?, ?)",
+                (snapshot.checkpoint, snapshot.digest, snapshot.data),
+            )
+            self._db.executemany("DELETE FROM crdt_changes WHERE hash = ?", ((h,) for h in drop))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO crdt_changes (hash, data) VALUES (?, ?)", add
+            )
+
+    def snapshot(self) -> SnapshotRow | None:
+        row = self._db.execute(
+            "SELECT checkpoint, digest, data FROM crdt_snapshot WHERE id = 1"
+        ).fetchone()
+        return None if row is None else SnapshotRow(int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def stored_bytes(self) -> int:
+        """Bytes of database pages the CRDT tables and their indexes use (or, where SQLite
+        lacks the ``dbstat`` table, the bytes of their stored blobs)."""
+        names = ", ".join(f"'{t}'" for t in _TABLES)
+        try:
+            row = self._db.execute(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name IN "
+                f"(SELECT name FROM sqlite_schema WHERE tbl_name IN ({names}))"
+            ).fetchone()
+            return int(row[0] or 0)
+        except sqlite3.OperationalError:
+            pass
+        total = 0
+        for query in (
+            "SELECT SUM(LENGTH(hash) + LENGTH(data)) FROM crdt_changes",
+            "SELECT SUM(LENGTH(data)) FROM crdt_snapshot",
+            "SELECT SUM(LENGTH(heads)) FROM crdt_checkpoints",
+            "SELECT SUM(LENGTH(signer) + LENGTH(digest)) FROM crdt_attestations",
+        ):
+            total += int(self._db.execute(query).fetchone()[0] or 0)
+        return total
 
     def set_scanned(self, scanned: int) -> None:
         with self._transaction():

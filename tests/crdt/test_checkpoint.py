@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from crdt.change import Change, KeySigner
 from crdt.checkpoint import (
     MAGIC,
+    MAX_ATTESTS,
     MAX_CHECKPOINT_HEADS,
     VERSION,
     CheckpointClaim,
+    attest_quorum,
     decode_checkpoint,
     encode_checkpoint,
     is_checkpoint,
@@ -32,13 +34,25 @@ SIGNERS = {NODE.public_key, OTHER.public_key}
 H1, H2, H3 = (bytes([i]) * 32 for i in (1, 2, 3))
 
 
-def tx_of(key: bytes, heads: list[Any], signature: bytes, version: int = VERSION) -> bytes:
-    return MAGIC + msgpack.packb([version, key, heads, signature], use_bin_type=True)
+def tx_of(
+    key: bytes, heads: list[Any], signature: bytes, version: int = VERSION, attests: Any = ()
+) -> bytes:
+    if version == 1:
+        return MAGIC + msgpack.packb([version, key, heads, signature], use_bin_type=True)
+    fields = [version, key, heads, list(attests), signature]
+    return MAGIC + msgpack.packb(fields, use_bin_type=True)
 
 
-def signed_body(domain: bytes, key: bytes, heads: list[Any], signer: KeySigner = NODE) -> bytes:
-    body = MAGIC + msgpack.packb([VERSION, domain, key, heads], use_bin_type=True)
-    return signer.sign(body)
+def signed_body(
+    domain: bytes,
+    key: bytes,
+    heads: list[Any],
+    signer: KeySigner = NODE,
+    version: int = VERSION,
+    attests: Any = (),
+) -> bytes:
+    fields = [version, domain, key, heads] + ([list(attests)] if version >= 2 else [])
+    return signer.sign(MAGIC + msgpack.packb(fields, use_bin_type=True))
 
 
 # -- encoding -------------------------------------------------------------------------------------
@@ -71,7 +85,7 @@ def test_wrong_domain_or_unknown_signer() -> None:
 
 def test_tampered_checkpoints() -> None:
     tx = encode_checkpoint(NODE, DOMAIN, [H1, H2])
-    _, key, heads, sig = msgpack.unpackb(tx[len(MAGIC) :])
+    _, key, heads, _attests, sig = msgpack.unpackb(tx[len(MAGIC) :])
     assert decode_checkpoint(tx_of(key, heads, sig), DOMAIN, SIGNERS) is not None
     assert decode_checkpoint(tx_of(key, [H1, H3], sig), DOMAIN, SIGNERS) is None  # swapped head
     assert decode_checkpoint(tx_of(key, [H1], sig), DOMAIN, SIGNERS) is None  # dropped head
@@ -80,7 +94,70 @@ def test_tampered_checkpoints() -> None:
     flipped = bytearray(sig)
     flipped[10] ^= 4
     assert decode_checkpoint(tx_of(key, heads, bytes(flipped)), DOMAIN, SIGNERS) is None
-    assert decode_checkpoint(tx_of(key, heads, sig, version=2), DOMAIN, SIGNERS) is None
+    assert decode_checkpoint(tx_of(key, heads, sig, version=3), DOMAIN, SIGNERS) is None
+    assert decode_checkpoint(tx_of(key, heads, sig, version=1), DOMAIN, SIGNERS) is None
+    forged = tx_of(key, heads, sig, attests=[[1, D1]])  # an attestation added after signing
+    assert decode_checkpoint(forged, DOMAIN, SIGNERS) is None
+
+
+D1, D2 = b"\xd1" * 32, b"\xd2" * 32
+
+
+def test_version_1_checkpoints_are_still_read() -> None:
+    key = NODE.public_key
+    sig = signed_body(DOMAIN, key, [H1, H2], version=1)
+    claim = decode_checkpoint(tx_of(key, [H1, H2], sig, version=1), DOMAIN, SIGNERS)
+    assert claim == CheckpointClaim(key, (H1, H2), ())
+
+
+def test_attestations_round_trip_sorted_newest_kept() -> None:
+    attests = [(k, D1 if k % 2 else D2) for k in range(12, 0, -1)] + [(12, D2)]
+    tx = encode_checkpoint(NODE, DOMAIN, [H1], attests)
+    claim = decode_checkpoint(tx, DOMAIN, SIGNERS)
+    assert claim is not None and claim.heads == (H1,)
+    assert claim.attests == tuple((k, D1 if k % 2 else D2) for k in range(5, 13))
+    assert len(claim.attests) == MAX_ATTESTS
+    assert attest_quorum(1) == 1 and attest_quorum(4) == 2 and attest_quorum(7) == 3
+    assert attest_quorum(3) == 1 and attest_quorum(10) == 4
+
+
+@pytest.mark.parametrize(
+    "attests",
+    [
+        [[2, D1], [1, D2]],
+        [[1, D1], [1, D2]],
+        [[0, D1]],
+        [[-1, D1]],
+        [[1 << 63, D1]],
+        [[True, D1]],
+        [[1, D1[:31]]],
+        [[1, "x" * 32]],
+        [[1]],
+        [[1, D1, 0]],
+        [1, D1],
+        {"k": 1},
+        [[k, D1] for k in range(1, MAX_ATTESTS + 2)],
+    ],
+    ids=[
+        "unsorted",
+        "duplicate",
+        "zero",
+        "negative",
+        "huge",
+        "bool",
+        "short",
+        "str",
+        "one-field",
+        "three-fields",
+        "flat",
+        "map",
+        "too-many",
+    ],
+)
+def test_malformed_attestations_are_ignored_even_when_signed(attests: Any) -> None:
+    key = NODE.public_key
+    sig = signed_body(DOMAIN, key, [H1], attests=attests)
+    assert decode_checkpoint(tx_of(key, [H1], sig, attests=attests), DOMAIN, SIGNERS) is None
 
 
 @pytest.mark.parametrize(
@@ -137,7 +214,7 @@ def test_random_transactions_decode_to_none_without_raising(tail: bytes) -> None
     assert decode_checkpoint(tail, DOMAIN, SIGNERS) is None or tail.startswith(MAGIC)
 
 
-@given(obj=garbage, index=st.integers(0, 3))
+@given(obj=garbage, index=st.integers(0, 4))
 def test_garbage_fields_decode_to_none(obj: Any, index: int) -> None:
     fields: list[Any] = msgpack.unpackb(encode_checkpoint(NODE, DOMAIN, [H1])[len(MAGIC) :])
     fields[index] = obj

@@ -23,7 +23,11 @@ from crdt.sync import (
     MAX_WANT,
     MSG_CHANGES,
     MSG_SESSION,
+    MSG_SNAPSHOT_OFFER,
+    MSG_SNAPSHOT_PART,
+    MSG_SNAPSHOT_WANT,
     MSG_WANT,
+    SYNC_VERSION,
     SyncEngine,
     SyncResult,
 )
@@ -220,7 +224,7 @@ def test_pushed_change_with_missing_history_pulls_it_with_a_want() -> None:
     assert b.pending_count == 1 and fresh.hash not in b
     ((src, dst, payload),) = net.queue
     assert (src, dst) == ("B", "A")
-    kind, wanted = msgpack.unpackb(payload)
+    _version, kind, wanted = msgpack.unpackb(payload)
     assert kind == MSG_WANT and wanted == [history[-1].hash]
     net.run()
     # Each pulled change names its own parent; the want chain walks back the history.
@@ -233,11 +237,11 @@ def test_changes_held_as_pending_are_not_wanted_again() -> None:
     a = Replica(POLICY)
     c1, c2, c3 = write(a, SIGNERS[0], 3, "a")
     engine = SyncEngine(Replica(POLICY))
-    result = engine.receive("A", pack(MSG_CHANGES, [c2.encoded, c3.encoded]))
+    result = engine.receive("A", frame(MSG_CHANGES, [c2.encoded, c3.encoded]))
     assert engine.replica.pending_count == 2
     ((peer, payload),) = [(s.peer, s.payload) for s in result.sends]
-    assert peer == "A" and msgpack.unpackb(payload) == [MSG_WANT, [c1.hash]]
-    result = engine.receive("A", pack(MSG_CHANGES, [c1.encoded]))
+    assert peer == "A" and msgpack.unpackb(payload) == [SYNC_VERSION, MSG_WANT, [c1.hash]]
+    result = engine.receive("A", frame(MSG_CHANGES, [c1.encoded]))
     assert [c.hash for c in result.applied] == [c1.hash, c2.hash, c3.hash]
     assert not result.sends
 
@@ -310,41 +314,63 @@ def pack(*obj: Any) -> bytes:
     return out
 
 
+def frame(*obj: Any) -> bytes:
+    """A message of the current sync protocol version."""
+    return pack(SYNC_VERSION, *obj)
+
+
 H = b"\x11" * 32
 BAD_MESSAGES: dict[str, tuple[bytes, str]] = {
     "empty": (b"", "not msgpack"),
     "garbage": (b"\xc1\xc1", "not msgpack"),
-    "truncated": (pack(MSG_SESSION, 1, True, [H], None)[:-3], "not msgpack"),
-    "trailing": (pack(MSG_WANT, [H]) + b"\x00", "not msgpack"),
-    "not a list": (msgpack.packb({"kind": 1}), "expected [kind"),
-    "empty list": (pack(), "expected [kind"),
-    "kind bool": (pack(True, []), "expected [kind"),
-    "kind str": (pack("2", []), "expected [kind"),
-    "unknown kind": (pack(9, []), "unknown message kind"),
-    "kind zero": (pack(0, []), "unknown message kind"),
-    "session short": (pack(MSG_SESSION, 1, True, []), "5 fields"),
-    "session long": (pack(MSG_SESSION, 1, True, [], None, None), "5 fields"),
-    "sid zero": (pack(MSG_SESSION, 0, True, [], None), "session id"),
-    "sid negative": (pack(MSG_SESSION, -1, True, [], None), "session id"),
-    "sid huge": (pack(MSG_SESSION, 1 << 63, True, [], None), "session id"),
-    "sid bool": (pack(MSG_SESSION, True, True, [], None), "session id"),
-    "sid bytes": (pack(MSG_SESSION, b"\x01", True, [], None), "session id"),
-    "direction int": (pack(MSG_SESSION, 1, 1, [], None), "direction"),
-    "heads not list": (pack(MSG_SESSION, 1, True, H, None), "heads"),
-    "heads short hash": (pack(MSG_SESSION, 1, True, [H[:31]], None), "head"),
-    "heads str": (pack(MSG_SESSION, 1, True, ["x" * 32], None), "head"),
-    "heads too many": (pack(MSG_SESSION, 1, True, [H] * (MAX_HEADS + 1), None), "heads"),
-    "recon not list": (pack(MSG_SESSION, 1, True, [], 5), "message must be a list"),
-    "recon bad range": (pack(MSG_SESSION, 1, True, [], [[None, 7, None]]), "mode"),
-    "recon open end": (pack(MSG_SESSION, 1, True, [], [[b"\x05", 0, None]]), ""),
-    "changes not list": (pack(MSG_CHANGES, b"x"), "expected [kind, list]"),
-    "changes extra": (pack(MSG_CHANGES, [], []), "expected [kind, list]"),
-    "changes not bytes": (pack(MSG_CHANGES, ["x"]), "byte string"),
-    "want not list": (pack(MSG_WANT, H), "expected [kind, list]"),
-    "want short hash": (pack(MSG_WANT, [H[:31]]), "32-byte"),
-    "want int": (pack(MSG_WANT, [5]), "32-byte"),
-    "want too many": (pack(MSG_WANT, [H] * (MAX_WANT + 1)), "want"),
-    "oversize": (pack(MSG_WANT, [H] * 200), "exceeds"),
+    "truncated": (frame(MSG_SESSION, 1, True, [H], None)[:-3], "not msgpack"),
+    "trailing": (frame(MSG_WANT, [H]) + b"\x00", "not msgpack"),
+    "not a list": (msgpack.packb({"kind": 1}), "expected [version"),
+    "empty list": (pack(), "expected [version"),
+    "version bool": (pack(True, MSG_WANT, []), "expected [version"),
+    "version str": (pack("2", MSG_WANT, []), "expected [version"),
+    "version only": (pack(SYNC_VERSION), "expected [version"),
+    "kind str": (frame("2", []), "expected [version"),
+    "v1 session": (pack(MSG_SESSION, 1, True, [H], None), "peer speaks version 1"),
+    "v1 changes": (pack(MSG_CHANGES, []), "peer speaks version 1"),
+    "v1 want": (pack(MSG_WANT, [H]), "peer speaks version 1"),
+    "future version": (pack(SYNC_VERSION + 1, MSG_WANT, [H]), "peer sent version 3"),
+    "unknown kind": (frame(9, []), "unknown message kind"),
+    "kind zero": (frame(0, []), "unknown message kind"),
+    "session short": (frame(MSG_SESSION, 1, True, []), "4 field"),
+    "session long": (frame(MSG_SESSION, 1, True, [], None, None), "4 field"),
+    "sid zero": (frame(MSG_SESSION, 0, True, [], None), "session id"),
+    "sid negative": (frame(MSG_SESSION, -1, True, [], None), "session id"),
+    "sid huge": (frame(MSG_SESSION, 1 << 63, True, [], None), "session id"),
+    "sid bool": (frame(MSG_SESSION, True, True, [], None), "session id"),
+    "sid bytes": (frame(MSG_SESSION, b"\x01", True, [], None), "session id"),
+    "direction int": (frame(MSG_SESSION, 1, 1, [], None), "direction"),
+    "heads not list": (frame(MSG_SESSION, 1, True, H, None), "heads"),
+    "heads short hash": (frame(MSG_SESSION, 1, True, [H[:31]], None), "head"),
+    "heads str": (frame(MSG_SESSION, 1, True, ["x" * 32], None), "head"),
+    "heads too many": (frame(MSG_SESSION, 1, True, [H] * (MAX_HEADS + 1), None), "heads"),
+    "recon not list": (frame(MSG_SESSION, 1, True, [], 5), "message must be a list"),
+    "recon bad range": (frame(MSG_SESSION, 1, True, [], [[None, 7, None]]), "mode"),
+    "recon open end": (frame(MSG_SESSION, 1, True, [], [[b"\x05", 0, None]]), ""),
+    "changes not list": (frame(MSG_CHANGES, b"x"), "expected [version, kind, list]"),
+    "changes extra": (frame(MSG_CHANGES, [], []), "1 field"),
+    "changes not bytes": (frame(MSG_CHANGES, ["x"]), "byte string"),
+    "want not list": (frame(MSG_WANT, H), "expected [version, kind, list]"),
+    "want short hash": (frame(MSG_WANT, [H[:31]]), "32-byte"),
+    "want int": (frame(MSG_WANT, [5]), "32-byte"),
+    "want too many": (frame(MSG_WANT, [H] * (MAX_WANT + 1)), "want"),
+    "oversize": (frame(MSG_WANT, [H] * 200), "exceeds"),
+    "offer short": (frame(MSG_SNAPSHOT_OFFER, 1, H), "3 field"),
+    "offer k zero": (frame(MSG_SNAPSHOT_OFFER, 0, H, 10), "checkpoint number"),
+    "offer k bool": (frame(MSG_SNAPSHOT_OFFER, True, H, 10), "checkpoint number"),
+    "offer digest short": (frame(MSG_SNAPSHOT_OFFER, 1, H[:31], 10), "digest"),
+    "offer size zero": (frame(MSG_SNAPSHOT_OFFER, 1, H, 0), "size"),
+    "offer size str": (frame(MSG_SNAPSHOT_OFFER, 1, H, "10"), "size"),
+    "snapshot want long": (frame(MSG_SNAPSHOT_WANT, 1, H, 3), "2 field"),
+    "snapshot want digest": (frame(MSG_SNAPSHOT_WANT, 1, "x"), "digest"),
+    "part short": (frame(MSG_SNAPSHOT_PART, 1, H, 0, 5), "5 field"),
+    "part offset str": (frame(MSG_SNAPSHOT_PART, 1, H, "0", 5, b"x"), "offset"),
+    "part chunk str": (frame(MSG_SNAPSHOT_PART, 1, H, 0, 5, "x"), "offset"),
 }
 
 
@@ -373,7 +399,7 @@ def test_changes_that_are_rejected_fault_the_sender_but_valid_ones_apply() -> No
     good, _ = Replica(POLICY).create(SIGNERS[3], "app/doc", [lww("g", 1)], 1)
     forged = bytearray(good.encoded)
     forged[-1] ^= 1
-    result = engine.receive("peer", pack(MSG_CHANGES, [b"junk", bytes(forged), good.encoded]))
+    result = engine.receive("peer", frame(MSG_CHANGES, [b"junk", bytes(forged), good.encoded]))
     assert [c.hash for c in result.applied] == [good.hash]
     assert [r for r, _ in result.rejected] == ["malformed", "bad-signature"]
     assert len(result.faults) == 1 and "2 rejected" in result.faults[0].reason
@@ -439,7 +465,7 @@ def test_a_peer_that_never_stops_a_session_is_cut_off() -> None:
     msg = rogue.initiate().to_wire()
     faults: list[str] = []
     for _ in range(100):
-        result = eb.receive("rogue", pack(MSG_SESSION, 7, True, [], msg))
+        result = eb.receive("rogue", frame(MSG_SESSION, 7, True, [], msg))
         faults.extend(f.reason for f in result.faults)
         if faults:
             break
@@ -459,15 +485,32 @@ def test_random_bytes_never_raise(data: bytes) -> None:
     obj=st.one_of(
         garbage,
         st.tuples(st.sampled_from([1, 2, 3]), garbage).map(list),
-        st.tuples(st.just(MSG_SESSION), garbage, garbage, garbage, garbage).map(list),
+        st.tuples(st.just(SYNC_VERSION), st.integers(1, 6), garbage).map(list),
         st.tuples(
+            st.just(SYNC_VERSION), st.just(MSG_SESSION), garbage, garbage, garbage, garbage
+        ).map(list),
+        st.tuples(
+            st.just(SYNC_VERSION),
+            st.sampled_from([MSG_SNAPSHOT_OFFER, MSG_SNAPSHOT_WANT, MSG_SNAPSHOT_PART]),
+            st.integers(1, 3),
+            st.binary(min_size=32, max_size=32),
+            garbage,
+            garbage,
+            garbage,
+        ).map(lambda t: list(t)[: 2 + {4: 3, 5: 2, 6: 5}[t[1]]]),
+        st.tuples(
+            st.just(SYNC_VERSION),
             st.just(MSG_SESSION),
             st.integers(1, 3),
             st.booleans(),
             st.lists(st.binary(min_size=32, max_size=32), max_size=2),
             garbage,
         ).map(list),
-        st.tuples(st.just(MSG_CHANGES), st.lists(st.binary(max_size=60), max_size=3)).map(list),
+        st.tuples(
+            st.just(SYNC_VERSION),
+            st.just(MSG_CHANGES),
+            st.lists(st.binary(max_size=60), max_size=3),
+        ).map(list),
     )
 )
 def test_structured_garbage_never_raises_or_changes_state(obj: Any) -> None:
@@ -552,7 +595,7 @@ def test_large_differences_are_sent_in_bounded_batches() -> None:
     net.sync("B", "A")
     assert_converged(a, b)
     assert not net.faults
-    batches = [p for p in net.log if msgpack.unpackb(p)[0] == MSG_CHANGES]
+    batches = [p for p in net.log if msgpack.unpackb(p)[1] == MSG_CHANGES]
     assert len(batches) > 3
     assert all(len(p) <= limits.max_sync_batch_bytes for p in net.log)
 
