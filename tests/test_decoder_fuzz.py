@@ -58,6 +58,8 @@ from crdt.sync import (
     _encode_session,
     _encode_want,
 )
+from dagrider import statesync
+from dagrider.checkpoint import Certificate, Checkpoint, pack_block
 from dagrider.codec import Codec
 from dagrider.codec import encode as codec_encode
 from dagrider.coin import CoinShare
@@ -73,6 +75,7 @@ from dagrider.messages import (
     VertexRequest,
     VertexResponse,
 )
+from dagrider.ordering import OrderingState
 from dagrider.params import Limits
 from p2p.content.manifest import MIN_CHUNK_SIZE, Manifest, ManifestError, decode_manifest
 from p2p.content.messages import (
@@ -430,8 +433,35 @@ def _sync_receive(data: bytes) -> object:
     return None
 
 
+# dagrider: state sync ----------------------------------------------------------------------
+
+_CP = Checkpoint(b"\x01" * 32, 256, 1000, b"\x02" * 32, b"\x03" * 32, bytes(32))
+STATE_MESSAGES: tuple[statesync.StateMessage, ...] = (
+    statesync.CheckpointVote(_CP, b"\x04" * 64),
+    statesync.CertificateRequest(),
+    statesync.CertificateOffer(
+        Certificate(_CP, ((0, b"\x05" * 64), (3, b"\x06" * 64))),
+        OrderingState(9, 8, 29, 256, 1000, ((b"\x07" * 32, 20),), ((9, 1),), b"\x02" * 32),
+    ),
+    statesync.LogRequest(0, 256),
+    statesync.LogRows((statesync.LogRow(3, 10, 2, 1, 1, pack_block([b"tx", b"more"])),), done=True),
+)
+
+
+def _state_decode(data: bytes) -> object:
+    msg = statesync.decode(data)
+    assert statesync.decode(statesync.encode(msg)) == msg
+    return msg
+
+
 CASES: tuple[Case, ...] = (
     _codec_case("dagrider.codec", CODEC),
+    Case(
+        "dagrider.statesync",
+        _state_decode,
+        DecodeError,
+        tuple(statesync.encode(m) for m in STATE_MESSAGES),
+    ),
     _codec_case("dagrider.codec-small-limits", SMALL_CODEC),
     Case("p2p.nat", _nat_decode, nat.NatDecodeError, tuple(nat.encode(m) for m in NAT_MESSAGES)),
     Case(

@@ -308,6 +308,7 @@ class Node:
         their stores, starting at the lowest round we are missing.
         """
         previous_round = self.process.round
+        stalled = 0
         while True:
             await asyncio.sleep(CATCHUP_PERIOD)
             rnd = self.process.round
@@ -322,10 +323,15 @@ class Node:
             progressed = rnd != previous_round
             stuck = missing is not None and not progressed
             previous_round = rnd
+            # No round for a while and nothing missing that we know of: messages for
+            # rounds beyond our window may have been dropped before we could take them
+            # (a restart, a state transfer). Ask again, backing off: 2, 4, 8... periods.
+            stalled = 0 if progressed else stalled + 1
+            ask_stalled = stalled >= 2 and stalled & (stalled - 1) == 0
             # Far behind and getting nowhere: peers may no longer hold those rounds, so
             # a certified checkpoint is the way back (dagrider.node.state_sync).
             self.state_sync.seek(behind and not progressed)
-            if not (behind or stuck):
+            if not (behind or stuck or ask_stalled):
                 continue
             start = self.process.round if missing is None else min(missing, self.process.round)
             data = encode(CatchupRequest(start, CATCHUP_CHUNK_ROUNDS))
@@ -362,6 +368,10 @@ class Node:
             if wave <= self.process.completed_wave:
                 share = self.process.own_share(wave)
                 self.transport.send(key, encode(CoinShareMsg(share)))
+        if last >= self.process.dag.floor:
+            # The asked rounds reach what we hold in memory: resend our live rounds too
+            # (our VALs and votes), which the asker may have dropped as too far ahead.
+            self._emit(self.process.resync(peer))
 
     # -- effects ------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class StateSync:
         )
         self.transfer: Transfer | None = None
         self._behind_periods = 0
+        self._asked: set[int] = set()  # peers whose certificate offer we wait for
         self._tokens: dict[int, tuple[float, float]] = {}
         self.stats = {
             "checkpoints_signed": 0,
@@ -208,28 +209,33 @@ class StateSync:
             data = encode(CertificateRequest())
             for peer in self.peers:
                 self._send(peer, data)
+                self._asked.add(peer)
 
     def _on_offer(self, sender: int, offer: CertificateOffer) -> None:
-        if self.transfer is not None or self._behind_periods < SEEK_AFTER:
-            return  # unasked (or already busy): nothing to do with it
+        if sender not in self._asked:
+            return  # unasked: nothing to do with it
+        self._asked.discard(sender)
         cert, state = offer.certificate, offer.state
-        ordering = self.process.ordering
-        if cert.checkpoint.index <= ordering.next_index:
-            return  # no newer than what we have
-        if max(0, state.last_leader_round - self.gc_depth) <= self.process.round:
-            return  # installing it would not move us forward: catch-up will do
+        # Every answer to our request is checked, even one we no longer need: a peer
+        # that offers a forged certificate is reported whether or not it was first.
         try:
             cert.verify(self.committee.committee_id, self.keys, self.committee.f)
         except CertificateError as exc:
             self.misbehaviour(sender, f"certificate refused: {exc}")
             return
         cp = cert.checkpoint
-        if state.digest(self.gc_depth) != cp.ordering or state.next_index != cp.index:
+        if state.digest(self.gc_depth) != cp.ordering or (
+            state.next_index,
+            state.next_tx_index,
+            state.chain,
+        ) != (cp.index, cp.tx_index, cp.chain):
             self.misbehaviour(sender, "ordering state does not match its certificate")
             return
-        if (state.next_tx_index, state.chain) != (cp.tx_index, cp.chain):
-            self.misbehaviour(sender, "ordering state does not match its certificate")
-            return
+        ordering = self.process.ordering
+        if self.transfer is not None or cp.index <= ordering.next_index:
+            return  # busy, or no newer than what we have
+        if max(0, state.last_leader_round - self.gc_depth) <= self.process.round:
+            return  # installing it would not move us forward: catch-up will do
         peers = [sender, *(p for p in self.peers if p != sender)]
         self.transfer = Transfer(
             cert, state, ordering.next_index, ordering.next_tx_index, ordering.chain, peers

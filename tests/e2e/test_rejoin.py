@@ -8,15 +8,31 @@ both in one store transaction and walk on from there.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import shutil
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 
 import pytest
 from e2e.helpers import assert_same_log, wait_for_logs
 
+from dagrider import statesync
+from dagrider.checkpoint import Certificate, pack_block
+from dagrider.codec import Codec
+from dagrider.committee import NodeSecret
+from dagrider.keygen import key_file_name
 from dagrider.node.client import submit_batch
 from dagrider.node.cluster import LocalCluster
+from dagrider.node.config import parse_address
+from dagrider.node.store import Store
+from dagrider.params import Limits
+from p2p.framing import LINK_KINDS, FrameKind
+from p2p.identity import Identity
+from p2p.testing import loopback_config
+from p2p.transport import PeerTransport
 
 pytestmark = pytest.mark.e2e
 
@@ -79,3 +95,105 @@ def test_brand_new_data_directory_joins_from_a_certificate(
     shutil.rmtree(cluster.data_dir(3))
     sent |= _run_while_down(cluster, 5 * RETAIN)
     _rejoins(cluster, sent)
+
+
+class Liar:
+    """Member 2's identity on member 2's address, on its own event loop: it answers
+    certificate requests with a forged certificate and then a real one (taken from
+    member 2's stopped store), and log requests with forged rows."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        assert cluster.committee is not None
+        c = cluster.committee
+        self.secret = NodeSecret.load(cluster.committee_dir / key_file_name(2))
+        self.keys = {i: c.member(i).identity_key for i in range(c.n) if i != 2}
+        self.address = parse_address(str(c.member(2).address))
+        store = Store(
+            cluster.data_dir(2) / "node.sqlite3", Codec(c.n, Limits()), c.committee_id, 12
+        )
+        latest = store.latest_certificate()
+        assert latest is not None, "member 2 never certified a checkpoint"
+        self.cert, self.state = latest
+        store.close()
+        self.answered: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Liar:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _answer(self, key: bytes, data: bytes) -> None:
+        msg = statesync.decode(data)
+        if isinstance(msg, statesync.CertificateRequest):
+            cp = self.cert.checkpoint
+            forged = Certificate(cp, tuple((s, bytes(64)) for s, _ in self.cert.signatures))
+            self._transport.send(
+                key,
+                statesync.encode(statesync.CertificateOffer(forged, self.state)),
+                FrameKind.STATE,
+            )
+            self._transport.send(
+                key,
+                statesync.encode(statesync.CertificateOffer(self.cert, self.state)),
+                FrameKind.STATE,
+            )
+            self.answered.append("certificate")
+        elif isinstance(msg, statesync.LogRequest):
+            row = statesync.LogRow(msg.first, 0, 1, 2, 1, pack_block([b"forged"]))
+            self._transport.send(
+                key, statesync.encode(statesync.LogRows((row,), True)), FrameKind.STATE
+            )
+            self.answered.append("rows")
+
+    async def _main(self) -> None:
+        self._transport = PeerTransport(
+            Identity.from_seed(self.secret.identity_seed),
+            loopback_config(self.address[1]),
+            {},
+            set(self.keys.values()),
+            lambda key, data: None,  # consensus frames: this member takes no part
+            channels={
+                **{k: (lambda key, data: None) for k in FrameKind if k not in LINK_KINDS},
+                FrameKind.STATE: self._answer,
+            },
+        )
+        await self._transport.start()
+        try:
+            while not self._stop.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            await self._transport.close()
+
+
+def test_a_lying_peer_is_caught_and_the_node_syncs_from_the_others(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(
+        gc_depth=12, batch_delay_ms=10, retain_rounds=RETAIN, checkpoint_interval=32, dht=False
+    )
+    cluster.stop(3)
+    sent = _run_while_down(cluster, 10 * RETAIN)
+    cluster.stop(2)
+    with Liar(cluster) as liar:
+        cluster.start(3)
+        cluster.wait_ready(60, [3])
+        logs = wait_for_logs(cluster, [0, 1, 3], sent, timeout=120)
+        assert_same_log(logs)
+        fresh = _txs("after-liar", 40)
+        submit_batch(cluster.api_url(3), fresh)
+        logs = wait_for_logs(cluster, [0, 1, 3], set(fresh), timeout=60)
+        assert_same_log(logs)
+    assert "certificate" in liar.answered
+    with urllib.request.urlopen(cluster.api_url(3) + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    refused = re.search(r'dagrider_peer_misbehaviour_total\{peer="2"\} (\d+)', metrics)
+    assert refused is not None and int(refused.group(1)) >= 1
+    sync = cluster.get_json(3, "/v1/status")["state_sync"]
+    assert sync["transfers_installed"] >= 1
+    if "rows" in liar.answered:  # it got to serve: then it was banned for it
+        assert sync["transfer_peers_banned"] >= 1
