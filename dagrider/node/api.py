@@ -18,6 +18,16 @@ Routes (every error is JSON ``{"error": "<cause>", "status": <code>}``):
   (SSE, resumes from ``Last-Event-ID``), ``GET /v1/status``, ``GET /metrics``,
   ``GET /healthz``.
 
+A node with ``[storage] keep_log_entries`` prunes the start of its log. Asking
+``/v1/log`` or ``/v1/log/stream`` for a position before its first available index
+(including the default ``after=-1``, "from the beginning") answers **410 Gone** with
+``{"error", "status": 410, "first_available": <index>, "requested": <index>}``: resume
+with ``after=first_available-1`` (or ask a node that keeps more). An SSE stream whose
+cursor falls behind the cut while it runs ends with ``event: error`` carrying the same
+JSON. Transaction ids are forgotten with their log rows, so ``/v1/transactions/{id}`` of
+a pruned transaction is 404 like any unknown id; on a pruned node the 404 body adds
+``first_available`` and says it may have been committed before that index.
+
 A request is validated entirely before ``NodeService.submit``, so a rejected request
 enqueues nothing. With a bearer token, every route except ``/healthz`` requires it.
 """
@@ -120,6 +130,22 @@ def _entry_json(entry: LogEntry) -> dict[str, Any]:
         "wave": entry.wave,
         "committed_at": entry.committed_at,
     }
+
+
+def _pruned(requested: int, first: int) -> ApiError:
+    return ApiError(
+        410,
+        f"log entries before index {first} are pruned on this node ([storage] "
+        f"keep_log_entries); requested from index {requested}: resume with "
+        f"after={first - 1}, or ask a node that keeps them",
+        extra={"first_available": first, "requested": requested},
+    )
+
+
+def _check_gap(after: int, entries: list[LogEntry]) -> None:
+    """The service skips pruned positions; a first entry past ``after + 1`` is that gap."""
+    if entries and entries[0].index > after + 1:
+        raise _pruned(after + 1, entries[0].index)
 
 
 def _digest(secret: str) -> bytes:
@@ -410,6 +436,15 @@ class _Api:
             )
         status = self.service.tx_status(raw.lower())
         if status.state == "unknown":
+            first = self._first_available()
+            if first > 0:
+                raise ApiError(
+                    404,
+                    f"unknown transaction {status.tx_id}: not pending and not in this "
+                    f"node's log, which starts at index {first} (earlier entries are "
+                    "pruned, so it may have been committed before that)",
+                    extra={"first_available": first},
+                )
             raise ApiError(404, f"unknown transaction {status.tx_id}")
         return web.json_response(
             {
@@ -427,6 +462,7 @@ class _Api:
             request.query.get("limit", str(LOG_LIMIT_DEFAULT)), "limit", 1, LOG_LIMIT_MAX
         )
         entries = self.service.log(after, limit)
+        _check_gap(after, entries)
         return web.json_response(
             {"entries": [_entry_json(e) for e in entries], "head": self.service.log_head()}
         )
@@ -439,6 +475,8 @@ class _Api:
             cursor = _int_param(last_id.strip(), "Last-Event-ID", -1)
         else:
             cursor = _int_param(request.query.get("after", "-1"), "after", -1)
+        entries = self.service.log(cursor, 1000)
+        _check_gap(cursor, entries)  # before the 200: a pruned start is a plain 410
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -452,25 +490,36 @@ class _Api:
             await response.write(b"retry: 1000\n: stream open\n\n")
             last_write = loop.time()
             while not self.closing.is_set():
-                entries = self.service.log(cursor, 1000)
+                if entries and entries[0].index > cursor + 1:
+                    # The reader fell behind the pruning: say so and end the stream.
+                    error = json.dumps(_pruned(cursor + 1, entries[0].index).body())
+                    await response.write(f"event: error\ndata: {error}\n\n".encode())
+                    break
                 if entries:
                     events = "".join(
                         f"id: {e.index}\ndata: {json.dumps(_entry_json(e))}\n\n" for e in entries
                     )
                     await response.write(events.encode("utf-8"))
                     cursor, last_write = entries[-1].index, loop.time()
-                    continue
-                idle = loop.time() - last_write
-                if idle >= self.keepalive:
-                    await response.write(b": keep-alive\n\n")
-                    last_write = loop.time()
-                    continue
-                await self._wait_for_log(cursor, self.keepalive - idle)
+                else:
+                    idle = loop.time() - last_write
+                    if idle >= self.keepalive:
+                        await response.write(b": keep-alive\n\n")
+                        last_write = loop.time()
+                    else:
+                        await self._wait_for_log(cursor, self.keepalive - idle)
+                entries = self.service.log(cursor, 1000)
         except ConnectionResetError:
             pass  # the client went away
         except Exception:
             log.exception("log stream failed at index %d", cursor)
         return response
+
+    def _first_available(self) -> int:
+        """The node's first log index (0 if nothing is pruned), from the same gap the
+        log routes report: the service skips pruned positions."""
+        entries = self.service.log(-1, 1)
+        return entries[0].index if entries else 0
 
     async def _wait_for_log(self, after: int, timeout: float) -> None:
         waiter = asyncio.ensure_future(self.service.wait_for_log(after, timeout))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,8 @@ from typing import Any, BinaryIO
 
 from dagrider.node.batch import BATCH_CONTENT_TYPE, encode_batch
 
+log = logging.getLogger(__name__)
+
 
 class ApiError(Exception):
     """The node answered with an error status; ``status`` and the node's message."""
@@ -27,6 +30,42 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+class LogPruned(ApiError):
+    """410: the node no longer keeps the log before ``first_available``."""
+
+    def __init__(self, message: str, first_available: int, requested: int) -> None:
+        super().__init__(410, message)
+        self.first_available = first_available
+        self.requested = requested
+
+
+def _error(status: int, body: bytes) -> ApiError:
+    """The exception for an error answer (``LogPruned`` for a 410 that names the cut)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return ApiError(status, body.decode(errors="replace"))
+    message = str(doc.get("error", body.decode(errors="replace")))
+    first, requested = doc.get("first_available"), doc.get("requested")
+    if status == 410 and isinstance(first, int) and isinstance(requested, int):
+        return LogPruned(message, first, requested)
+    return ApiError(status, message)
+
+
+def _skip_to(api: str, exc: LogPruned) -> int:
+    """Say that the log resumes after a pruned gap; the ``after`` to resume with."""
+    log.warning(
+        "%s: log entries %d..%d are pruned on this node; continuing at index %d",
+        api,
+        exc.requested,
+        exc.first_available - 1,
+        exc.first_available,
+    )
+    return exc.first_available - 1
 
 
 def _request(
@@ -45,12 +84,7 @@ def _request(
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read() or b"null")
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            message = json.loads(body).get("error", body.decode(errors="replace"))
-        except (ValueError, AttributeError):
-            message = body.decode(errors="replace")
-        raise ApiError(exc.code, str(message)) from None
+        raise _error(exc.code, exc.read()) from None
 
 
 def submit_one(api: str, tx: bytes, token: str | None = None) -> str:
@@ -66,17 +100,30 @@ def submit_batch(api: str, txs: Sequence[bytes], token: str | None = None) -> di
 
 
 def get_log(api: str, after: int = -1, limit: int = 1000, token: str | None = None) -> list[Any]:
+    """One page of ``/v1/log``; raises :class:`LogPruned` if ``after + 1`` is pruned."""
     doc = _request(f"{api}/v1/log?after={after}&limit={limit}", token=token)
     entries: list[Any] = doc["entries"] if isinstance(doc, dict) else doc
     return entries
 
 
-def full_log(api: str, token: str | None = None) -> list[Any]:
-    """Every committed entry, paging through ``/v1/log``."""
+def full_log(api: str, token: str | None = None, *, skip_pruned: bool = True) -> list[Any]:
+    """Every committed entry the node still has, paging through ``/v1/log``.
+
+    On a node that prunes its log (``[storage] keep_log_entries``) the list starts at
+    the node's first available index (each entry carries its ``index``) and a warning
+    on the ``dagrider.node.client`` logger says so; ``skip_pruned=False`` raises
+    :class:`LogPruned` instead.
+    """
     out: list[Any] = []
     after = -1
     while True:
-        page = get_log(api, after, 10_000, token)
+        try:
+            page = get_log(api, after, 10_000, token)
+        except LogPruned as exc:
+            if not skip_pruned:
+                raise
+            after = _skip_to(api, exc)
+            continue
         if not page:
             return out
         out += page
@@ -92,16 +139,50 @@ def status(api: str, token: str | None = None) -> dict[str, Any]:
     return doc
 
 
-def stream_log(api: str, after: int = -1, token: str | None = None) -> Iterator[dict[str, Any]]:
-    """Follow ``/v1/log/stream`` (Server-Sent Events) forever, yielding entries."""
+def stream_log(
+    api: str, after: int = -1, token: str | None = None, *, skip_pruned: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Follow ``/v1/log/stream`` (Server-Sent Events) forever, yielding entries.
+
+    If the node has pruned the log at ``after + 1`` (at the start, or later because
+    this reader fell behind the cut), the stream continues at the node's first
+    available index and a warning on the ``dagrider.node.client`` logger names the
+    skipped range; ``skip_pruned=False`` raises :class:`LogPruned` instead. Other
+    HTTP errors raise ``urllib.error.HTTPError`` as before.
+    """
+    while True:
+        try:
+            yield from _stream_once(api, after, token)
+            return
+        except LogPruned as exc:
+            if not skip_pruned:
+                raise
+            after = _skip_to(api, exc)
+
+
+def _stream_once(api: str, after: int, token: str | None) -> Iterator[dict[str, Any]]:
     req = urllib.request.Request(f"{api}/v1/log/stream?after={after}")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=None) as r:
+    try:
+        r = urllib.request.urlopen(req, timeout=None)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 410:
+            raise
+        raise _error(exc.code, exc.read()) from None
+    with r:
+        event = "message"
         for raw in r:
             line = raw.decode().rstrip("\n")
-            if line.startswith("data:"):
-                yield json.loads(line[5:].strip())
+            if not line:
+                event = "message"
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+                if event == "error":  # the node ended the stream (the cut passed us)
+                    raise _error(int(json.loads(data).get("status", 500)), data.encode())
+                yield json.loads(data)
 
 
 def crdt_get(
@@ -160,12 +241,7 @@ def _open(url: str, method: str, token: str | None, **kw: Any) -> Any:
     try:
         return urllib.request.urlopen(req, timeout=None)
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            message = json.loads(body).get("error", body.decode(errors="replace"))
-        except (ValueError, AttributeError):
-            message = body.decode(errors="replace")
-        raise ApiError(exc.code, str(message)) from None
+        raise _error(exc.code, exc.read()) from None
 
 
 def content_put(

@@ -44,6 +44,7 @@ class ClusterSpec:
     gc_depth: int = 50
     checkpoint_interval: int = 256
     retain_rounds: int = 2_000
+    keep_log_entries: int = 0  # [storage] keep_log_entries (0: every node keeps its whole log)
     log_level: str = "info"
     crdt_sync_interval_ms: int = 2_000
     crdt_checkpoint_interval_ms: int = 10_000
@@ -171,6 +172,7 @@ class LocalCluster:
                     "",
                     "[storage]",
                     f"retain_rounds = {s.retain_rounds}",
+                    f"keep_log_entries = {s.keep_log_entries}",
                     "",
                     "[mempool]",
                     f"max_pending = {s.max_pending}",

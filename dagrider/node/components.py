@@ -68,6 +68,8 @@ def build_crdt(
         submit=submit,
         sync_interval=cfg.crdt_sync_interval,
         checkpoint_interval=cfg.crdt_checkpoint_interval,
+        compact_min_changes=cfg.crdt_compact_min_changes,
+        attest_every=cfg.crdt_attest_every,
         logger=logger,
     )
 

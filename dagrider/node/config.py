@@ -40,6 +40,7 @@ class NodeConfig:
     response_budget_bytes: int = 16 * 1024 * 1024
     checkpoint_interval: int = 256  # committed vertices between certified checkpoints
     retain_rounds: int = 2_000  # rounds of vertices and votes kept below the GC floor
+    keep_log_entries: int = 0  # committed transactions the log keeps (0: all of them)
     max_pending: int = 20_000
     max_body_bytes: int = 64 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
@@ -49,6 +50,8 @@ class NodeConfig:
     crdt_enabled: bool = True
     crdt_sync_interval: float = 2.0  # seconds between reconciliation sessions
     crdt_checkpoint_interval: float = 10.0  # seconds between checkpoint submissions
+    crdt_compact_min_changes: int = 10_000  # compact below a final checkpoint (0: never)
+    crdt_attest_every: int = 16  # every k-th checkpoint is a compaction candidate
     # namespace ("*" = any other) -> writer keys as 64 hex digits, or "committee"
     crdt_writers: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"*": ("committee",)})
     nat_enabled: bool = False
@@ -104,9 +107,16 @@ _SECTIONS: dict[str, set[str]] = {
         "checkpoint_interval",
     },
     "mempool": {"max_pending"},
-    "storage": {"fsync", "retain_rounds"},
+    "storage": {"fsync", "retain_rounds", "keep_log_entries"},
     "log": {"format", "level"},
-    "crdt": {"enabled", "sync_interval_ms", "checkpoint_interval_ms", "writers"},
+    "crdt": {
+        "enabled",
+        "sync_interval_ms",
+        "checkpoint_interval_ms",
+        "writers",
+        "compact_min_changes",
+        "attest_every",
+    },
     "nat": {"enabled", "relays", "offer_relay", "reserve", "dial_timeout_ms"},
     "dht": {"enabled", "bootstrap", "k", "alpha", "disjoint_paths", "mode", "advertise"},
     "content": {"enabled", "chunk_size_kib", "max_blob_mib", "max_upload_mib"},
@@ -183,6 +193,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             response_budget_bytes=_int(cons, "response_budget_mib", 16) * 1024 * 1024,
             checkpoint_interval=_int(cons, "checkpoint_interval", 256),
             retain_rounds=_int(raw.get("storage", {}), "retain_rounds", 2_000),
+            keep_log_entries=_int(raw.get("storage", {}), "keep_log_entries", 0),
             max_pending=_int(raw.get("mempool", {}), "max_pending", 20_000),
             max_body_bytes=_int(api, "max_body_bytes", 64 * 1024 * 1024),
             limits=limits,
@@ -194,6 +205,8 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             crdt_enabled=_bool(crdt, "enabled", True),
             crdt_sync_interval=_int(crdt, "sync_interval_ms", 2000) / 1000.0,
             crdt_checkpoint_interval=_int(crdt, "checkpoint_interval_ms", 10_000) / 1000.0,
+            crdt_compact_min_changes=_int(crdt, "compact_min_changes", 10_000),
+            crdt_attest_every=_int(crdt, "attest_every", 16),
             crdt_writers=_writers(crdt.get("writers", {"*": ["committee"]})),
             nat_enabled=_bool(nat, "enabled", False),
             nat_relays=_relays(nat.get("relays", [])),
@@ -221,12 +234,19 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         raise ConfigError("[consensus] checkpoint_interval must be >= 1")
     if cfg.retain_rounds < 0:
         raise ConfigError("[storage] retain_rounds must be >= 0")
+    if cfg.keep_log_entries < 0:
+        raise ConfigError(
+            f"[storage] keep_log_entries must be >= 0 (0 keeps the whole log), "
+            f"got {cfg.keep_log_entries}"
+        )
     if cfg.idle_round_interval < 0:
         raise ConfigError("[consensus] idle_round_ms must be >= 0")
     if cfg.max_pending < 1:
         raise ConfigError("[mempool] max_pending must be >= 1")
     if cfg.crdt_sync_interval <= 0 or cfg.crdt_checkpoint_interval <= 0:
         raise ConfigError("[crdt] sync_interval_ms and checkpoint_interval_ms must be > 0")
+    if cfg.crdt_compact_min_changes < 0 or cfg.crdt_attest_every < 1:
+        raise ConfigError("[crdt] compact_min_changes must be >= 0 and attest_every >= 1")
     _check_mesh(cfg)
     return cfg
 

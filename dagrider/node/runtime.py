@@ -127,6 +127,7 @@ class Node:
             self.params.gc_depth,
             cfg.fsync,
             retain_rounds=cfg.retain_rounds,
+            keep_log_entries=cfg.keep_log_entries,
         )
         self.state_sync = StateSync(
             c,

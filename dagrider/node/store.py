@@ -18,12 +18,25 @@ restarted node can never send a conflicting one. Tables:
 * ``checkpoints``: the ordering state at each recent checkpoint position and, once f+1
   members signed it, its certificate (see :mod:`dagrider.checkpoint`).
 
-Rows below the GC floor are deleted as the floor rises; the log is kept in full.
+Rows below the GC floor are deleted as the floor rises (vertices and votes only
+``retain_rounds`` below it, to serve catch-up). The log is kept in full unless
+``keep_log_entries`` is set: then each GC step also deletes the log rows (and their
+``tx_ids``) before the last ``keep_log_entries`` transactions, whole rows at a time, in
+the same transaction; :meth:`Store.first_log_index` says where the log now starts.
+Certificates outlive the rows they certify (see :meth:`Store._prune_checkpoints`).
+
+Space: a new file uses ``auto_vacuum = INCREMENTAL``, and a GC step that leaves many
+free pages returns some of them to the file system (``PRAGMA incremental_vacuum``); an
+older file is converted with one ``VACUUM`` when it opens if it is small
+(``VACUUM_ON_OPEN_MAX_BYTES``), otherwise it keeps its size (freed pages are reused,
+the file does not shrink). Each GC step ends with ``wal_checkpoint(TRUNCATE)``, so the
+WAL holds at most what was written since the previous step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,6 +94,25 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     idx INTEGER PRIMARY KEY, state BLOB NOT NULL, certificate BLOB);
 """
 CHECKPOINTS_KEPT = 8  # own checkpoint states (and certificates) kept to serve peers
+CERTIFICATES_KEPT = 256
+"""Once the log is pruned, certified checkpoints at or above its first row are kept too
+(the newest this many): each anchors the hash chain where the kept log begins."""
+PRUNE_STEP_TXS = 200_000
+PRUNE_STEP_BYTES = 64 * 1024 * 1024
+"""At most this many transactions (and about this many bytes of blocks) are pruned per
+GC step: a large backlog, e.g. when retention is first enabled on a long log, is worked
+off over several steps instead of stalling the node in one."""
+VACUUM_MIN_FREE_PAGES = 4096
+"""A GC step vacuums once this many pages (and 1/8 of the file) are free; fewer are
+simply reused by the next inserts."""
+VACUUM_STEP_PAGES = 4096  # pages returned to the file system per GC step at most
+VACUUM_ON_OPEN_MAX_BYTES = 64 * 1024 * 1024
+"""An existing file without incremental auto-vacuum is converted (one ``VACUUM``) when it
+opens only up to this size; a larger one is left as it is."""
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # journal_size_limit: the WAL file is cut back to this
+_BUSY_TIMEOUT_MS = 5000  # sqlite3.connect's default
+
+log = logging.getLogger(__name__)
 
 _ECHO, _READY = 1, 2
 
@@ -116,19 +148,28 @@ class Store:
         gc_depth: int,
         fsync: bool = False,
         retain_rounds: int = 2_000,
+        keep_log_entries: int = 0,
     ) -> None:
+        if keep_log_entries < 0:
+            raise ValueError(f"keep_log_entries must be >= 0, got {keep_log_entries}")
         self.path = path
         self.codec = codec
         self.gc_depth = gc_depth
         self.retain_rounds = retain_rounds  # kept below the GC floor to serve catch-up
+        self.keep_log_entries = keep_log_entries  # 0: keep the whole log
+        self.vacuum_min_free_pages = VACUUM_MIN_FREE_PAGES
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Only takes effect on a new file (before its first table); see _incremental().
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         # Checkpoint (and fsync) every ~64 MiB of WAL rather than every 4 MiB.
         self._db.execute("PRAGMA wal_autocheckpoint=16384")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         # NORMAL survives a process crash (SIGKILL); FULL also survives power loss.
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._check_identity(committee_id)
+        self.incremental_vacuum = self._incremental()
         self.floor = 0
         row = self._db.execute("SELECT value FROM meta WHERE key='crdt_cut'").fetchone()
         # Digest of the last CRDT checkpoint transaction in the log (zeros: none yet):
@@ -138,6 +179,29 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def _incremental(self) -> bool:
+        """Whether the file can give freed pages back; converts a small older file."""
+        db = self._db
+        if int(db.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
+            return True
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        size = pages * int(db.execute("PRAGMA page_size").fetchone()[0])
+        if size > VACUUM_ON_OPEN_MAX_BYTES:
+            log.warning(
+                "%s (%d bytes) predates incremental auto-vacuum: pages freed by GC and log "
+                "pruning are reused but the file will not shrink; to convert it, stop the "
+                "node and run: sqlite3 %s 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'",
+                self.path,
+                size,
+                self.path,
+            )
+            return False
+        db.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+        converted = int(db.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+        if converted:
+            log.info("%s converted to incremental auto-vacuum (%d bytes)", self.path, size)
+        return converted
 
     def _check_identity(self, committee_id: bytes) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key='committee'").fetchone()
@@ -164,6 +228,7 @@ class Store:
     ) -> None:
         """Persist one batch of effects atomically (call before sending its messages)."""
         db = self._db
+        gc = False
         db.execute("BEGIN")
         try:
             self._apply(effects, received_shares, now)
@@ -172,11 +237,13 @@ class Store:
                     "INSERT OR REPLACE INTO meta VALUES ('ordering', ?)",
                     (_pack_ordering(ordering),),
                 )
-                self._gc(ordering)
+                gc = self._gc(ordering)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if gc:
+            self._compact()
 
     def _apply(self, effects: Sequence[Effect], shares: Iterable[CoinShare], now: float) -> None:
         db = self._db
@@ -237,15 +304,17 @@ class Store:
         if rows:
             db.executemany("INSERT OR IGNORE INTO coin_shares VALUES (?,?,?)", rows)
 
-    def _gc(self, ordering: OrderingState) -> None:
-        """Delete rows far below the GC floor, in steps of at least a few waves.
+    def _gc(self, ordering: OrderingState) -> bool:
+        """Delete rows far below the GC floor, in steps of at least a few waves; whether
+        this was a step (the caller compacts the file after committing it).
 
         Vertices and votes are kept ``retain_rounds`` below the floor so that peers
-        that were down can catch up from this store.
+        that were down can catch up from this store. With ``keep_log_entries``, the log
+        before the last that-many transactions goes in the same step.
         """
         floor = max(0, ordering.last_leader_round - self.gc_depth)
         if floor <= self.floor + 16:
-            return
+            return False
         self.floor = floor
         keep = max(0, floor - self.retain_rounds)
         db = self._db
@@ -253,6 +322,70 @@ class Store:
         db.execute("DELETE FROM votes WHERE round < ?", (keep,))
         db.execute("DELETE FROM own WHERE round < ?", (floor,))
         db.execute("DELETE FROM coin_shares WHERE wave < ?", (ordering.next_wave,))
+        if self._prune_log():
+            self._prune_checkpoints()
+        return True
+
+    def _prune_log(self) -> bool:
+        """Delete the log rows (and their ``tx_ids``) wholly before the last
+        ``keep_log_entries`` transactions; the row holding the oldest kept transaction
+        stays whole, so a little more than asked is kept. Whether rows went."""
+        if self.keep_log_entries <= 0:
+            return False
+        db = self._db
+        row = db.execute(
+            "SELECT tx_index + count FROM log ORDER BY tx_index DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return False
+        first = self.first_log_index()
+        target = min(int(row[0]) - self.keep_log_entries, first + PRUNE_STEP_TXS)
+        if target <= first:
+            return False
+        cut = db.execute(
+            "SELECT vertex_index, tx_index FROM log WHERE tx_index <= ? "
+            "ORDER BY tx_index DESC LIMIT 1",
+            (target,),
+        ).fetchone()
+        if cut is None or int(cut[1]) <= first:
+            return False
+        # tx_ids has no index on tx_index: delete by prefix, recomputed from the blocks
+        # (work in proportion to what is pruned, not to what is kept). A prefix that now
+        # points elsewhere (a collision, a later duplicate) is left alone.
+        stop, size = int(cut[0]), 0
+        gone: list[tuple[int, int]] = []
+        rows = db.execute(
+            "SELECT vertex_index, tx_index, block FROM log WHERE vertex_index < ? "
+            "ORDER BY vertex_index",
+            (stop,),
+        )
+        for vertex_index, start, block in rows:
+            if size >= PRUNE_STEP_BYTES:
+                stop = int(vertex_index)
+                break
+            size += len(block)
+            gone += [(_prefix(tx), start + k) for k, tx in enumerate(msgpack.unpackb(block))]
+        rows.close()
+        db.executemany("DELETE FROM tx_ids WHERE prefix = ? AND tx_index = ?", gone)
+        db.execute("DELETE FROM log WHERE vertex_index < ?", (stop,))
+        return True
+
+    def _compact(self) -> None:
+        """After a GC step: give free pages back if many, and empty the WAL."""
+        db = self._db
+        if self.incremental_vacuum:
+            free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+            if free >= max(self.vacuum_min_free_pages, pages // 8):
+                # executescript: a plain execute() steps the pragma once (one page).
+                db.executescript(f"PRAGMA incremental_vacuum({min(free, VACUUM_STEP_PAGES)});")
+        # TRUNCATE waits for readers of the WAL (the CRDT store's connection shares the
+        # file and this thread): never wait, a later step will manage.
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 
     # -- checkpoints and state transfer -------------------------------------------------
 
@@ -263,10 +396,23 @@ class Store:
             "INSERT OR IGNORE INTO checkpoints(idx, state) VALUES (?, ?)",
             (state.next_index, _pack_ordering(state)),
         )
-        db.execute(
-            "DELETE FROM checkpoints WHERE idx NOT IN "
-            "(SELECT idx FROM checkpoints ORDER BY idx DESC LIMIT ?)",
-            (CHECKPOINTS_KEPT,),
+        self._prune_checkpoints()
+
+    def _prune_checkpoints(self) -> None:
+        """Keep the newest ``CHECKPOINTS_KEPT`` rows, the newest certificate whatever its
+        age, and, when the log is (to be) pruned, the newest ``CERTIFICATES_KEPT``
+        certificates at or above the first kept log row (each certifies the chain at a
+        position from which the kept log can be served)."""
+        pruning = self.keep_log_entries > 0 or self.first_log_index() > 0
+        start = self._db.execute("SELECT MIN(vertex_index) FROM log").fetchone()[0]
+        self._db.execute(
+            "DELETE FROM checkpoints WHERE "
+            "idx NOT IN (SELECT idx FROM checkpoints ORDER BY idx DESC LIMIT ?) "
+            "AND idx NOT IN (SELECT idx FROM checkpoints WHERE certificate IS NOT NULL "
+            "ORDER BY idx DESC LIMIT 1) "
+            "AND idx NOT IN (SELECT idx FROM checkpoints WHERE certificate IS NOT NULL "
+            "AND idx >= ? ORDER BY idx DESC LIMIT ?)",
+            (CHECKPOINTS_KEPT, start or 0, CERTIFICATES_KEPT if pruning else 0),
         )
 
     def save_certificate(self, cert: Certificate, state: OrderingState | None = None) -> None:
@@ -294,7 +440,8 @@ class Store:
 
     def log_rows(self, first: int, until: int, max_bytes: int) -> tuple[list[SyncRow], bool]:
         """Log rows with vertex index in [first, until), at most ``max_bytes`` of blocks
-        (at least one row); and whether the range is exhausted."""
+        (at least one row); and whether the range is exhausted. Rows pruned by
+        ``keep_log_entries`` are simply absent (the answer then starts later)."""
         rows: list[SyncRow] = []
         size = 0
         cursor = self._db.execute(
@@ -435,7 +582,10 @@ class Store:
     _LOG_COLUMNS = "tx_index, count, round, source, wave, committed_at, block"
 
     def log_after(self, after: int, limit: int) -> list[LogRow]:
-        """Committed transactions with index > ``after``, at most ``limit`` of them."""
+        """Committed transactions with index > ``after``, at most ``limit`` of them.
+
+        Pruned positions are skipped: below :meth:`first_log_index` the answer starts
+        there (the API turns that gap into 410 Gone; the CRDT rescan just moves on)."""
         db = self._db
         first = db.execute(
             "SELECT MAX(tx_index) FROM log WHERE tx_index <= ?", (after + 1,)
@@ -453,6 +603,12 @@ class Store:
                         return out
         return out
 
+    def first_log_index(self) -> int:
+        """The first transaction index this store still holds (0: nothing pruned). The
+        log always keeps its newest row, so a pruned log is never empty."""
+        row = self._db.execute("SELECT MIN(tx_index) FROM log").fetchone()
+        return 0 if row[0] is None else int(row[0])
+
     def log_head(self) -> int:
         row = self._db.execute(
             "SELECT tx_index + count - 1 FROM log ORDER BY tx_index DESC LIMIT 1"
@@ -460,7 +616,8 @@ class Store:
         return -1 if row is None else int(row[0])
 
     def find_tx(self, tx_id: bytes) -> LogRow | None:
-        """Where a transaction was committed (first occurrence), or None."""
+        """Where a transaction was committed (first occurrence), or None; None too once
+        its log row was pruned (its ``tx_ids`` row goes with it)."""
         db = self._db
         hit = db.execute(
             "SELECT tx_index FROM tx_ids WHERE prefix = ?", (_id_prefix(tx_id),)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from dagrider.node.api import API_METRICS, build_app
 from dagrider.node.batch import BatchError, BatchParser, encode_batch
+from dagrider.node.client import LogPruned, full_log, stream_log
 from dagrider.node.metrics import Metrics
 from dagrider.node.service import (
     LogEntry,
@@ -50,6 +53,7 @@ class FakeNode:
         self.broken = False
         self.pending: list[bytes] = []
         self.entries: list[LogEntry] = []
+        self.first = 0  # entries before this index are pruned (as keep_log_entries does)
         self.submit_calls = 0
         self.registry = Metrics()
         self.registry.gauge("dagrider_round", "Current DAG round.").set(7)
@@ -82,7 +86,7 @@ class FakeNode:
             self._changed = None
 
     def tx_status(self, tx_id_hex: str) -> TxStatus:
-        for e in self.entries:
+        for e in self.entries[self.first :]:  # pruned ids are forgotten, as in the store
             if e.tx_id == tx_id_hex:
                 return TxStatus(tx_id_hex, "committed", e.index, e.round, e.wave)
         if any(tx_id(tx) == tx_id_hex for tx in self.pending):
@@ -90,7 +94,8 @@ class FakeNode:
         return TxStatus(tx_id_hex, "unknown", None, None, None)
 
     def log(self, after: int, limit: int) -> list[LogEntry]:
-        return self.entries[after + 1 : after + 1 + limit]
+        start = max(after + 1, self.first)  # the store skips pruned positions
+        return self.entries[start : start + limit]
 
     def log_head(self) -> int:
         return len(self.entries) - 1
@@ -591,6 +596,95 @@ def test_sse_sends_keep_alive_comments_when_idle() -> None:
         r.close()
 
     run_api(scenario, keepalive=0.05)
+
+
+# --- a pruned log (keep_log_entries) ---------------------------------------------------
+
+
+def test_log_below_the_first_available_index_is_410_naming_it() -> None:
+    async def scenario(client: Client, node: FakeNode) -> None:
+        node.pending = [b"p%d" % i for i in range(10)]
+        node.commit()
+        node.first = 6
+        for query, requested in (("", 0), ("?after=-1", 0), ("?after=4&limit=2", 5)):
+            body = await expect_error(
+                await client.get(f"/v1/log{query}"), 410, "before index 6 are pruned", "after=5"
+            )
+            assert (body["first_available"], body["requested"]) == (6, requested)
+        r = await client.get("/v1/log?after=5")
+        assert [e["index"] for e in (await r.json())["entries"]] == [6, 7, 8, 9]
+        r = await client.get("/v1/log?after=9")
+        assert (await r.json())["entries"] == []
+
+    run_api(scenario)
+
+
+def test_pruned_transaction_is_404_with_first_available() -> None:
+    async def scenario(client: Client, node: FakeNode) -> None:
+        node.pending = [b"old", b"new"]
+        node.commit()
+        node.first = 1
+        body = await expect_error(
+            await client.get(f"/v1/transactions/{tx_id(b'old')}"),
+            404,
+            "unknown transaction",
+            "starts at index 1",
+            "pruned",
+        )
+        assert body["first_available"] == 1
+        r = await client.get(f"/v1/transactions/{tx_id(b'new')}")
+        assert (await r.json())["index"] == 1
+
+    run_api(scenario)
+
+
+def test_sse_below_the_cut_is_410_and_a_reader_overtaken_by_it_gets_an_error_event() -> None:
+    async def scenario(client: Client, node: FakeNode) -> None:
+        node.pending = [b"s%d" % i for i in range(10)]
+        node.commit()
+        node.first = 6
+        body = await expect_error(await client.get("/v1/log/stream"), 410, "pruned")
+        assert (body["first_available"], body["requested"]) == (6, 0)
+        r = await client.get("/v1/log/stream", headers={"Last-Event-ID": "3"})
+        await expect_error(r, 410, "before index 6")
+        r = await client.get("/v1/log/stream?after=7")
+        assert [(await next_event(r))[0] for _ in range(2)] == [8, 9]
+        node.pending = [b"t%d" % i for i in range(10)]
+        node.first = 15  # pruning overtook the reader (cursor 9) before it read on
+        node.commit()
+        block = await next_block(r)
+        assert block[0] == "event: error"
+        error = json.loads(block[1].removeprefix("data: "))
+        assert (error["status"], error["first_available"], error["requested"]) == (410, 15, 10)
+        assert await asyncio.wait_for(r.content.read(), 5) == b""  # the stream ended
+        r.close()
+
+    run_api(scenario)
+
+
+def test_client_starts_at_the_first_available_index_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario(client: Client, node: FakeNode) -> None:
+        node.pending = [b"c%d" % i for i in range(10)]
+        node.commit()
+        node.first = 4
+        url = str(client.make_url("")).rstrip("/")
+        with caplog.at_level(logging.WARNING, logger="dagrider.node.client"):
+            entries = await asyncio.to_thread(full_log, url)
+            assert [e["index"] for e in entries] == list(range(4, 10))
+            assert "log entries 0..3 are pruned" in caplog.text
+            streamed = await asyncio.to_thread(
+                lambda: [e["index"] for e in itertools.islice(stream_log(url, 1), 3)]
+            )
+            assert streamed == [4, 5, 6]
+        with pytest.raises(LogPruned) as caught:
+            await asyncio.to_thread(full_log, url, skip_pruned=False)
+        assert (caught.value.first_available, caught.value.requested) == (4, 0)
+        with pytest.raises(LogPruned):
+            await asyncio.to_thread(lambda: next(stream_log(url, skip_pruned=False)))
+
+    run_api(scenario)
 
 
 # --- status, metrics, health, routing -------------------------------------------------

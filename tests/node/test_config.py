@@ -9,6 +9,7 @@ import pytest
 
 from dagrider.node.config import ConfigError, load_config, parse_config
 
+EXAMPLE = Path(__file__).parents[2] / "configs" / "example-node.toml"
 BASE: dict[str, Any] = {
     "node": {"key_file": "k", "committee_file": "c.json", "data_dir": "d"},
 }
@@ -235,3 +236,29 @@ def test_a_peer_on_a_wildcard_address_must_say_what_to_advertise() -> None:
 def test_example_peer_config_loads() -> None:
     cfg = load_config(Path(__file__).parents[2] / "configs" / "example-peer.toml")
     assert cfg.is_peer and cfg.committee_file is not None and len(cfg.dht_bootstrap) == 1
+
+
+def test_keep_log_entries_defaults_to_the_whole_log() -> None:
+    assert parse_config(BASE, Path("/base")).keep_log_entries == 0
+    cfg = parse_config(_with(storage={"keep_log_entries": 1_000_000}), Path("/base"))
+    assert cfg.keep_log_entries == 1_000_000
+    assert load_config(EXAMPLE).keep_log_entries == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, r"\[storage\] keep_log_entries must be >= 0 \(0 keeps the whole log\), got -1"),
+        ("1000", "keep_log_entries must be an integer, got '1000'"),
+        (1.5, "keep_log_entries must be an integer, got 1.5"),
+        (True, "keep_log_entries must be an integer, got True"),
+    ],
+)
+def test_bad_keep_log_entries_is_named(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_with(storage={"keep_log_entries": value}), Path("/base"))
+
+
+def test_unknown_storage_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"\[storage\] unknown keys \['keep_log'\]"):
+        parse_config(_with(storage={"keep_log": 5}), Path("/base"))
