@@ -9,6 +9,7 @@ both in one store transaction and walk on from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import threading
@@ -116,11 +117,14 @@ class Liar:
         self.cert, self.state = latest
         store.close()
         self.answered: list[str] = []
+        self.node3 = (c.member(3).identity_key, parse_address(str(c.member(3).address)))
+        self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     def __enter__(self) -> Liar:
         self._thread.start()
+        assert self._ready.wait(20), "the liar could not listen on member 2's address"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -163,9 +167,16 @@ class Liar:
             },
         )
         await self._transport.start()
+        self._ready.set()
         try:
             while not self._stop.is_set():
-                await asyncio.sleep(0.1)
+                # Dial node 3 too (it may have tried our address before we listened and
+                # be backing off): the liar must be there when node 3 asks.
+                key, address = self.node3
+                if not self._transport.has_link(key):
+                    with contextlib.suppress(Exception):
+                        await self._transport.connect(key, address, timeout=1.0)
+                await asyncio.sleep(0.05)
         finally:
             await self._transport.close()
 
