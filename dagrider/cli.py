@@ -71,7 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--tx-rate", type=float, default=200.0, help="tx/s per node (virtual)")
     sm.add_argument("--tx-size", type=int, default=64, help="transaction size in bytes")
     sm.add_argument("--batch-size", type=int, default=500, help="transactions per vertex")
-    sm.add_argument("--batch-delay", type=float, default=0.0, help="ms to wait for a batch")
+    sm.add_argument(
+        "--batch-delay",
+        type=float,
+        default=0.0,
+        help="ms to wait for a batch (the daemon's batch_delay_ms is 50; 0: no pacing)",
+    )
+    sm.add_argument(
+        "--idle-delay",
+        type=float,
+        default=0.0,
+        help="ms between rounds with nothing to order (the daemon's idle_round_ms is 200)",
+    )
     sm.add_argument(
         "--max-time", type=float, default=0.0, help="virtual ms cap (0: 120 s per wave)"
     )
@@ -235,6 +246,7 @@ def _sim(args: argparse.Namespace) -> int:
         tx_size=args.tx_size,
         batch_size=args.batch_size,
         batch_delay=args.batch_delay,
+        idle_delay=args.idle_delay,
         gc_depth=args.gc_depth,
         max_time=args.max_time,
         slow_node_delay=args.slow_node_delay,

@@ -70,6 +70,9 @@ class SimConfig:
     tx_size: int = 64
     batch_size: int = 500
     batch_delay: float = 0.0  # ms; 0 proposes as soon as a round completes
+    # ms between rounds while a node has nothing to order (the daemon's idle_round_ms);
+    # the wait is max(batch_delay, idle_delay). 0: idle rounds run at the batch pace.
+    idle_delay: float = 0.0
     gc_depth: int = 50
     max_time: float = 0.0  # ms of virtual time; 0 means 120 s per wave
     slow_node_delay: float = 0.0  # ms added to everything one correct node sends
@@ -108,6 +111,7 @@ class SimConfig:
             ("--tx-size", "tx_size"),
             ("--batch-size", "batch_size"),
             ("--batch-delay", "batch_delay"),
+            ("--idle-delay", "idle_delay"),
             ("--gc-depth", "gc_depth"),
             ("--max-time", "max_time"),
             ("--slow-node-delay", "slow_node_delay"),
@@ -148,7 +152,7 @@ class _Run:
         self.params = Parameters(
             gc_depth=cfg.gc_depth,
             batch_size=cfg.batch_size,
-            propose_empty=cfg.batch_delay == 0,
+            propose_empty=cfg.batch_delay == 0 and cfg.idle_delay == 0,
         )
         self.configs = [
             ProcessConfig(i, n, f, pub, secrets[i], self.domain, self.params) for i in range(n)
@@ -180,7 +184,7 @@ class _Run:
         self.tx_required: set[bytes] | None = None  # submitted to correct nodes by the goal
         self.tx_pending = 0  # of tx_required, not yet ordered by every correct node
         self.last_progress = 0.0  # when a correct node last entered a new round
-        self.stall_ms = STALL_MS + cfg.batch_delay
+        self.stall_ms = STALL_MS + max(cfg.batch_delay, cfg.idle_delay)
         self.stalled_at: float | None = None
         self.tx_latency: list[float] = []
         self.vertex_latency: list[float] = []
@@ -369,7 +373,14 @@ class _Run:
                 data, msg = self._wire(e.msg)
                 self.world.send(i, e.to, data, msg)
             elif isinstance(e, AwaitBatch):
-                self.world.schedule(self.world.now + self.cfg.batch_delay, "timer", i, e.round)
+                self._arm_timer(i, e)
+
+    def _arm_timer(self, i: int, e: AwaitBatch) -> None:
+        """The shell's batch timer, as the daemon runs it (idle waits are longer)."""
+        delay = self.cfg.batch_delay
+        if e.idle:
+            delay = max(delay, self.cfg.idle_delay)
+        self.world.schedule(self.world.now + delay, "timer", i, e.round)
 
     def _apply_strategy(
         self, i: int, node: _Node, strategy: byzantine.Strategy, effects: list[Effect]
@@ -392,7 +403,7 @@ class _Run:
         node.withheld_frames += max(0, wanted - plain)
         for e in effects:  # the inner process keeps its honest pace
             if isinstance(e, AwaitBatch):
-                self.world.schedule(self.world.now + self.cfg.batch_delay, "timer", i, e.round)
+                self._arm_timer(i, e)
 
     def _wire(self, msg: Message) -> tuple[bytes, Message]:
         """Encode once and decode once: every broadcast goes through the strict codec."""
