@@ -283,7 +283,7 @@ def run_one(a: argparse.Namespace, keep: int) -> dict[str, Any]:
     try:
         cluster.start_all()
         cluster.wait_ready(timeout=60)
-        _wait_connected(cluster)
+        cluster.wait_connected()
         samples, load, first = asyncio.run(_drive(cluster, a))
     finally:
         cluster.stop_all()
@@ -294,23 +294,6 @@ def run_one(a: argparse.Namespace, keep: int) -> dict[str, Any]:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-def _wait_connected(cluster: LocalCluster, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    for i in range(cluster.n):
-        while True:
-            st = cluster.get_json(i, "/v1/status")
-            peers = st.get("peers", {})
-            if (
-                len(peers) == cluster.n - 1
-                and all(p.get("state") == "connected" for p in peers.values())
-                and int(st.get("round", 0)) >= 2
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node {i} not connected to all peers: {peers}")
-            time.sleep(0.2)
 
 
 def _summarise(

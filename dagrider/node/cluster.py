@@ -40,6 +40,7 @@ class ClusterSpec:
     api_base_port: int = 8001  # API port of node i = api_base_port + i
     batch_size: int = 1_000
     batch_delay_ms: int = 50
+    idle_round_ms: int = 500
     max_pending: int = 20_000
     gc_depth: int = 50
     checkpoint_interval: int = 256
@@ -167,6 +168,7 @@ class LocalCluster:
                     "[consensus]",
                     f"batch_size = {s.batch_size}",
                     f"batch_delay_ms = {s.batch_delay_ms}",
+                    f"idle_round_ms = {s.idle_round_ms}",
                     f"gc_depth = {s.gc_depth}",
                     f"checkpoint_interval = {s.checkpoint_interval}",
                     "",
@@ -270,6 +272,24 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"node {i} not ready after {timeout} s")
                 time.sleep(0.1)
+
+    def wait_connected(self, timeout: float = 60.0) -> None:
+        """Every node sees all its peers connected and the DAG advancing (benchmarks
+        start measuring only then)."""
+        deadline = time.monotonic() + timeout
+        for i in range(self.n):
+            while True:
+                st = self.get_json(i, "/v1/status")
+                peers = st.get("peers", {})
+                if (
+                    len(peers) == self.n - 1
+                    and all(p.get("state") == "connected" for p in peers.values())
+                    and int(st.get("round", 0)) >= 2
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {i} not connected to all peers: {peers}")
+                time.sleep(0.2)
 
     def get_json(self, i: int, path: str, timeout: float = 10.0) -> Any:
         with urllib.request.urlopen(self.api_url(i) + path, timeout=timeout) as r:

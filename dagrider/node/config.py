@@ -33,7 +33,7 @@ class NodeConfig:
     peers: dict[int, tuple[str, int]] = field(default_factory=dict)  # overrides
     batch_size: int = 1_000
     batch_delay: float = 0.05  # seconds
-    idle_round_interval: float = 0.2  # seconds between rounds while the mempool is empty
+    idle_round_interval: float = 0.5  # seconds between rounds with nothing to order
     gc_depth: int = 50
     future_rounds: int = 200
     peer_budget_bytes: int = 64 * 1024 * 1024
@@ -186,7 +186,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             peers=_peers(node.get("peers", {})),
             batch_size=_int(cons, "batch_size", 1_000),
             batch_delay=_int(cons, "batch_delay_ms", 50) / 1000.0,
-            idle_round_interval=_int(cons, "idle_round_ms", 200) / 1000.0,
+            idle_round_interval=_int(cons, "idle_round_ms", 500) / 1000.0,
             gc_depth=_int(cons, "gc_depth", 50),
             future_rounds=_int(cons, "future_rounds", 200),
             peer_budget_bytes=_int(cons, "peer_budget_mib", 64) * 1024 * 1024,

@@ -50,14 +50,14 @@ def test_byzantine_bounds_defaults_and_values() -> None:
     cfg = parse_config(BASE, Path("/base"))
     p = cfg.parameters()
     assert (p.future_rounds, p.peer_budget_bytes) == (200, 64 * 1024 * 1024)
-    assert p.response_budget_bytes == 16 * 1024 * 1024 and cfg.idle_round_interval == 0.2
+    assert p.response_budget_bytes == 16 * 1024 * 1024 and cfg.idle_round_interval == 0.5
     assert p.limits.max_block_bytes == 1024 * 1024
     consensus = {
         "future_rounds": 300,
         "peer_budget_mib": 32,
         "response_budget_mib": 8,
         "max_block_kib": 512,
-        "idle_round_ms": 500,
+        "idle_round_ms": 800,
     }
     p = parse_config(_with(consensus=consensus), Path("/base")).parameters()
     assert (p.future_rounds, p.peer_budget_bytes) == (300, 32 * 1024 * 1024)
