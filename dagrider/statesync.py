@@ -21,7 +21,7 @@ from dagrider.messages import NodeId
 from dagrider.ordering import OrderingState
 
 VERSION = 1
-T_VOTE, T_CERT_REQ, T_CERT, T_LOG_REQ, T_LOG = 1, 2, 3, 4, 5
+T_VOTE, T_CERT_REQ, T_CERT, T_LOG_REQ, T_LOG, T_PRUNED = 1, 2, 3, 4, 5, 6
 MAX_FRAME = 16 * 1024 * 1024
 LOG_CHUNK_BYTES = 4 * 1024 * 1024  # block bytes in one LogRows answer
 MAX_ROWS = 100_000
@@ -79,7 +79,18 @@ class LogRows:
     done: bool  # no rows in the asked range after these
 
 
-StateMessage = CheckpointVote | CertificateRequest | CertificateOffer | LogRequest | LogRows
+@dataclass(frozen=True)
+class LogPruned:
+    """The asked rows are gone (``[storage] keep_log_entries``). ``base``, if any, is a
+    certificate at or above the first row still held: the chain value from which this
+    peer can serve a verifiable suffix."""
+
+    base: Certificate | None
+
+
+StateMessage = (
+    CheckpointVote | CertificateRequest | CertificateOffer | LogRequest | LogRows | LogPruned
+)
 
 
 # -- encoding -----------------------------------------------------------------------------
@@ -87,6 +98,10 @@ StateMessage = CheckpointVote | CertificateRequest | CertificateOffer | LogReque
 
 def _cp(c: Checkpoint) -> list[Any]:
     return [c.committee, c.index, c.tx_index, c.chain, c.ordering, c.crdt]
+
+
+def _cert(c: Certificate) -> list[Any]:
+    return [_cp(c.checkpoint), [[s, sig] for s, sig in c.signatures]]
 
 
 def pack_ordering(s: OrderingState) -> list[Any]:
@@ -110,13 +125,14 @@ def encode(msg: StateMessage) -> bytes:
         case CertificateRequest():
             body = [T_CERT_REQ, VERSION]
         case CertificateOffer(cert, state):
-            sigs = [[s, sig] for s, sig in cert.signatures]
-            body = [T_CERT, VERSION, _cp(cert.checkpoint), sigs, pack_ordering(state)]
+            body = [T_CERT, VERSION, *_cert(cert), pack_ordering(state)]
         case LogRequest(first, until):
             body = [T_LOG_REQ, VERSION, first, until]
         case LogRows(rows, done):
             packed = [[r.index, r.tx_index, r.round, r.source, r.wave, r.block] for r in rows]
             body = [T_LOG, VERSION, packed, done]
+        case LogPruned(base):
+            body = [T_PRUNED, VERSION, None if base is None else _cert(base)]
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
 
@@ -154,6 +170,14 @@ def _checkpoint(v: object) -> Checkpoint:
         _bin(c[4], "ordering"),
         _bin(c[5], "crdt"),
     )
+
+
+def _certificate(cp: object, sigs: object) -> Certificate:
+    signatures = tuple(
+        (_int(x[0], "signer", 0, 10_000), _bin(x[1], "signature", 64))
+        for x in (_list(y, "signatures", 2) for y in _list(sigs, "signatures"))
+    )
+    return Certificate(_checkpoint(cp), signatures)
 
 
 def unpack_ordering(v: object) -> OrderingState:
@@ -202,12 +226,12 @@ def decode(data: bytes | bytearray | memoryview) -> StateMessage:
     m = _list(obj, "frame")
     if len(m) < 2:
         raise DecodeError("frame", "expected [type, version, ...]")
-    t = _int(m[0], "t", 1, T_LOG)
+    t = _int(m[0], "t", 1, T_PRUNED)
     if type(m[1]) is not int or m[1] != VERSION:
         raise DecodeError(
             "v", f"unsupported state-sync version {short(m[1])} (this node: {VERSION})"
         )
-    arity = {T_VOTE: 4, T_CERT_REQ: 2, T_CERT: 5, T_LOG_REQ: 4, T_LOG: 4}[t]
+    arity = {T_VOTE: 4, T_CERT_REQ: 2, T_CERT: 5, T_LOG_REQ: 4, T_LOG: 4, T_PRUNED: 3}[t]
     if len(m) != arity:
         raise DecodeError("frame", f"type {t} has {arity} fields, got {len(m)}")
     if t == T_VOTE:
@@ -215,11 +239,12 @@ def decode(data: bytes | bytearray | memoryview) -> StateMessage:
     if t == T_CERT_REQ:
         return CertificateRequest()
     if t == T_CERT:
-        sigs = tuple(
-            (_int(x[0], "signer", 0, 10_000), _bin(x[1], "signature", 64))
-            for x in (_list(y, "signatures", 2) for y in _list(m[3], "signatures"))
-        )
-        return CertificateOffer(Certificate(_checkpoint(m[2]), sigs), unpack_ordering(m[4]))
+        return CertificateOffer(_certificate(m[2], m[3]), unpack_ordering(m[4]))
+    if t == T_PRUNED:
+        if m[2] is None:
+            return LogPruned(None)
+        c = _list(m[2], "base", 2)
+        return LogPruned(_certificate(c[0], c[1]))
     if t == T_LOG_REQ:
         return LogRequest(_int(m[2], "first"), _int(m[3], "until"))
     rows = tuple(
@@ -266,6 +291,7 @@ class Transfer:
     position: int = 0  # next vertex index expected at or above
     tx_position: int = 0
     finished: bool = False
+    rebased: bool = False  # fetching a certified suffix: the log will have a gap
 
     def __post_init__(self) -> None:
         self._reset()
@@ -292,6 +318,19 @@ class Transfer:
         self.banned.add(peer)
         if peer == self.serving:
             self._reset()
+
+    def rebase(self, base: Checkpoint) -> bool:
+        """Fetch only the suffix from a certified ``base`` (the serving peer pruned the
+        rows before it); False if ``base`` cannot serve this target."""
+        ok = self.start < base.index <= self.target.index
+        if not ok or not self.start_tx <= base.tx_index <= self.target.tx_index:
+            return False
+        self.start, self.start_tx, self.start_chain = base.index, base.tx_index, base.chain
+        self.rebased = True
+        serving = self.serving
+        self._reset()
+        self.serving = serving
+        return True
 
     def on_rows(self, peer: NodeId, msg: LogRows) -> str | None:
         """Take one answer; returns a reason when ``peer`` is banned for it."""

@@ -199,3 +199,24 @@ def test_a_process_installing_a_checkpoint_orders_the_same_log() -> None:
     by_index = {e.index: e.vertex.digest for e in c.logs[0]}
     assert all(by_index[e.index] == e.vertex.digest for e in joined if e.index in by_index)
     check_logs_agree(c, nodes=[0, 1, 2])
+
+
+def test_a_transfer_rebased_on_a_certified_base_fetches_only_the_suffix(cluster: Cluster) -> None:
+    """The serving peer pruned its log: it names a certified base, and the transfer
+    checks the suffix from that base's chain value instead."""
+    states = checkpoints_of(cluster, 0)
+    base_state, state = states[-2], states[-1]
+    base = Checkpoint(
+        COMMITTEE,
+        base_state.next_index,
+        base_state.next_tx_index,
+        base_state.chain,
+        base_state.digest(50),
+        bytes(32),
+    )
+    t, rows = transfer_for(cluster, [1])
+    assert not t.rebase(Checkpoint(COMMITTEE, 0, 0, bytes(32), bytes(32), bytes(32)))
+    assert t.rebase(base) and t.rebased and t.position == base.index
+    suffix = [r for r in rows if r.index >= base.index]
+    assert serve(t, 1, suffix) is None and t.finished and t.rows == suffix
+    assert state.next_index == t.target.index

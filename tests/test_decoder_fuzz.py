@@ -444,6 +444,8 @@ STATE_MESSAGES: tuple[statesync.StateMessage, ...] = (
         OrderingState(9, 8, 29, 256, 1000, ((b"\x07" * 32, 20),), ((9, 1),), b"\x02" * 32),
     ),
     statesync.LogRequest(0, 256),
+    statesync.LogPruned(None),
+    statesync.LogPruned(Certificate(_CP, ((1, b"\x08" * 64),))),
     statesync.LogRows((statesync.LogRow(3, 10, 2, 1, 1, pack_block([b"tx", b"more"])),), done=True),
 )
 

@@ -138,6 +138,7 @@ class Node:
             self._emit,
             self._misbehaviour,
             log.getChild("state"),
+            accept_suffix=cfg.keep_log_entries > 0,
         )
         self.crdt = self._build_crdt() if cfg.crdt_enabled else None
         self._effects: list[Effect] = []

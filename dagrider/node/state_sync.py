@@ -30,6 +30,7 @@ from dagrider.statesync import (
     CertificateOffer,
     CertificateRequest,
     CheckpointVote,
+    LogPruned,
     LogRequest,
     LogRows,
     StateMessage,
@@ -58,6 +59,7 @@ class StateSync:
         emit: Callable[[list[Effect]], None],
         misbehaviour: Callable[[int, str], None],
         logger: logging.Logger,
+        accept_suffix: bool = False,
     ) -> None:
         self.committee = committee
         self.me = secret.node_id
@@ -68,6 +70,9 @@ class StateSync:
         self.emit = emit
         self.misbehaviour = misbehaviour
         self.logger = logger
+        # A node configured to keep only the log's tail ([storage] keep_log_entries) may
+        # install a certified suffix when its peers pruned the rows it lacks.
+        self.accept_suffix = accept_suffix
         params = process.cfg.params
         self.gc_depth = params.gc_depth
         self.keys = {m.node_id: m.identity_key for m in committee.members}
@@ -165,11 +170,17 @@ class StateSync:
             case CertificateOffer():
                 self._on_offer(sender, msg)
             case LogRequest(first, until):
-                if self._may_answer(sender):
-                    rows, done = self.store.log_rows(first, until, LOG_CHUNK_BYTES)
-                    self._send(sender, encode(LogRows(tuple(rows), done)))
+                if not self._may_answer(sender):
+                    return
+                if self.store.pruned_before(first):
+                    self._send(sender, encode(LogPruned(self.store.base_certificate())))
+                    return
+                rows, done = self.store.log_rows(first, until, LOG_CHUNK_BYTES)
+                self._send(sender, encode(LogRows(tuple(rows), done)))
             case LogRows():
                 self._on_rows(sender, msg)
+            case LogPruned(base):
+                self._on_pruned(sender, base)
 
     def _may_answer(self, peer: int) -> bool:
         now = time.monotonic()
@@ -264,13 +275,43 @@ class StateSync:
         if req is not None:
             self._send(req[0], encode(req[1]))
 
+    def _on_pruned(self, sender: int, base: Certificate | None) -> None:
+        """The serving peer no longer holds the rows we asked for."""
+        t = self.transfer
+        if t is None or sender != t.serving:
+            return
+        rebased = False
+        if base is not None and self.accept_suffix:
+            try:
+                base.verify(self.committee.committee_id, self.keys, self.committee.f)
+            except CertificateError as exc:
+                self.misbehaviour(sender, f"base certificate refused: {exc}")
+                t.ban(sender)
+            else:
+                rebased = t.rebase(base.checkpoint)
+        if not rebased and sender == t.serving:
+            # Not a fault: it pruned what we need (and we keep the whole log, or its
+            # base does not fit). Ask the next peer.
+            self.logger.warning(
+                "state transfer: peer pruned the log we need",
+                extra={"peer": sender, "from_index": t.position, "suffix": self.accept_suffix},
+            )
+            t.ban(sender)
+        req = t.request()
+        if req is not None:
+            self._send(req[0], encode(req[1]))
+
     def _install(self, t: Transfer) -> None:
         self.transfer = None
         cut = self.store.crdt_cut
+        seen = False
         for row in t.rows:
             for tx in row.transactions():
                 if is_checkpoint(tx):
                     cut = hashlib.blake2b(tx, digest_size=32).digest()
+                    seen = True
+        if t.rebased and not seen:
+            cut = t.target.crdt  # the rows that set it were pruned: f+1 members vouch
         if cut != t.target.crdt:
             # The log verified against the chain, so f+1 signers vouched for another
             # cut than this log implies: refuse rather than install something odd.

@@ -603,6 +603,22 @@ class Store:
                         return out
         return out
 
+    def pruned_before(self, first: int) -> bool:
+        """Whether log rows at vertex index ``first`` (and on) were pruned here."""
+        if self.first_log_index() == 0:
+            return False
+        row = self._db.execute("SELECT MIN(vertex_index) FROM log").fetchone()
+        return row[0] is not None and first < int(row[0])
+
+    def base_certificate(self) -> Certificate | None:
+        """The oldest certificate at or above the first log row still held: from its
+        chain value on, this store can serve a suffix a peer can verify."""
+        row = self._db.execute(
+            "SELECT certificate FROM checkpoints WHERE certificate IS NOT NULL "
+            "AND idx >= (SELECT MIN(vertex_index) FROM log) ORDER BY idx LIMIT 1"
+        ).fetchone()
+        return None if row is None else _unpack_certificate(bytes(row[0]))
+
     def first_log_index(self) -> int:
         """The first transaction index this store still holds (0: nothing pruned). The
         log always keeps its newest row, so a pruned log is never empty."""

@@ -25,7 +25,7 @@ from dagrider.checkpoint import Certificate, pack_block
 from dagrider.codec import Codec
 from dagrider.committee import NodeSecret
 from dagrider.keygen import key_file_name
-from dagrider.node.client import submit_batch
+from dagrider.node.client import entry_data, full_log, submit_batch
 from dagrider.node.cluster import LocalCluster
 from dagrider.node.config import parse_address
 from dagrider.node.store import Store
@@ -208,3 +208,43 @@ def test_a_lying_peer_is_caught_and_the_node_syncs_from_the_others(
     assert sync["transfers_installed"] >= 1
     if "rows" in liar.answered:  # it got to serve: then it was banned for it
         assert sync["transfer_peers_banned"] >= 1
+
+
+def test_member_rejoins_from_a_certified_suffix_when_every_peer_pruned(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """Every member keeps only the last 300 transactions: the returning member cannot
+    get the rows it missed from anyone, so it installs the certified suffix its peers
+    still hold (from a base certificate's chain value) and orders on from there."""
+    cluster = make_cluster(
+        gc_depth=12,
+        batch_delay_ms=10,
+        retain_rounds=RETAIN,
+        checkpoint_interval=32,
+        keep_log_entries=300,
+        dht=False,
+    )
+    cluster.stop(3)
+    _run_while_down(cluster, 10 * RETAIN)
+    cluster.start(3)
+    cluster.wait_ready(60, [3])
+    deadline = time.monotonic() + 60
+    while cluster.get_json(3, "/v1/status")["state_sync"]["transfers_installed"] < 1:
+        assert time.monotonic() < deadline, "node 3 never installed a transfer"
+        time.sleep(0.5)
+    fresh = _txs("after-pruned-rejoin", 40)
+    submit_batch(cluster.api_url(3), fresh)
+    while True:
+        entries = {i: full_log(cluster.api_url(i)) for i in range(4)}
+        if all(set(fresh) <= {entry_data(e) for e in log} for log in entries.values()):
+            break
+        assert time.monotonic() < deadline + 30, "the fresh entries were not ordered everywhere"
+        time.sleep(0.5)
+    assert entries[3][0]["index"] > 0  # node 3 holds a suffix: the rest was never sent
+    # Same entry at the same index wherever two nodes still hold it.
+    by_index = [{e["index"]: entry_data(e) for e in log} for log in entries.values()]
+    for a in by_index:
+        for b in by_index:
+            assert all(a[k] == b[k] for k in a.keys() & b.keys())
+    sync = cluster.get_json(3, "/v1/status")["state_sync"]
+    assert sync["transfers_installed"] >= 1, sync
