@@ -532,8 +532,10 @@ def test_a_relay_that_drops_everything_times_out(loop_factory: LoopFactory) -> N
         relay = FakeRelay()
         relay.drop = True
         results = await handshake(relay, timeout=0.3)
-        for r in results:
-            assert isinstance(r, RelayedHandshakeError) and "timed out" in str(r), r
+        assert all(isinstance(r, RelayedHandshakeError) for r in results), results
+        # The first side to time out closes its end; under load the other side can see
+        # that reset before its own timer fires. At least one must have timed out.
+        assert any("timed out" in str(r) for r in results), results
         assert relay.a.is_closing() and relay.b.is_closing()
 
     run_relayed(main, loop_factory)
