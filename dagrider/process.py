@@ -299,7 +299,15 @@ class Process:
             # Evidence that peers are ahead must come from f+1 distinct processes (one
             # of them correct): a single Byzantine claim of round 10**9 moves nothing.
             behind = self.rbc.proven_round() - nxt
-            if behind > params.gc_depth // 2 and nxt not in self._replayed_own:
+            # f+1 peers voted on a vertex of ours for this round that we do not hold:
+            # an earlier incarnation (its store lost) proposed here. A new vertex would
+            # equivocate, so this round goes by without one.
+            forgotten = (
+                nxt <= self.rbc.proven_own_round()
+                and nxt not in self._own
+                and nxt not in self._replayed_own
+            )
+            if forgotten or (behind > params.gc_depth // 2 and nxt not in self._replayed_own):
                 # Peers are so far ahead that a vertex for this round would fall below
                 # their GC cut before anyone could reference it: move on without one.
                 out += self._skip_round()

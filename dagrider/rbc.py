@@ -85,6 +85,7 @@ class ReliableBroadcast:
         self._claimed = [0] * n  # highest round each process showed for its own instance
         self._proven = 0
         self._held = [0] * n  # payload bytes held per source
+        self._own_seen = [0] * n  # per peer: highest round it voted on for our instance
         self.refused_over_budget = 0
 
     # -- progress evidence ----------------------------------------------------------------
@@ -97,6 +98,16 @@ class ReliableBroadcast:
         if self._proven < self.current_round:
             self._recompute_proven()
         return self._proven
+
+    def proven_own_round(self) -> int:
+        """The highest round for which f+1 distinct peers voted on *our* instance: at
+        least one of them is correct and saw a VAL from us there, so we (perhaps an
+        earlier incarnation whose store is gone) proposed in that round already."""
+        return sorted(self._own_seen, reverse=True)[self.small - 1]
+
+    def _seen_own(self, sender: NodeId, rnd: int) -> None:
+        if sender != self.me and rnd > self._own_seen[sender]:
+            self._own_seen[sender] = rnd
 
     def held_bytes(self, source: NodeId) -> int:
         """Payload bytes currently held for ``source`` (its budget use)."""
@@ -160,6 +171,8 @@ class ReliableBroadcast:
     def on_echo(self, sender: NodeId, msg: Echo) -> list[Effect]:
         if msg.source == sender:
             self._claim(sender, msg.round)
+        elif msg.source == self.me:
+            self._seen_own(sender, msg.round)
         inst = self._instance(msg.source, msg.round)
         if inst is None:
             return []
@@ -173,6 +186,8 @@ class ReliableBroadcast:
     def on_ready(self, sender: NodeId, msg: Ready) -> list[Effect]:
         if msg.source == sender:
             self._claim(sender, msg.round)
+        elif msg.source == self.me:
+            self._seen_own(sender, msg.round)
         inst = self._instance(msg.source, msg.round)
         if inst is None:
             return []

@@ -17,7 +17,7 @@ from test_process import Cluster, check_logs_agree
 
 from dagrider.codec import encode
 from dagrider.coin import make_share
-from dagrider.effects import Broadcast, Effect, Misbehaviour, Send
+from dagrider.effects import Broadcast, Effect, Misbehaviour, Proposed, Send
 from dagrider.messages import (
     CoinShareMsg,
     Echo,
@@ -27,6 +27,7 @@ from dagrider.messages import (
     VertexRef,
     VertexRequest,
     VertexResponse,
+    genesis,
 )
 from dagrider.params import Limits, Parameters
 from dagrider.process import Process
@@ -248,3 +249,33 @@ def test_responses_to_one_peer_are_limited_by_a_byte_budget() -> None:
         refused += sum("response budget" in r for r in reasons(out))
     assert sent <= params.response_budget_bytes
     assert refused >= 1
+
+
+# -- a store that was lost must not make a correct node equivocate -------------------------
+
+
+def _round_one(n: int = 4) -> list[Vertex]:
+    refs = tuple(g.ref for g in genesis(n))
+    return [Vertex(1, s, (), refs, ()) for s in range(1, n)]
+
+
+@pytest.mark.parametrize(("voters", "proposes"), [((1,), True), ((1, 2), False)])
+def test_a_round_that_f_plus_1_peers_saw_us_propose_in_is_not_proposed_again(
+    voters: tuple[int, ...], proposes: bool
+) -> None:
+    """A member whose store is gone (a wiped data directory, a restored backup without
+    its WAL) learns from f+1 peers' votes that it proposed in round 2 before; it lets
+    that round pass without a vertex instead of sending a different one. One peer's
+    word (possibly a Byzantine one) suppresses nothing."""
+    p = Process(process_configs(4)[0])
+    p.start()  # round 1
+    for voter in voters:
+        p.receive(voter, Echo(2, 0, b"\x09" * 32))
+    out: list[Effect] = []
+    for v in _round_one():
+        out += p.receive(v.source, Val(v))
+        for s in range(1, 4):
+            out += p.receive(s, Ready(1, v.source, v.digest))
+    rounds = [e.vertex.round for e in out if isinstance(e, Proposed)]
+    assert (2 in rounds) is proposes
+    assert p.round >= 2
