@@ -42,8 +42,10 @@ from p2p.framing import FrameKind
 from p2p.transport import PeerTransport
 
 SEEK_AFTER = 3  # consecutive "behind" catch-up periods before asking for a certificate
-ANSWERS_PER_SECOND = 8.0  # certificate and log answers one peer may have per second
-ANSWER_BURST = 16.0
+# Certificate and log answers one peer may have per second (a log answer is up to
+# LOG_CHUNK_BYTES: at most 16 MiB/s of our store per member, whatever it asks).
+ANSWERS_PER_SECOND = 4.0
+ANSWER_BURST = 8.0
 
 
 class StateSync:
