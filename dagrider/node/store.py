@@ -39,13 +39,13 @@ import hashlib
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgpack
 
 from crdt.checkpoint import is_checkpoint
-from dagrider.checkpoint import CHAIN_GENESIS, Certificate
+from dagrider.checkpoint import CHAIN_GENESIS, Certificate, chain_next, entry_hash
 from dagrider.codec import Codec, encode
 from dagrider.coin import CoinShare
 from dagrider.effects import (
@@ -529,6 +529,11 @@ class Store:
         decode = self.codec.decode
         row = db.execute("SELECT value FROM meta WHERE key='ordering'").fetchone()
         ordering = _unpack_ordering(bytes(row[0])) if row else None
+        if ordering is not None and _without_chain(bytes(row[0])):
+            # Written before the log had a hash chain: rebuild it from the log once, so
+            # that this node's checkpoints match its peers' (otherwise an upgraded
+            # committee whose members restarted at different positions never certifies).
+            ordering = replace(ordering, chain=self._chain_from_log(ordering.next_index))
         floor = max(0, ordering.last_leader_round - self.gc_depth) if ordering else 0
         self.floor = floor
         delivered = [
@@ -602,6 +607,17 @@ class Store:
                     if len(out) >= limit:
                         return out
         return out
+
+    def _chain_from_log(self, until: int) -> bytes:
+        chain = CHAIN_GENESIS
+        for index, tx_index, rnd, source, wave, block in self._db.execute(
+            "SELECT vertex_index, tx_index, round, source, wave, block FROM log "
+            "WHERE vertex_index < ? ORDER BY vertex_index",
+            (until,),
+        ):
+            entry = entry_hash(index, tx_index, rnd, source, wave, bytes(block))
+            chain = chain_next(chain, entry)
+        return chain
 
     def pruned_before(self, first: int) -> bool:
         """Whether log rows at vertex index ``first`` (and on) were pruned here."""
@@ -688,6 +704,11 @@ def _unpack_ordering(b: bytes) -> OrderingState:
         return unpack_ordering(fields)
     except DecodeError as exc:
         raise StoreError(f"corrupt store: ordering state: {exc}") from None
+
+
+def _without_chain(b: bytes) -> bool:
+    fields = msgpack.unpackb(b, raw=False)
+    return isinstance(fields, list) and len(fields) == 7
 
 
 def _pack_certificate(cert: Certificate) -> bytes:

@@ -274,3 +274,28 @@ def test_an_older_file_is_converted_when_small_and_left_alone_when_large(
 def test_negative_retention_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keep_log_entries"):
         _retaining(tmp_path, keep=-1)
+
+
+def test_a_store_written_before_the_hash_chain_rebuilds_it_from_its_log(tmp_path: Path) -> None:
+    """An upgraded node's checkpoints must match its peers': the chain its ordering
+    state lacks is recomputed from the log it holds, as the ordering computed it."""
+    import msgpack
+
+    from dagrider.checkpoint import CHAIN_GENESIS, chain_next, entry_hash, pack_block
+
+    store = _store(tmp_path)
+    blocks = [(b"a", b"b"), (), (b"c",)]
+    effects = []
+    chain, tx_index = CHAIN_GENESIS, 0
+    for i, block in enumerate(blocks):
+        v = _vertex(1, i, block)
+        effects.append(Commit(i, tx_index, v, 1, v.ref))
+        if block:
+            chain = chain_next(chain, entry_hash(i, tx_index, 1, i, 1, pack_block(block)))
+        tx_index += len(block)
+    store.apply(effects, None, [], 0.0)
+    old = msgpack.packb([2, 1, 1, 3, tx_index, [], []], use_bin_type=True)  # 7 fields
+    store._db.execute("INSERT OR REPLACE INTO meta VALUES ('ordering', ?)", (old,))
+    store.close()
+    recovery, _ = _store(tmp_path).load_recovery()
+    assert recovery.ordering is not None and recovery.ordering.chain == chain != CHAIN_GENESIS
