@@ -30,7 +30,13 @@ class TransportConfig:
     rate_frames_per_s: float = 200_000
     handshake_timeout: float = 10.0
     max_handshaking: int = 64
-    """Concurrent inbound TLS handshakes; more are dropped at once (cheap flood defence)."""
+    """Concurrent inbound TLS handshakes from strangers; more are dropped at once (cheap
+    flood defence)."""
+    max_handshaking_per_ip: int = 16
+    """Of those, at most this many from one source address."""
+    reserved_handshaking: int = 16
+    """Handshake slots kept for connections from a configured peer's address (members
+    dial from their listening port): no number of idle strangers can take them."""
     max_links: int = 1024
     """Live links at most. Beyond it an inbound link from an on-demand peer is refused
     ("too many links") and ``connect`` raises; configured peers are always accepted."""
@@ -58,5 +64,7 @@ class TransportConfig:
         need(self.rate_frames_per_s > 0, "rate_frames_per_s", "must be positive")
         need(self.handshake_timeout > 0, "handshake_timeout", "must be positive")
         need(self.max_handshaking > 0, "max_handshaking", "must be positive")
+        need(self.max_handshaking_per_ip > 0, "max_handshaking_per_ip", "must be positive")
+        need(self.reserved_handshaking >= 0, "reserved_handshaking", "must be >= 0")
         need(self.max_links > 0, "max_links", "must be positive")
         need(self.idle_timeout > 0, "idle_timeout", "must be positive")

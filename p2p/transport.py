@@ -152,6 +152,8 @@ class PeerTransport:
         self._family = 0
         self._running = False
         self._handshaking: set[asyncio.Task[None]] = set()
+        self._reserved: set[asyncio.Task[None]] = set()  # handshakes from peer addresses
+        self._per_ip: dict[str, int] = {}  # stranger handshakes per source address
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -503,13 +505,52 @@ class PeerTransport:
                 log_event(self._log, logging.WARNING, "accept failed", reason=_describe(exc))
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            if len(self._handshaking) >= self.config.max_handshaking:
+            task = self._admit(conn, addr)
+            if task is None:
                 conn.close()
                 log_event(self._log, logging.INFO, "inbound dropped", addr=addr, reason="busy")
-                continue
-            task = asyncio.create_task(self._accept(conn, addr), name="p2p-accept-handshake")
-            self._handshaking.add(task)
-            task.add_done_callback(self._handshaking.discard)
+
+    def _admit(self, conn: socket.socket, addr: object) -> asyncio.Task[None] | None:
+        """Start the handshake of an inbound connection, if it has a slot.
+
+        Connections from a configured peer's address (members dial from their
+        listening port) use reserved slots; strangers share ``max_handshaking``, at
+        most ``max_handshaking_per_ip`` from one address. So idle or slow strangers,
+        however many, cannot keep the committee's links from being re-made.
+        """
+        cfg = self.config
+        source = addr[:2] if isinstance(addr, tuple) else None
+        if source is not None and any(p.address == source for p in self._peers.values()):
+            if len(self._reserved) >= cfg.reserved_handshaking:
+                return None
+            task = self._start_accept(conn, addr)
+            self._reserved.add(task)
+            task.add_done_callback(self._reserved.discard)
+            return task
+        ip = str(source[0]) if source is not None else ""
+        strangers = len(self._handshaking) - len(self._reserved)
+        if (
+            strangers >= cfg.max_handshaking
+            or self._per_ip.get(ip, 0) >= cfg.max_handshaking_per_ip
+        ):
+            return None
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        task = self._start_accept(conn, addr)
+        task.add_done_callback(lambda _t: self._release_ip(ip))
+        return task
+
+    def _release_ip(self, ip: str) -> None:
+        left = self._per_ip.get(ip, 0) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    def _start_accept(self, conn: socket.socket, addr: object) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._accept(conn, addr), name="p2p-accept-handshake")
+        self._handshaking.add(task)
+        task.add_done_callback(self._handshaking.discard)
+        return task
 
     async def _accept(self, conn: socket.socket, addr: object) -> None:
         role = self.accept_role(addr) if self.accept_role is not None else None

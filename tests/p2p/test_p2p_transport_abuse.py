@@ -11,7 +11,15 @@ import pytest
 
 from p2p.framing import HEADER, FrameKind, encode_frame
 from p2p.identity import Identity
-from p2p.testing import LoopFactory, raw_dial, read_until_closed, run, running, wait_until
+from p2p.testing import (
+    LoopFactory,
+    free_port,
+    raw_dial,
+    read_until_closed,
+    run,
+    running,
+    wait_until,
+)
 
 SMALL, LARGE = sorted(
     (Identity.from_seed(bytes([i]) * 32) for i in (1, 2)), key=lambda i: i.public_key
@@ -163,3 +171,37 @@ def test_connections_over_max_handshaking_are_dropped_at_once(
     with caplog.at_level(logging.INFO, logger="p2p.transport"):
         run(main(), loop_factory=loop_factory)
     assert any(getattr(r, "reason", None) == "busy" for r in events(caplog, "inbound dropped"))
+
+
+def test_idle_strangers_cannot_keep_a_configured_peer_out(
+    caplog: pytest.LogCaptureFixture, loop_factory: LoopFactory
+) -> None:
+    """Strangers fill every general handshake slot (and one address's share) with idle
+    sockets; a configured peer dialling from its own listening address still gets a
+    reserved slot and a link."""
+
+    async def main() -> None:
+        small_port = free_port()
+        async with running(
+            LARGE,
+            peers={SMALL.public_key: ("127.0.0.1", small_port)},
+            allowed=None,
+            max_handshaking=3,
+            max_handshaking_per_ip=2,
+            handshake_timeout=5.0,
+        ) as (lg, rec):
+            idle = [await asyncio.open_connection(*lg.listen_address) for _ in range(6)]
+            await asyncio.sleep(0.2)
+            # Two hold this address's share; the other four were dropped at once.
+            dropped = [r for r in events(caplog, "inbound dropped") if r.reason == "busy"]
+            assert len(dropped) == 4
+            async with running(
+                SMALL, peers={LARGE.public_key: lg.listen_address}, port=small_port
+            ) as (_, small_rec):
+                await wait_until(lambda: rec.ups == [SMALL.public_key], timeout=4.0)
+                await wait_until(lambda: small_rec.ups == [LARGE.public_key], timeout=4.0)
+            for _, writer in idle:
+                writer.close()
+
+    with caplog.at_level(logging.INFO, logger="p2p.transport"):
+        run(main(), loop_factory=loop_factory)
