@@ -360,16 +360,16 @@ class Node:
             self._misbehaviour(peer, "catch-up requests faster than one per period")
             return
         self._catchup_tokens[peer] = (now, tokens - 1.0)
-        key = self.key_of[peer]
         last = req.round + min(req.rounds, CATCHUP_CHUNK_ROUNDS)
+        # Through _send, so catch-up traffic shows in the per-peer byte and frame counts.
         for vote, vertex in self.store.catchup(req.round, last, CATCHUP_MAX_BYTES):
-            self.transport.send(key, encode(Ready(vote.round, vote.source, vote.digest)))
+            self._send(peer, encode(Ready(vote.round, vote.source, vote.digest)))
             if vertex is not None:
-                self.transport.send(key, encode(VertexResponse(vertex)))
+                self._send(peer, encode(VertexResponse(vertex)))
         for wave in range(max(1, req.round // 4), last // 4 + 1):
             if wave <= self.process.completed_wave:
                 share = self.process.own_share(wave)
-                self.transport.send(key, encode(CoinShareMsg(share)))
+                self._send(peer, encode(CoinShareMsg(share)))
         if last >= self.process.dag.floor:
             # The asked rounds reach what we hold in memory: resend our live rounds too
             # (our VALs and votes), which the asker may have dropped as too far ahead.
