@@ -7,7 +7,7 @@ it to its store before the bytes leave the node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dagrider.messages import Message, NodeId, Vertex, VertexRef
@@ -98,6 +98,9 @@ class Commit:
     vertex: Vertex
     wave: int
     leader: VertexRef
+    # The block packed as a log row keeps it (the ordering packs it once for the log's
+    # hash chain; the store writes the same bytes). Empty: not packed (no transactions).
+    packed: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True)

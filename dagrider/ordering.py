@@ -183,17 +183,14 @@ class Ordering:
         out: list[Effect] = []
         for u in dag.history(leader, floor, self._ordered.keys()):
             self._ordered[u.digest] = u.round
-            out.append(Commit(self.next_index, self.next_tx_index, u, wave, leader.ref))
+            packed = b""
             if u.block:
+                packed = pack_block(u.block)
                 entry = entry_hash(
-                    self.next_index,
-                    self.next_tx_index,
-                    u.round,
-                    u.source,
-                    wave,
-                    pack_block(u.block),
+                    self.next_index, self.next_tx_index, u.round, u.source, wave, packed
                 )
                 self.chain = chain_next(self.chain, entry)
+            out.append(Commit(self.next_index, self.next_tx_index, u, wave, leader.ref, packed))
             self.next_index += 1
             self.next_tx_index += len(u.block)
         self.last_leader_round = leader.round

@@ -45,7 +45,7 @@ from pathlib import Path
 import msgpack
 
 from crdt.checkpoint import is_checkpoint
-from dagrider.checkpoint import CHAIN_GENESIS, Certificate, chain_next, entry_hash
+from dagrider.checkpoint import CHAIN_GENESIS, Certificate, chain_next, entry_hash, pack_block
 from dagrider.codec import Codec, encode
 from dagrider.coin import CoinShare
 from dagrider.effects import (
@@ -290,7 +290,7 @@ class Store:
                                 "INSERT OR REPLACE INTO meta VALUES ('crdt_cut', ?)",
                                 (self.crdt_cut,),
                             )
-                    block = msgpack.packb(list(v.block), use_bin_type=True)
+                    block = e.packed or pack_block(v.block)
                     log_rows.append(
                         (e.index, e.tx_index, len(v.block), v.round, v.source, e.wave, now, block)
                     )
