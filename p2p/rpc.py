@@ -184,6 +184,26 @@ class RpcEndpoint:
         transport.register_channel(kind, self.on_frame)
         transport.subscribe(on_disconnected=self.on_disconnected)
 
+    # -- handlers ------------------------------------------------------------------------
+
+    def add_handler(self, method: str, handler: Handler) -> None:
+        """Serve ``method`` from now on (a layer that shares this channel, such as the
+        application services of :mod:`dagrider.sdk.services` on the DHT's channel).
+
+        ``ValueError`` for a name outside 1..``MAX_METHOD_CHARS`` characters or one
+        already served: two layers never answer the same method.
+        """
+        if not 0 < len(method) <= MAX_METHOD_CHARS:
+            raise ValueError(f"method name {method!r} must have 1..{MAX_METHOD_CHARS} chars")
+        if method in self._handlers:
+            raise ValueError(f"method {method!r} is already served on this channel")
+        self._handlers[method] = handler
+
+    def remove_handler(self, method: str) -> None:
+        """Stop serving ``method`` (later requests are answered ``unknown-method``);
+        handlers already running finish. ``KeyError`` if it is not served."""
+        del self._handlers[method]
+
     # -- client --------------------------------------------------------------------------
 
     async def call(self, peer: bytes, method: str, body: bytes, *, timeout: float) -> bytes:
