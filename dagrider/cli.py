@@ -25,15 +25,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["dht-sim"]:  # its own option set: see `dagrider dht-sim --help`
         from sim.dht import main as dht_sim
 
-        return dht_sim(argv[1:])
+        return dht_sim(argv[1:], prog="dagrider dht-sim")
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (CommitteeError, ValueError, FileExistsError) as exc:
+    except (CommitteeError, ValueError, FileExistsError, _UserError) as exc:
         print(f"dagrider {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`dagrider tail | head`): not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's final flush stays quiet.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return code
+
+
+class _UserError(Exception):
+    """Bad input from the command line or its files: a message, exit status 2."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, except where there is none to show
+    (``None``, an off switch, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _formatted(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give ``parser`` and all its sub-commands :class:`_HelpFormatter`."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _formatted(sub)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--waves", "-w", type=int, default=10, help="waves every node must decide")
     sm.add_argument("--seed", "-s", type=int, default=0, help="the run's seed (replays it)")
     sm.add_argument("--seeds", type=int, default=1, help="run this many seeds from --seed on")
-    sm.add_argument("--latency", default="uniform", choices=sorted(MODELS))
+    sm.add_argument(
+        "--latency", default="uniform", choices=sorted(MODELS), help="link latency model"
+    )
     sm.add_argument("--adversarial", action="store_true", help="adversarial scheduler")
     sm.add_argument("--partitions", type=int, default=0, help="partition episodes (healing)")
     sm.add_argument("--tx-rate", type=float, default=200.0, help="tx/s per node (virtual)")
@@ -95,11 +138,27 @@ def _parser() -> argparse.ArgumentParser:
         help="delay everything one correct node (drawn from the seed) sends by MS ms",
     )
     sm.add_argument(
+        "--step-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="virtual ms per node step: what arrives in one step is handled together and "
+        "its votes leave as one frame per peer, like the daemon's loop iteration "
+        "(0: one step per message)",
+    )
+    sm.add_argument(
         "--json",
         nargs="?",
         const="-",
         metavar="FILE",
         help="write the results as JSON (to stdout when no FILE)",
+    )
+    sm.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="write a self-contained HTML page of the run (DAG, latencies, verdicts); "
+        "with --seeds, one page per seed (FILE-SEED.html)",
     )
     sm.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sm.set_defaults(handler=_sim)
@@ -131,7 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--reorder", type=float, default=cd.reorder, help="extra-delay probability")
     cs.add_argument("--partitions", type=int, default=cd.partitions, help="partition episodes")
     cs.add_argument("--crashes", type=int, default=cd.crashes, help="crash/restart episodes")
-    cs.add_argument("--latency", default=cd.latency, choices=sorted(MODELS))
+    cs.add_argument(
+        "--latency", default=cd.latency, choices=sorted(MODELS), help="link latency model"
+    )
     cs.add_argument("--max-rounds", type=int, default=cd.max_rounds, help="final sync rounds cap")
     cs.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     cs.set_defaults(handler=_crdt_sim)
@@ -160,8 +221,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", type=Path, default=Path(".dagrider-cluster"), help="work dir")
     up.add_argument("--base-port", type=int, default=7001, help="peer port of node 0")
     up.add_argument("--api-port", type=int, default=8001, help="API port of node 0")
-    up.add_argument("--batch-size", type=int, default=1_000)
-    up.add_argument("--batch-delay-ms", type=int, default=50)
+    up.add_argument("--batch-size", type=int, default=1_000, help="transactions per vertex")
+    up.add_argument(
+        "--batch-delay-ms", type=int, default=50, help="ms a node waits to fill a batch"
+    )
+    up.add_argument(
+        "--ready-timeout", type=float, default=60.0, help="seconds to wait for every node"
+    )
     up.set_defaults(handler=_cluster_up)
 
     sb = sub.add_parser("submit", help="send transactions to a node")
@@ -171,6 +237,11 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--file", type=Path, help="one transaction: the file's bytes")
     sb.add_argument("--count", type=int, default=0, help="also send N random transactions")
     sb.add_argument("--size", type=int, default=512, help="size of random transactions")
+    sb.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"ids": [...]} instead of one transaction id per line',
+    )
     sb.set_defaults(handler=_submit)
 
     tl = sub.add_parser("tail", help="follow the committed log of a node")
@@ -192,11 +263,19 @@ def _parser() -> argparse.ArgumentParser:
         "them form one signed change.",
     )
     put.add_argument("doc", help="document id: namespace/name")
-    put.add_argument("--set", action="append", default=[], metavar="PATH=JSON", help="LWW set")
+    put.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=JSON",
+        help="LWW set; the value is JSON, so a string needs quotes: title='\"hello\"'",
+    )
     put.add_argument("--inc", action="append", default=[], metavar="PATH=N", help="counter +N")
     put.add_argument("--dec", action="append", default=[], metavar="PATH=N", help="counter -N")
     put.add_argument("--add", action="append", default=[], metavar="PATH=JSON", help="set add")
-    put.add_argument("--discard", action="append", default=[], metavar="PATH=JSON")
+    put.add_argument(
+        "--discard", action="append", default=[], metavar="PATH=JSON", help="set remove"
+    )
     put.add_argument("--remove", action="append", default=[], metavar="PATH", help="drop key")
     put.add_argument("--ops", help='raw JSON list of operations: [{"path": [...], ...}]')
     for name in ("ls", "checkpoints"):
@@ -206,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--token", help="bearer token")
     cr.set_defaults(handler=_crdt)
     content_cli.add_parser(sub)
-    return parser
+    return _formatted(parser)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -250,16 +329,27 @@ def _sim(args: argparse.Namespace) -> int:
         gc_depth=args.gc_depth,
         max_time=args.max_time,
         slow_node_delay=args.slow_node_delay,
+        step_ms=args.step_ms,
     )
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")
+    if args.report is not None and not args.report.parent.is_dir():
+        raise _UserError(
+            f"cannot write the report {args.report}: no directory {args.report.parent}"
+        )
     to_stdout = args.json == "-"
     results = []
     failed = 0
     for seed in range(args.seed, args.seed + args.seeds):
         bar = None if args.quiet or to_stdout else _ProgressBar(f"seed {seed}")
         started = time.perf_counter()
-        result = run(cfg, seed, bar.update if bar else None)
+        if args.report is not None:
+            from sim.html_report import run_observed
+
+            result, observed = run_observed(cfg, seed, bar.update if bar else None)
+            _observations[seed] = observed
+        else:
+            result = run(cfg, seed, bar.update if bar else None)
         if bar:
             bar.close()
         failed += not result.ok
@@ -268,6 +358,11 @@ def _sim(args: argparse.Namespace) -> int:
         results.append(doc)
         if not to_stdout:
             print(result.summary())
+        if args.report is not None:
+            path = _report_path(args.report, seed, args.seeds > 1)
+            _write_report(path, cfg, seed, result)
+            if not to_stdout:
+                print(f"report: {path}")
         if not result.ok:
             print(f"INVARIANT FAILED (seed {seed}); replay: {result.replay}", file=sys.stderr)
     if args.json:
@@ -279,6 +374,23 @@ def _sim(args: argparse.Namespace) -> int:
     if args.seeds > 1 and not to_stdout:
         print(f"{args.seeds - failed}/{args.seeds} seeds passed")
     return 1 if failed else 0
+
+
+_observations: dict[int, Any] = {}
+"""What ``--report`` observed of each seed's run (the DAG, per-round traffic)."""
+
+
+def _report_path(path: Path, seed: int, many: bool) -> Path:
+    return path.with_name(f"{path.stem}-{seed}{path.suffix}") if many else path
+
+
+def _write_report(path: Path, cfg: Any, seed: int, result: Any) -> None:
+    from sim.html_report import render
+
+    try:
+        path.write_text(render(result, _observations.pop(seed)), encoding="utf-8")
+    except OSError as exc:
+        raise _UserError(f"cannot write the report {path}: {exc.strerror or exc}") from None
 
 
 def _crdt_sim(args: argparse.Namespace) -> int:
@@ -332,7 +444,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from dagrider.node.cluster import ClusterSpec, LocalCluster
+    from dagrider.node.cluster import ClusterError, ClusterSpec, LocalCluster, NodeFailed
 
     spec = ClusterSpec(
         directory=args.dir,
@@ -343,25 +455,52 @@ def _cluster_up(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         batch_delay_ms=args.batch_delay_ms,
     )
-    cluster = LocalCluster(spec)
+    if args.config is not None and not args.config.is_dir():
+        raise _UserError(
+            f"--config {args.config}: no such directory (relative paths start at "
+            f"{Path.cwd()}); give a committee directory such as configs/local-4 of the "
+            "repository, or leave --config out to generate one"
+        )
+    try:
+        cluster = LocalCluster(spec)
+    except ClusterError as exc:
+        raise _UserError(str(exc)) from None
+    except OSError as exc:
+        raise _UserError(f"cannot lay out the cluster in {args.dir}: {exc}") from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cluster.start_all()
+    failed: list[str] = []
     try:
-        cluster.wait_ready(timeout=60)
+        try:
+            cluster.wait_ready(timeout=args.ready_timeout)
+        except (NodeFailed, TimeoutError) as exc:
+            failed.append(str(exc))
+            # The others may be failing for the same reason (every port in use): say so.
+            for i in range(cluster.n):
+                if not cluster.alive(i) and (not isinstance(exc, NodeFailed) or i != exc.index):
+                    failed.append(f"node {i} failed to start: {cluster.failure_reason(i)}")
+            return _cluster_failed(failed)
         for i in range(cluster.n):
             print(f"node {i}: api {cluster.api_url(i)}  log {cluster.log_path(i)}")
         print("cluster is up; Ctrl-C stops it", flush=True)
         while not stop.wait(1.0):
             for i in range(cluster.n):
                 if not cluster.alive(i):
-                    print(f"node {i} exited; see {cluster.log_path(i)}", file=sys.stderr)
+                    failed.append(f"node {i} exited: {cluster.failure_reason(i)}")
                     stop.set()
+        return _cluster_failed(failed) if failed else 0
     finally:
         cluster.stop_all()
         print("cluster stopped")
-    return 0
+
+
+def _cluster_failed(reasons: list[str]) -> int:
+    """Print why the cluster is not (or no longer) up; the exit status (3, start-up)."""
+    for reason in reasons:
+        print(f"dagrider cluster: error: {reason}", file=sys.stderr)
+    return 3
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -377,23 +516,36 @@ def _submit(args: argparse.Namespace) -> int:
         raise ValueError("nothing to submit: give TEXT, --file or --count")
     try:
         if len(txs) == 1:
-            print(submit_one(args.api, txs[0], args.token))
+            ids = [submit_one(args.api, txs[0], args.token)]
         else:
-            print(json.dumps(submit_batch(args.api, txs, args.token)))
+            ids = [str(i) for i in submit_batch(args.api, txs, args.token, ids=True)["ids"]]
     except ApiError as exc:
         print(f"dagrider submit: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"dagrider submit: cannot reach {args.api}: {exc}", file=sys.stderr)
+        print(f"dagrider submit: cannot reach {args.api}: {_reason(exc)}", file=sys.stderr)
         return 1
+    print(json.dumps({"ids": ids}) if args.json else "\n".join(ids))
     return 0
+
+
+def _reason(exc: OSError) -> str:
+    """Why a connection failed, without urllib's wrapping (``<urlopen error ...>``)."""
+    inner = getattr(exc, "reason", None)
+    if isinstance(inner, OSError):
+        return inner.strerror or str(inner)
+    if isinstance(inner, str):
+        return inner
+    return exc.strerror or str(exc)
 
 
 def _tail(args: argparse.Namespace) -> int:
     import base64
 
-    from dagrider.node.client import stream_log
+    from dagrider.node.client import ApiError, stream_log
 
+    if args.after < -1:
+        raise _UserError(f"--after must be >= -1 (-1: from the start), got {args.after}")
     try:
         for entry in stream_log(args.api, args.after, args.token):
             if args.json:
@@ -404,32 +556,58 @@ def _tail(args: argparse.Namespace) -> int:
             print(f"{entry['index']:>8} wave {entry['wave']:>5} {entry['tx_id'][:16]} {text}")
     except KeyboardInterrupt:
         return 0
+    except ApiError as exc:
+        print(f"dagrider tail: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        raise  # handled in main: the reader (head, less) went away
     except OSError as exc:
-        print(f"dagrider tail: cannot reach {args.api}: {exc}", file=sys.stderr)
+        print(f"dagrider tail: cannot reach {args.api}: {_reason(exc)}", file=sys.stderr)
         return 1
     return 0
 
 
 def _crdt_ops(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The ``crdt put`` options as API operations, in a fixed order."""
-    ops: list[dict[str, Any]] = json.loads(args.ops) if args.ops else []
+    ops: list[dict[str, Any]] = []
+    if args.ops:
+        try:
+            ops = json.loads(args.ops)
+        except ValueError as exc:
+            raise _UserError(f"--ops is not JSON: {exc}") from None
+        if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+            raise _UserError("--ops must be a JSON list of objects")
 
-    def split(item: str, parse: bool) -> tuple[list[str], Any]:
+    def split(option: str, item: str, parse: bool) -> tuple[list[str], Any]:
         path, eq, raw = item.partition("=")
         if not eq or not path:
-            raise ValueError(f"expected PATH=VALUE, got {item!r}")
-        return path.split("."), (json.loads(raw) if parse else int(raw))
+            raise _UserError(f"{option} expects PATH=VALUE, got {item!r}")
+        if not parse:
+            try:
+                return path.split("."), int(raw)
+            except ValueError:
+                raise _UserError(f"{option} {item}: N must be an integer") from None
+        try:
+            return path.split("."), json.loads(raw)
+        except ValueError:
+            raise _UserError(
+                f"{option} {item}: the value must be JSON (a string needs quotes: "
+                f"{path}='{json.dumps(raw)}')"
+            ) from None
 
     for item in args.set:
-        path, value = split(item, True)
+        path, value = split("--set", item, True)
         ops.append({"path": path, "type": "lww", "action": "set", "args": value})
     for action, items in (("inc", args.inc), ("dec", args.dec)):
         for item in items:
-            path, n = split(item, False)
+            path, n = split(f"--{action}", item, False)
             ops.append({"path": path, "type": "pncounter", "action": action, "args": n})
-    for action, items in (("add", args.add), ("remove", args.discard)):
+    for option, action, items in (
+        ("--add", "add", args.add),
+        ("--discard", "remove", args.discard),
+    ):
         for item in items:
-            path, value = split(item, True)
+            path, value = split(option, item, True)
             ops.append({"path": path, "type": "orset", "action": action, "args": value})
     ops += [{"path": item.split("."), "action": "remove"} for item in args.remove]
     if not ops:
@@ -442,6 +620,11 @@ def _crdt_ops(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _crdt(args: argparse.Namespace) -> int:
     from dagrider.node.client import ApiError, crdt_get, crdt_list, crdt_put
 
+    doc = getattr(args, "doc", None)
+    if doc is not None:
+        namespace, slash, name = doc.partition("/")
+        if not slash or not namespace or not name:
+            raise _UserError(f"document id {doc!r} is not namespace/name (e.g. notes/todo)")
     try:
         if args.crdt_command == "get":
             out = crdt_get(args.api, args.doc, args.checkpoint, args.token)
@@ -455,7 +638,7 @@ def _crdt(args: argparse.Namespace) -> int:
         print(f"dagrider crdt {args.crdt_command}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"dagrider crdt: cannot reach {args.api}: {exc}", file=sys.stderr)
+        print(f"dagrider crdt: cannot reach {args.api}: {_reason(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
     return 0

@@ -720,28 +720,69 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+_HELP: dict[str, str] = {
+    "nodes": "peers in the network (including the seeds)",
+    "seeds": "bootstrap peers every joining peer knows",
+    "k": "Kademlia k: bucket size and replication factor",
+    "alpha": "parallel queries per lookup",
+    "disjoint": "disjoint lookup paths (S/Kademlia d)",
+    "quorum": "matching answers a value lookup needs (an integer, or none)",
+    "malicious": "fraction of peers that are malicious, in [0, 0.5)",
+    "strategies": "comma-separated malicious strategies, drawn per malicious peer",
+    "churn": "fraction of peers that leave and join during the lookup phase, in [0, 0.5)",
+    "clients": "fraction of joining peers in client mode (behind a NAT), in [0, 0.9)",
+    "records": "signed records stored before the lookup phase",
+    "providers": "provider records announced before the lookup phase",
+    "lookups": "lookups spread over the lookup phase",
+    "join_gap": "virtual seconds between two joins",
+    "join_refresh": "after joining, refresh buckets with fewer than this many entries",
+    "phase": "virtual seconds of the lookup phase",
+    "timeout": "virtual seconds before a query counts as failed",
+    "slow_after": "virtual seconds before a query counts as slow (another is sent)",
+    "latency": "link latency model",
+    "codec": "encode and decode every message (slower; exercises the codec)",
+    "min_success": "lookup success rate below which the run fails, in [0, 1]",
+}
+"""Help text of every ``--option`` (one per field of :class:`DhtSimConfig`)."""
+
+
+def _parser(prog: str = "python -m sim.dht") -> argparse.ArgumentParser:
     d = DhtSimConfig()
-    p = argparse.ArgumentParser(prog="python -m sim.dht", description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=int, default=1)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n")[0],
+        epilog="Prints the report as JSON; exit status 1 if a check failed, 2 on bad options.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--seed", type=int, default=1, help="the run's seed (replays it)")
     for f in fields(DhtSimConfig):
         flag = f"--{f.name.replace('_', '-')}"
         default = getattr(d, f.name)
+        help_text = _HELP[f.name]
         if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", default=default)
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif isinstance(default, tuple):
-            p.add_argument(flag, type=lambda s: tuple(s.split(",")), default=default)
+            p.add_argument(
+                flag,
+                type=lambda s: tuple(s.split(",")),
+                default=",".join(default),
+                help=help_text,
+            )
         elif f.name == "quorum":
-            p.add_argument(flag, type=_optional_int, default=default, help="an integer or none")
+            p.add_argument(flag, type=_optional_int, default=default, help=help_text)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(default), default=default, help=help_text)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m sim.dht") -> int:
     """Run one simulation and print its report as JSON; exit status 1 if a check failed."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(DhtSimConfig)}
+    if isinstance(values["strategies"], str):  # the default, shown as text in --help
+        values["strategies"] = tuple(values["strategies"].split(","))
     try:
         config = DhtSimConfig(**values)
     except ValueError as exc:

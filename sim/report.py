@@ -110,8 +110,13 @@ class SimResult:
     def summary(self) -> str:
         c = self.config
         msgs, byts = self.per_transaction()
+        drew = ""
+        if c.byzantine == "mixed" and self.node_kinds:
+            drew = ": " + ", ".join(
+                f"node {i} drew {k}" for i, k in sorted(self.node_kinds.items())
+            )
         lines = [
-            f"dagrider sim: n={c.nodes} f={c.f} faulty={c.faults} ({c.byzantine}) "
+            f"dagrider sim: n={c.nodes} f={c.f} faulty={c.faults} ({c.byzantine}{drew}) "
             f"latency={c.latency}{' adversarial' if c.adversarial else ''} seed={self.seed}",
             f"  virtual time      {self.virtual_ms / 1000:.2f} s, {self.events} events",
             f"  committed         {self.committed_transactions} transactions in "

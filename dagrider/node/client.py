@@ -92,9 +92,14 @@ def submit_one(api: str, tx: bytes, token: str | None = None) -> str:
     return str(doc["id"])
 
 
-def submit_batch(api: str, txs: Sequence[bytes], token: str | None = None) -> dict[str, Any]:
+def submit_batch(
+    api: str, txs: Sequence[bytes], token: str | None = None, *, ids: bool = False
+) -> dict[str, Any]:
+    """Send ``txs`` as one batch; the node's answer (``accepted``, ``first_id``,
+    ``last_id``, and with ``ids`` every transaction's id in order)."""
+    query = "?ids=1" if ids else ""
     doc: dict[str, Any] = _request(
-        f"{api}/v1/transactions/batch", encode_batch(txs), BATCH_CONTENT_TYPE, token
+        f"{api}/v1/transactions/batch{query}", encode_batch(txs), BATCH_CONTENT_TYPE, token
     )
     return doc
 
@@ -148,7 +153,7 @@ def stream_log(
     this reader fell behind the cut), the stream continues at the node's first
     available index and a warning on the ``dagrider.node.client`` logger names the
     skipped range; ``skip_pruned=False`` raises :class:`LogPruned` instead. Other
-    HTTP errors raise ``urllib.error.HTTPError`` as before.
+    error answers raise :class:`ApiError` with the node's own message.
     """
     while True:
         try:
@@ -167,8 +172,6 @@ def _stream_once(api: str, after: int, token: str | None) -> Iterator[dict[str, 
     try:
         r = urllib.request.urlopen(req, timeout=None)
     except urllib.error.HTTPError as exc:
-        if exc.code != 410:
-            raise
         raise _error(exc.code, exc.read()) from None
     with r:
         event = "message"

@@ -60,6 +60,20 @@ class ClusterSpec:
     """TOML appended to every node's config (e.g. a ``[content]`` override)."""
 
 
+class ClusterError(RuntimeError):
+    """A cluster that cannot be laid out (a missing committee, bad options)."""
+
+
+class NodeFailed(ClusterError):
+    """A daemon of the cluster exited; ``reason`` is its own error line."""
+
+    def __init__(self, index: int, reason: str, log: Path) -> None:
+        super().__init__(f"node {index} failed to start: {reason} (log: {log})")
+        self.index = index
+        self.reason = reason
+        self.log = log
+
+
 BOOTSTRAP_PEERS = 3
 """How many earlier nodes a peer names as bootstrap peers."""
 
@@ -73,6 +87,8 @@ class LocalCluster:
         self.committee_dir = spec.committee_dir or (self.dir / "committee")
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._logs: dict[int, IO[bytes]] = {}
+        self._log_start: dict[int, int] = {}
+        """Where each node's log stood when this run of it started (the log is appended to)."""
         self.committee = self._ensure_committee() if spec.nodes or spec.committee_dir else None
         self.members = self.committee.n if self.committee is not None else 0
         self.peer_keys = [self._peer_key(j) for j in range(spec.peers)]
@@ -114,7 +130,11 @@ class LocalCluster:
         path = self.committee_dir / COMMITTEE_FILE
         if not path.exists():
             if self.spec.committee_dir is not None:
-                raise FileNotFoundError(f"no {COMMITTEE_FILE} in {self.spec.committee_dir}")
+                raise ClusterError(
+                    f"no {COMMITTEE_FILE} in {self.spec.committee_dir} "
+                    f"(looked for {path.resolve()}); give an existing committee directory, "
+                    "e.g. one written by `dagrider keygen --nodes 4 --out DIR --base-port 7001`"
+                )
             addresses = [
                 f"{self.spec.host}:{self.spec.base_port + i}" for i in range(self.spec.nodes)
             ]
@@ -201,6 +221,7 @@ class LocalCluster:
         self.log_path(i).parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path(i), "ab")  # noqa: SIM115 - closed in _reap
         self._logs[i] = log
+        self._log_start[i] = log.tell()
         env = {**os.environ, **self.spec.extra_env}
         self.procs[i] = subprocess.Popen(
             [sys.executable, "-m", "dagrider", "node", "--config", str(self.configs[i])],
@@ -257,21 +278,66 @@ class LocalCluster:
     # -- readiness ----------------------------------------------------------------------
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[int] | None = None) -> None:
-        """Wait until every node's API answers /healthz."""
+        """Wait until every node's API answers /healthz *and* the node said it serves.
+
+        The second check matters: when another cluster already holds these ports, its
+        nodes answer /healthz while ours fail to bind and exit. A node counts as ready
+        only once its own log (since this start) has the daemon's ``serving`` line.
+        Raises :class:`NodeFailed` (with the node's own error line) if a node exits.
+        """
         deadline = time.monotonic() + timeout
         for i in nodes if nodes is not None else range(self.n):
             while True:
                 if not self.alive(i):
-                    raise RuntimeError(f"node {i} exited: see {self.log_path(i)}")
-                try:
-                    with urllib.request.urlopen(self.api_url(i) + "/healthz", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except (urllib.error.URLError, OSError):
-                    pass
+                    raise NodeFailed(i, self.failure_reason(i), self.log_path(i))
+                if self._said_serving(i):
+                    try:
+                        with urllib.request.urlopen(self.api_url(i) + "/healthz", timeout=1) as r:
+                            if r.status == 200:
+                                break
+                    except (urllib.error.URLError, OSError):
+                        pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"node {i} not ready after {timeout} s")
+                    raise TimeoutError(
+                        f"node {i} not ready after {timeout} s: see {self.log_path(i)}"
+                    )
                 time.sleep(0.1)
+
+    def _log_since_start(self, i: int) -> str:
+        try:
+            with open(self.log_path(i), "rb") as f:
+                f.seek(self._log_start.get(i, 0))
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _said_serving(self, i: int) -> bool:
+        for line in self._log_since_start(i).splitlines():
+            if line.startswith("{"):
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and doc.get("msg") == "serving":
+                    return True
+        return False
+
+    def failure_reason(self, i: int) -> str:
+        """The node's own error line from its log since this start (the daemon prints
+        ``dagrider node: error: ...`` before it exits), else its exit status."""
+        reason = ""
+        lines = self._log_since_start(i).splitlines()
+        for line in lines:
+            if line.startswith("dagrider node: error:"):
+                reason = line.removeprefix("dagrider node: error:").strip()
+        if not reason and any(line.startswith("Traceback") for line in lines):
+            last = next((line for line in reversed(lines) if line.strip()), "")
+            reason = f"crashed: {last.strip()}"
+        proc = self.procs.get(i)
+        code = None if proc is None else proc.poll()
+        if reason:
+            return reason
+        return f"exited with status {code}" if code is not None else "not running"
 
     def wait_connected(self, timeout: float = 60.0) -> None:
         """Every node sees all its peers connected and the DAG advancing (benchmarks

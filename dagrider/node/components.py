@@ -70,27 +70,31 @@ def build_crdt(
         checkpoint_interval=cfg.crdt_checkpoint_interval,
         compact_min_changes=cfg.crdt_compact_min_changes,
         attest_every=cfg.crdt_attest_every,
+        max_clock_skew_ms=cfg.crdt_max_clock_skew_ms,
         logger=logger,
     )
 
 
 def add_nat_counters(r: Metrics, nat: NatService) -> None:
-    """Scrape-time NAT gauges that need no committee: punches and relay use."""
+    """Scrape-time NAT metrics that need no committee: punches and relay use."""
+    r.gauge("dagrider_nat_relay_circuits", "Circuits this node relays now").set_function(
+        _as_float(nat.relay_circuits)
+    )
     for name, help_text, read in (
         (
-            "dagrider_nat_punches_succeeded",
+            "dagrider_nat_punches_succeeded_total",
             "Hole punches that gave a direct link",
             nat.punches_succeeded,
         ),
-        ("dagrider_nat_punches_failed", "Hole punches that failed", nat.punches_failed),
-        ("dagrider_nat_relay_circuits", "Circuits this node relays now", nat.relay_circuits),
-        ("dagrider_nat_relay_bytes", "Bytes this node relayed", nat.relay_bytes),
+        ("dagrider_nat_punches_failed_total", "Hole punches that failed", nat.punches_failed),
+        ("dagrider_nat_relay_bytes_total", "Bytes this node relayed", nat.relay_bytes),
     ):
-        r.gauge(name, help_text).set_function(_as_float(read))
+        r.counter(name, help_text).set_function(_as_float(read))
 
 
 def add_crdt_metrics(r: Metrics, crdt: CrdtNode) -> None:
-    """Scrape-time gauges over the CRDT store's own counters (no hot-path cost)."""
+    """Scrape-time gauges (sizes) and counters (``_total``: running totals) over the CRDT
+    store's own numbers (no hot-path cost)."""
     st = crdt.engine.stats
     values: dict[str, tuple[str, Callable[[], float]]] = {
         "dagrider_crdt_changes": (
@@ -106,29 +110,30 @@ def add_crdt_metrics(r: Metrics, crdt: CrdtNode) -> None:
             lambda: len(crdt.replica.heads),
         ),
         "dagrider_crdt_checkpoints": ("Checkpoints ordered", crdt.checkpoint_count),
-        "dagrider_crdt_sync_sessions_completed": (
+        "dagrider_crdt_sync_sessions_completed_total": (
             "Reconciliation sessions completed",
             lambda: st.sessions_completed,
         ),
-        "dagrider_crdt_sync_bytes_sent": (
+        "dagrider_crdt_sync_bytes_sent_total": (
             "Bytes sent on the CRDT channel",
             lambda: st.bytes_sent,
         ),
-        "dagrider_crdt_sync_bytes_received": (
+        "dagrider_crdt_sync_bytes_received_total": (
             "Bytes received on the CRDT channel",
             lambda: st.bytes_received,
         ),
-        "dagrider_crdt_peer_faults": (
+        "dagrider_crdt_peer_faults_total": (
             "Invalid CRDT sync input from peers",
             lambda: crdt.faults,
         ),
-        "dagrider_crdt_rejected_changes": (
+        "dagrider_crdt_rejected_changes_total": (
             "Changes from peers rejected (bad signature, unauthorized, ...)",
             lambda: crdt.rejected,
         ),
     }
     for name, (help_text, read) in values.items():
-        r.gauge(name, help_text).set_function(_as_float(read))
+        family = r.counter if name.endswith("_total") else r.gauge
+        family(name, help_text).set_function(_as_float(read))
 
 
 def _as_float(read: Callable[[], float]) -> Callable[[], float]:

@@ -26,9 +26,11 @@ from dagrider.node.metrics import Metrics
 from p2p.content.manifest import CidTextError, cid_from_text, cid_to_text
 from p2p.content_service import ContentConfig, ContentFetchError, ContentService
 from p2p.content_store import ContentNotFound, ContentStore, ContentTooLarge
+from p2p.dht.messages import Ping
 from p2p.dht.peer import PeerInfo
-from p2p.dht_service import DhtConfig, DhtService
+from p2p.dht_service import DhtConfig, DhtQueryError, DhtService
 from p2p.identity import Identity
+from p2p.mdns import Announcement, MdnsDiscovery
 from p2p.transport import PeerTransport
 
 Addr = tuple[str, int]
@@ -66,6 +68,7 @@ class Mesh:
             bootstrap=seeds,
             server_mode=server_mode,
             logger=logger.getChild("dht"),
+            seq_file=cfg.data_dir / "dht-seq.json",  # our records' seq survives restarts
         )
         self.store = ContentStore(
             cfg.data_dir / "content",
@@ -87,12 +90,45 @@ class Mesh:
         self._backend = _Backend(self)
         self._started = False
         self._announcer: asyncio.Task[None] | None = None
+        self._server_mode = server_mode
+        self.mdns: MdnsDiscovery | None = None
+        self._discovery: asyncio.Task[None] | None = None
+        if cfg.mdns_enabled:  # [discovery] mdns: LAN peers, dialled through the transport
+            self.mdns = MdnsDiscovery(
+                identity.public_key, advertise, self._discovered, logger.getChild("mdns")
+            )
 
     def start(self) -> None:
         """Start the DHT (bootstrap, refresh) and re-announce the blobs held."""
         self.dht.start()
         self._announcer = asyncio.create_task(self._announce_held(), name="mesh-announce")
         self._started = True
+        if self.mdns is not None:
+            self._discovery = asyncio.create_task(self._start_mdns(self.mdns), name="mesh-mdns")
+
+    async def _start_mdns(self, mdns: MdnsDiscovery) -> None:
+        """Join the multicast group and announce; a LAN without multicast costs the
+        node its discovery, not its start."""
+        try:
+            await mdns.start()
+        except OSError as exc:
+            self.log.warning("mdns unavailable", extra={"reason": str(exc)})
+
+    async def _discovered(self, found: Announcement) -> None:
+        """A LAN peer announced itself: dial it through the authenticated transport
+        (the TLS handshake proves its key) and introduce ourselves to its DHT, which
+        then routes to us; its own discovery of us does the same the other way."""
+        info = PeerInfo(found.key, found.addrs)
+        if not await self.dht.ensure_link(info):
+            if self.mdns is not None:
+                self.mdns.forget(found.key)
+            return
+        self._remember(info)
+        sender = self.self_info if self._server_mode() and self.self_info.addrs else None
+        try:
+            await self.dht.request(info, Ping(sender=sender))
+        except DhtQueryError as exc:
+            self.log.info("mdns peer did not answer", extra={"reason": str(exc)})
 
     async def _announce_held(self) -> None:
         """After bootstrap: announce the blobs kept from an earlier run (the DHT
@@ -115,6 +151,10 @@ class Mesh:
         if self._announcer is not None:
             self._announcer.cancel()
             await asyncio.gather(self._announcer, return_exceptions=True)
+        if self._discovery is not None:
+            await asyncio.gather(self._discovery, return_exceptions=True)
+        if self.mdns is not None:
+            await self.mdns.close()
         await self._backend.close()
         await self.content.close()
         await self.dht.close()
@@ -152,35 +192,97 @@ class Mesh:
     # -- introspection ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {"dht": self.dht.status(), "content": self.content.status()}
+        st: dict[str, Any] = {"dht": self.dht.status(), "content": self.content.status()}
+        if self.mdns is not None:
+            st["mdns"] = self.mdns.status()
+        return st
 
     def add_metrics(self, r: Metrics) -> None:
-        """Scrape-time gauges over the DHT's and the content layer's status."""
+        """Scrape-time gauges and counters over the DHT's and the content layer's own
+        numbers: nothing is counted twice, nothing costs anything between scrapes."""
+        for name, help_text, read in self._gauges():
+            r.gauge(name, help_text).set_function(read)
+        for name, help_text, read in self._counters():
+            r.counter(name, help_text).set_function(read)
 
-        def read(section: str, key: str) -> Callable[[], float]:
-            def value() -> float:
-                doc = self.dht.status() if section == "dht" else self.content.status()
-                raw = doc.get(key, 0)
-                return float(raw) if isinstance(raw, int | float) else 0.0
+    def _dht_stat(self, key: str) -> Callable[[], float]:
+        def read() -> float:
+            stats = self.dht.status().get("stats")
+            raw = stats.get(key, 0) if isinstance(stats, dict) else 0
+            return float(raw) if isinstance(raw, int | float) else 0.0
 
-            return value
+        return read
 
-        for section, key, name, help_text in _GAUGES:
-            r.gauge(name, help_text).set_function(read(section, key))
+    def _content_stat(self, key: str) -> Callable[[], float]:
+        def read() -> float:
+            raw = self.content.status().get(key, 0)
+            return float(raw) if isinstance(raw, int | float) else 0.0
 
+        return read
 
-_GAUGES = (
-    ("dht", "routing_table_size", "dagrider_dht_routing_peers", "Peers in the routing table"),
-    ("dht", "records", "dagrider_dht_records", "Signed records stored for others"),
-    ("dht", "provider_records", "dagrider_dht_provider_records", "Provider records stored"),
-    ("dht", "lookups", "dagrider_dht_lookups", "Lookups started"),
-    ("dht", "lookups_failed", "dagrider_dht_lookups_failed", "Lookups that found nothing"),
-    ("content", "blobs", "dagrider_content_blobs", "Blobs held"),
-    ("content", "bytes_served", "dagrider_content_bytes_served", "Chunk bytes served"),
-    ("content", "bytes_fetched", "dagrider_content_bytes_fetched", "Verified bytes fetched"),
-    ("content", "bad_chunks", "dagrider_content_bad_chunks", "Chunks that failed verification"),
-    ("content", "fetches_active", "dagrider_content_fetches_active", "Fetches in progress"),
-)
+    def _active_fetches(self) -> float:
+        fetches = self.content.status().get("fetches")
+        return float(len(fetches)) if isinstance(fetches, dict) else 0.0
+
+    def _gauges(self) -> list[tuple[str, str, Callable[[], float]]]:
+        """Current sizes (they go up and down)."""
+        core = self.dht.core
+        return [
+            ("dagrider_dht_routing_peers", "Peers in the routing table", lambda: len(core.routing)),
+            ("dagrider_dht_records", "Signed records stored for others", lambda: len(core.records)),
+            (
+                "dagrider_dht_provider_records",
+                "Provider records stored",
+                lambda: len(core.providers),
+            ),
+            ("dagrider_content_blobs", "Complete blobs held", lambda: len(self.store.list())),
+            (
+                "dagrider_content_fetches_active",
+                "Fetches in progress",
+                self._active_fetches,
+            ),
+        ]
+
+    def _counters(self) -> list[tuple[str, str, Callable[[], float]]]:
+        """Running totals since the node started."""
+        return [
+            ("dagrider_dht_lookups_total", "DHT lookups started", self._dht_stat("lookups")),
+            (
+                "dagrider_dht_query_failures_total",
+                "DHT queries that timed out or failed",
+                self._dht_stat("query_failures"),
+            ),
+            (
+                "dagrider_dht_requests_served_total",
+                "DHT requests this node answered",
+                lambda: float(self.dht.core.served),
+            ),
+            (
+                "dagrider_content_bytes_served_total",
+                "Chunk bytes served to peers",
+                self._content_stat("bytes_served"),
+            ),
+            (
+                "dagrider_content_bytes_fetched_total",
+                "Verified chunk bytes fetched from peers",
+                self._content_stat("bytes_fetched"),
+            ),
+            (
+                "dagrider_content_bad_chunks_total",
+                "Fetched chunks that failed verification",
+                self._content_stat("bad_chunks"),
+            ),
+            (
+                "dagrider_content_fetches_completed_total",
+                "Fetches that completed",
+                self._content_stat("fetches_completed"),
+            ),
+            (
+                "dagrider_content_fetches_failed_total",
+                "Fetches that failed",
+                self._content_stat("fetches_failed"),
+            ),
+        ]
 
 
 class _Backend:
