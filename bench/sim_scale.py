@@ -1,13 +1,15 @@
 """How the simulator (and the consensus core inside it) scales with the committee size.
 
-Scale mode (default): for each n in ``--nodes`` (4,16,31,64), one benign run (uniform
-latency, no faults, fixed seed, ``--waves`` waves; committees of ``--large-n`` nodes or
-more run ``--large-waves`` waves instead, because a run costs O(n^3) messages per round
-and n=64 takes minutes per wave in CPython) and report wall time, simulated traffic,
-virtual time, leaders, committed transactions, transaction latency (virtual ms) and
-traffic per committed transaction.
+Scale mode (default): for each n in ``--nodes`` (4,16,31,64,100), one benign run
+(uniform latency, no faults, fixed seed, ``--waves`` waves, 10 by default; committees of
+``--large-n`` nodes or more, 100 by default, run ``--large-waves`` waves instead, 3 by
+default: Bracha costs O(n^3) votes per round) and report wall and CPU time (best of
+``--repeat``), simulated frames (``messages``) and the votes they carried, virtual time,
+leaders, committed transactions, transaction latency (virtual ms) and traffic per
+committed transaction. ``--step-ms`` is the simulator's node step (see
+``sim.runner.SimConfig.step_ms``; 0 gives the one-message-per-step model of before).
 
-``--waves-per-commit-sweep``: many seeds at n=4 and n=7 under the adversarial scheduler,
+``--waves-per-commit-sweep``: many seeds at ``--sweep-nodes`` under the adversarial scheduler,
 reporting how often a wave's leader is committed directly and how many waves it takes per
 committed leader. DAG-Rider's bound: each wave's leader is committed (by the direct rule)
 with probability >= 2/3, so the expected number of waves per committed leader is <= 1.5.
@@ -81,33 +83,49 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _timed(cfg: SimConfig, seed: int, label: str) -> tuple[SimResult, float]:
-    started = time.perf_counter()
+def _timed(cfg: SimConfig, seed: int, label: str) -> tuple[SimResult, float, float]:
+    """One run: (result, wall seconds, CPU seconds of this process). The machine may be
+    shared: CPU time is the steadier figure, wall time the one a user waits."""
+    started, cpu = time.perf_counter(), time.process_time()
     result = run(cfg, seed, _progress(label))
-    return result, time.perf_counter() - started
+    return result, time.perf_counter() - started, time.process_time() - cpu
 
 
-def scale_entry(n: int, waves: int, reduced: bool, seed: int) -> dict[str, Any]:
-    cfg = SimConfig(nodes=n, waves=waves, latency="uniform")
+def scale_entry(
+    n: int, waves: int, reduced: bool, seed: int, step_ms: float, repeat: int = 1
+) -> dict[str, Any]:
+    cfg = SimConfig(nodes=n, waves=waves, latency="uniform", step_ms=step_ms)
     print(f"n={n}: {waves} waves, seed {seed} ...", file=sys.stderr, flush=True)
-    result, wall = _timed(cfg, seed, f"n={n}")
+    walls: list[float] = []
+    cpus: list[float] = []
+    for _ in range(repeat):
+        result, wall, cpu = _timed(cfg, seed, f"n={n}")
+        walls.append(wall)
+        cpus.append(cpu)
+        print(
+            f"n={n}: {wall:.1f} s wall, {cpu:.1f} s CPU, {result.messages} messages, "
+            f"ok={result.ok}",
+            file=sys.stderr,
+            flush=True,
+        )
+    wall, cpu = min(walls), min(cpus)
     msgs_per_tx, bytes_per_tx = result.per_transaction()
-    print(
-        f"n={n}: {wall:.1f} s wall, {result.messages} messages, ok={result.ok}",
-        file=sys.stderr,
-        flush=True,
-    )
     entry: dict[str, Any] = {
         "nodes": n,
         "waves": waves,
         "waves_reduced": reduced,
         "ok": result.ok,
         "verdicts": {v.name: v.ok for v in result.verdicts},
+        "step_ms": step_ms,
         "wall_seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "wall_seconds_all": [round(x, 3) for x in walls],
+        "cpu_seconds_all": [round(x, 3) for x in cpus],
         "events": result.events,
         "messages": result.messages,
         "bytes": result.bytes,
         "messages_per_wall_second": round(result.messages / wall, 1) if wall else None,
+        "messages_per_cpu_second": round(result.messages / cpu, 1) if cpu else None,
         "virtual_seconds": round(result.virtual_ms / 1000, 3),
         "waves_per_commit": round(result.waves_per_commit, 4),
         "leaders_committed": result.leaders_committed,
@@ -133,7 +151,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     for n in args.nodes:
         reduced = n >= args.large_n and args.large_waves < args.waves
         waves = args.large_waves if reduced else args.waves
-        runs.append(scale_entry(n, waves, reduced, args.seed))
+        runs.append(scale_entry(n, waves, reduced, args.seed, args.step_ms, args.repeat))
     return {
         "mode": "scale",
         "setup": {
@@ -141,6 +159,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             "faults": 0,
             "adversarial": False,
             "seed": args.seed,
+            "step_ms": args.step_ms,
             "requested_waves": args.waves,
             "tx_per_second_per_node": SimConfig().tx_per_second,
             "tx_size_bytes": SimConfig().tx_size,
@@ -149,13 +168,13 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def sweep_one(n: int, seeds: Sequence[int], waves: int) -> dict[str, Any]:
+def sweep_one(n: int, seeds: Sequence[int], waves: int, step_ms: float = 1.0) -> dict[str, Any]:
     committed = direct = skipped = 0
     per_run: list[float] = []
     failures: list[str] = []
     started = time.perf_counter()
     for k, seed in enumerate(seeds):
-        cfg = SimConfig(nodes=n, waves=waves, latency="uniform", adversarial=True)
+        cfg = SimConfig(nodes=n, waves=waves, latency="uniform", adversarial=True, step_ms=step_ms)
         result = run(cfg, seed)
         if not result.ok:
             failures.append(result.replay)
@@ -196,7 +215,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for n in args.sweep_nodes:
         print(f"sweep n={n}: {len(seeds)} seeds x {args.sweep_waves} waves", file=sys.stderr)
-        results.append(sweep_one(n, seeds, args.sweep_waves))
+        results.append(sweep_one(n, seeds, args.sweep_waves, args.step_ms))
     return {
         "mode": "waves-per-commit-sweep",
         "setup": {
@@ -205,6 +224,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             "faults": 0,
             "seeds": [seeds[0], seeds[-1]],
             "waves": args.sweep_waves,
+            "step_ms": args.step_ms,
             "counting": "leaders decided by the node with the longest log, over every wave "
             "decided in the run (including the validity phase after the requested waves); "
             "a wave is decided once a later leader is committed",
@@ -219,11 +239,18 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--nodes", type=_nodes, default=[4, 16, 31, 64], help="e.g. 4,16")
-    p.add_argument("--waves", type=int, default=4, help="waves every correct node decides")
+    p.add_argument("--nodes", type=_nodes, default=[4, 16, 31, 64, 100], help="e.g. 4,16")
+    p.add_argument("--waves", type=int, default=10, help="waves every correct node decides")
     p.add_argument("--seed", type=int, default=1, help="seed (first seed of the sweep)")
-    p.add_argument("--large-n", type=int, default=64, help="committees this big or bigger...")
-    p.add_argument("--large-waves", type=int, default=1, help="...run this many waves")
+    p.add_argument("--large-n", type=int, default=100, help="committees this big or bigger...")
+    p.add_argument("--large-waves", type=int, default=3, help="...run this many waves")
+    p.add_argument(
+        "--step-ms",
+        type=float,
+        default=SimConfig().step_ms,
+        help="simulator node step in virtual ms (0: one message per step, the old model)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="runs per n; the best is reported")
     p.add_argument(
         "--waves-per-commit-sweep",
         action="store_true",
@@ -233,8 +260,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-seeds", type=int, default=100, help="seeds per committee size")
     p.add_argument("--sweep-waves", type=int, default=4)
     args = p.parse_args(argv)
-    if args.waves < 1 or args.large_waves < 1 or args.sweep_waves < 1 or args.sweep_seeds < 1:
-        p.error("--waves, --large-waves, --sweep-waves and --sweep-seeds must be >= 1")
+    if min(args.waves, args.large_waves, args.sweep_waves, args.sweep_seeds, args.repeat) < 1:
+        p.error("--waves, --large-waves, --sweep-waves, --sweep-seeds and --repeat must be >= 1")
     return args
 
 

@@ -5,7 +5,12 @@ the fields of the type, with exact Python types (``bool`` is not an ``int``), si
 within :class:`~dagrider.params.Limits` and node ids within the committee. Anything
 else, including trailing bytes, raises :class:`~dagrider.errors.DecodeError` naming
 the field; no other exception escapes :meth:`Codec.decode`, whatever the bytes (checked
-by ``tests/test_decoder_fuzz.py``). Peer data appears in an error only as a short
+by ``tests/test_decoder_fuzz.py``).
+
+Version 2 added :class:`~dagrider.messages.Votes` (every ECHO/READY of one step in one
+frame). A node never mixes versions silently: a frame of another version is a
+``DecodeError`` on field ``v`` that names both versions, so a committee half upgraded
+reports exactly that instead of losing votes. Peer data appears in an error only as a short
 rendering (:func:`~dagrider.errors.short`), so one frame never makes a long log line.
 """
 
@@ -30,12 +35,18 @@ from dagrider.messages import (
     VertexRef,
     VertexRequest,
     VertexResponse,
+    VoteKey,
+    Votes,
     canonical_vertex_body,
 )
 from dagrider.params import Limits
 
-VERSION = 1
-T_VAL, T_ECHO, T_READY, T_COIN, T_REQ, T_RESP, T_CATCHUP = 1, 2, 3, 4, 5, 6, 7
+VERSION = 2
+"""Wire version of every consensus frame. 2: :class:`~dagrider.messages.Votes` added."""
+T_VAL, T_ECHO, T_READY, T_COIN, T_REQ, T_RESP, T_CATCHUP, T_VOTES = 1, 2, 3, 4, 5, 6, 7, 8
+MAX_VOTES_PER_MESSAGE = 8192
+"""ECHOs plus READYs in one :class:`~dagrider.messages.Votes` frame (about 330 KB at
+most); :func:`dagrider.rbc.coalesce_votes` splits larger steps."""
 _SCALAR_BYTES = 32
 
 
@@ -51,6 +62,8 @@ def encode(msg: Message) -> bytes:
             body = {"t": T_ECHO, "r": r, "s": s, "d": d}
         case Ready(r, s, d):
             body = {"t": T_READY, "r": r, "s": s, "d": d}
+        case Votes(echoes, readies):
+            body = {"t": T_VOTES, "e": echoes, "y": readies}
         case VertexRequest(r, s, d):
             body = {"t": T_REQ, "r": r, "s": s, "d": d}
         case CatchupRequest(r, count):
@@ -83,7 +96,11 @@ class Codec:
             T_REQ: (frozenset("tvrsd"), lambda m: VertexRequest(*self._vote(m))),
             T_COIN: (frozenset("tvwspcz"), self._coin),
             T_CATCHUP: (frozenset("tvrn"), self._catchup),
+            T_VOTES: (frozenset("tvey"), self._votes),
         }
+        self._max_array = (
+            max(limits.max_txs_per_vertex, limits.max_edges, MAX_VOTES_PER_MESSAGE, 8) + 1
+        )
 
     def decode(self, data: bytes) -> Message:
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -101,7 +118,7 @@ class Codec:
                 max_bin_len=self.limits.max_tx_bytes + DIGEST_BYTES,
                 max_str_len=16,
                 # One above each limit, so that the field check below names the field.
-                max_array_len=max(self.limits.max_txs_per_vertex, self.limits.max_edges, 8) + 1,
+                max_array_len=self._max_array,
                 max_map_len=16,
                 max_ext_len=0,
             )
@@ -113,7 +130,11 @@ class Codec:
             raise DecodeError("frame", f"expected a map, got {type(obj).__name__}")
         t = _int(obj.get("t"), "t")
         if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-            raise DecodeError("v", f"unsupported version {short(obj.get('v'))}")
+            raise DecodeError(
+                "v",
+                f"unsupported wire version {short(obj.get('v'))} (this node speaks version "
+                f"{VERSION}; every committee member must run the same wire version)",
+            )
         entry = self._decoders.get(t)
         if entry is None:
             raise DecodeError("t", f"unknown message type {t}")
@@ -145,6 +166,46 @@ class Codec:
             self._node(m["s"], "source"),
             _bin(m["d"], "digest", DIGEST_BYTES),
         )
+
+    def _votes(self, m: dict[str, Any]) -> Message:
+        echoes = self._vote_list(m["e"], "echoes")
+        readies = self._vote_list(m["y"], "readies")
+        if not echoes and not readies:
+            raise DecodeError("echoes", "a Votes message carries at least one vote")
+        if len(echoes) + len(readies) > MAX_VOTES_PER_MESSAGE:
+            raise DecodeError(
+                "echoes", f"{len(echoes) + len(readies)} votes exceeds {MAX_VOTES_PER_MESSAGE}"
+            )
+        return Votes(echoes, readies)
+
+    def _vote_list(self, value: object, name: str) -> tuple[VoteKey, ...]:
+        """Checked in one tight loop: a Votes frame carries thousands of these at n=64."""
+        if not isinstance(value, list):
+            raise DecodeError(name, "expected a list of [round, source, digest]")
+        n = self.n
+        max_round = self.limits.max_round
+        out: list[VoteKey] = []
+        for i, vote in enumerate(value):
+            if (
+                type(vote) is list
+                and len(vote) == 3
+                and type(r := vote[0]) is int
+                and 0 <= r <= max_round
+                and type(s := vote[1]) is int
+                and 0 <= s < n
+                and type(d := vote[2]) is bytes
+                and len(d) == DIGEST_BYTES
+            ):
+                out.append((r, s, d))
+                continue
+            # Slow path, only for a bad vote: name exactly what is wrong.
+            where = f"{name}[{i}]"
+            if not isinstance(vote, list) or len(vote) != 3:
+                raise DecodeError(where, "expected [round, source, digest]")
+            self._round(vote[0], f"{where}.round")
+            self._node(vote[1], f"{where}.source")
+            _bin(vote[2], f"{where}.digest", DIGEST_BYTES)
+        return tuple(out)
 
     def _coin(self, m: dict[str, Any]) -> Message:
         wave = _int(m["w"], "wave")

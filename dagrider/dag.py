@@ -65,6 +65,7 @@ class Dag:
         self._bit: dict[Digest, int] = {}
         self._hist: dict[Digest, int] = {}  # bits of every vertex reachable (incl. itself)
         self._shist: dict[Digest, int] = {}  # bits of every vertex strongly reachable
+        self._round_bits: dict[int, int] = {}  # round -> bits of its vertices
         self._next_bit = 0
         self._buffer: dict[int, dict[Digest, Vertex]] = {}  # round -> waiting vertices
         for g in genesis(n):
@@ -202,6 +203,7 @@ class Dag:
         for e in v.weak_edges:
             hist |= self._hist.get(e.digest, 0)
         slot[v.source] = v
+        self._round_bits[v.round] = self._round_bits.get(v.round, 0) | bit
         self._vertex[v.digest] = v
         self._bit[v.digest] = bit
         self._hist[v.digest] = hist
@@ -219,6 +221,14 @@ class Dag:
             reach |= self._hist[s.digest]
         weak: list[Vertex] = []
         low = max(1, self.floor, new_round - self.gc_depth)
+        # Usually the strong edges reach the whole window: one mask test per round then
+        # answers, instead of a test per vertex of the last gc_depth rounds.
+        window = 0
+        round_bits = self._round_bits
+        for rnd in range(low, new_round - 1):
+            window |= round_bits.get(rnd, 0)
+        if not window & ~reach:
+            return weak
         for rnd in range(new_round - 2, low - 1, -1):
             for source in sorted(self.by_round.get(rnd, {})):
                 u = self.by_round[rnd][source]
@@ -260,6 +270,7 @@ class Dag:
         self.floor = floor
         dropped: list[Vertex] = []
         for rnd in [r for r in self.by_round if r < floor]:
+            self._round_bits.pop(rnd, None)
             for v in self.by_round.pop(rnd).values():
                 dropped.append(v)
                 for table in (self._vertex, self._bit, self._hist, self._shist):
@@ -276,6 +287,7 @@ class Dag:
         self._bit.clear()
         self._hist.clear()
         self._shist.clear()
+        self._round_bits.clear()
         self._next_bit = 0
         self.by_round = {}
         self._vertex.clear()

@@ -107,6 +107,26 @@ class Ready:
     digest: Digest
 
 
+VoteKey = tuple[int, NodeId, Digest]
+"""(round, source, digest) of one ECHO or READY inside a :class:`Votes` message."""
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Every ECHO and READY one process cast in one step, in one message per peer.
+
+    Bracha costs O(n^2) votes per instance and n instances per round; sent one per
+    frame, the per-frame cost (framing, TLS records, decode, dispatch) dominates at
+    n >= 31. A step (one event-loop iteration of the daemon, one slot of the simulator)
+    usually casts many votes, so the shell sends them together (see
+    :func:`dagrider.rbc.coalesce_votes`). Each entry counts exactly like the lone
+    :class:`Echo` or :class:`Ready` it replaces; plain tuples keep decoding cheap.
+    """
+
+    echoes: tuple[VoteKey, ...]
+    readies: tuple[VoteKey, ...]
+
+
 @dataclass(frozen=True)
 class CoinShareMsg:
     """A process's share of the coin of one wave, with its DLEQ proof."""
@@ -143,4 +163,6 @@ class CatchupRequest:
     rounds: int
 
 
-Message = Val | Echo | Ready | CoinShareMsg | VertexRequest | VertexResponse | CatchupRequest
+Message = (
+    Val | Echo | Ready | Votes | CoinShareMsg | VertexRequest | VertexResponse | CatchupRequest
+)

@@ -8,12 +8,13 @@ bytes the codec produced.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from dagrider.messages import Message
-from sim.latency import LatencyModel
+from sim.latency import LatencyModel, Uniform
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,16 @@ class World:
         latency: LatencyModel,
         adversary: Adversary | None,
         out_delay: dict[int, float] | None = None,
+        step_ms: float = 0.0,
     ) -> None:
+        """``step_ms`` > 0: a node handles what reaches it in steps, one per ``step_ms``
+        slot of virtual time. Every message arriving within a slot lands in the node's
+        inbox for the slot's end, and the whole inbox is one ``"inbox"`` event (payload:
+        the list of ``(src, data, msg)``), as the daemon handles every frame read in one
+        event-loop iteration and then flushes once. 0: one ``"deliver"`` event per
+        message (its payload is one ``(src, data, msg)``)."""
+        if step_ms < 0 or not math.isfinite(step_ms):
+            raise ValueError(f"step_ms must be a finite number >= 0, got {step_ms}")
         self.n = n
         self.rng = rng
         self.latency = latency
@@ -85,6 +95,9 @@ class World:
         # Extra delay (ms) on every message a node sends, on top of the link's: a slow
         # (but correct) node. Not capped by MAX_DELAY: it is the node, not the network.
         self.out_delay: dict[int, float] = dict(out_delay or {})
+        self.step_ms = step_ms
+        # (slot time, node) -> the inbox list already in the queue for that slot
+        self._inbox: dict[tuple[float, int], list[tuple[int, bytes, Message | None]]] = {}
 
     def schedule(self, at: float, kind: str, node: int, payload: Any = None) -> None:
         self._seq += 1
@@ -95,6 +108,8 @@ class World:
             return None
         entry = heapq.heappop(self._queue)
         self.now = entry[0]
+        if entry[2] == "inbox":
+            del self._inbox[(entry[0], entry[3])]  # later arrivals open a new inbox
         return Event(*entry)
 
     def pending(self) -> int:
@@ -114,7 +129,71 @@ class World:
         if self.partition is not None and self.partition[src] != self.partition[dst]:
             self.held.append((src, dst, data, msg))
             return
-        self.schedule(self.now + self._delay(src, dst), "deliver", dst, (src, data, msg))
+        self._arrive(self.now + self._delay(src, dst), src, dst, data, msg)
+
+    def broadcast(self, src: int, data: bytes, msg: Message | None) -> None:
+        """:meth:`send` to every other node, in id order: the same random draws and the
+        same schedule, with the per-message work inlined (at n = 64 the simulator sends
+        millions of frames)."""
+        sent = self.sent
+        others = self.n - 1
+        sent.messages += others
+        sent.bytes += len(data) * others
+        if msg is not None:
+            data = b""
+        partition = self.partition
+        latency = self.latency
+        if (
+            type(latency) is Uniform
+            and self.adversary is None
+            and not self.out_delay
+            and partition is None
+            and self.step_ms
+        ):
+            # The common case, written out: Uniform.sample is low + (high-low)*random()
+            # (what random.uniform computes), then _arrive's slot arithmetic.
+            draw = self.rng.random
+            low, span = latency.low, latency.high - latency.low
+            step, now, inboxes = self.step_ms, self.now, self._inbox
+            item = (src, data, msg)
+            ceil = math.ceil
+            for dst in range(self.n):
+                if dst == src:
+                    continue
+                at = now + min(low + span * draw(), MAX_DELAY)
+                slot = ceil(at / step) * step
+                if slot <= now:
+                    slot = (math.floor(now / step) + 1) * step
+                inbox = inboxes.get((slot, dst))
+                if inbox is None:
+                    inbox = inboxes[(slot, dst)] = []
+                    self.schedule(slot, "inbox", dst, inbox)
+                inbox.append(item)
+            return
+        delay, arrive, held = self._delay, self._arrive, self.held
+        now = self.now
+        for dst in range(self.n):
+            if dst == src:
+                continue
+            if partition is not None and partition[src] != partition[dst]:
+                held.append((src, dst, data, msg))
+                continue
+            arrive(now + delay(src, dst), src, dst, data, msg)
+
+    def _arrive(self, at: float, src: int, dst: int, data: bytes, msg: Message | None) -> None:
+        step = self.step_ms
+        if not step:
+            self.schedule(at, "deliver", dst, (src, data, msg))
+            return
+        slot = math.ceil(at / step) * step
+        if slot <= self.now:  # a zero delay: the next slot, never the one being handled
+            slot = (math.floor(self.now / step) + 1) * step
+        key = (slot, dst)
+        inbox = self._inbox.get(key)
+        if inbox is None:
+            inbox = self._inbox[key] = []
+            self.schedule(slot, "inbox", dst, inbox)
+        inbox.append((src, data, msg))
 
     def _delay(self, src: int, dst: int) -> float:
         return self._link_delay(src, dst) + self.out_delay.get(src, 0.0)
@@ -143,4 +222,4 @@ class World:
         self.partition = None
         held, self.held = self.held, []
         for src, dst, data, msg in held:
-            self.schedule(self.now + self._delay(src, dst), "deliver", dst, (src, data, msg))
+            self._arrive(self.now + self._delay(src, dst), src, dst, data, msg)

@@ -25,6 +25,7 @@ from dagrider.messages import (
     VertexRef,
     VertexRequest,
     VertexResponse,
+    Votes,
 )
 from dagrider.params import Limits
 
@@ -59,6 +60,11 @@ MESSAGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     Ready: st.builds(Ready, rounds, nodes, digests),
     VertexRequest: st.builds(VertexRequest, rounds, nodes, digests),
     CoinShareMsg: st.builds(CoinShareMsg, shares),
+    Votes: st.builds(
+        Votes,
+        st.lists(st.tuples(rounds, nodes, digests), max_size=6).map(tuple),
+        st.lists(st.tuples(rounds, nodes, digests), max_size=6).map(tuple),
+    ).filter(lambda m: m.echoes or m.readies),
 }
 # Catch-up for nodes behind the GC window (being added to messages.py/codec.py).
 _catchup = getattr(dagrider.messages, "CatchupRequest", None)
@@ -203,7 +209,7 @@ def test_missing_or_non_integer_type() -> None:
     assert field_of(pack(vote(t=True))) == "t"
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1", b"\x01", [1]])
+@pytest.mark.parametrize("version", [0, VERSION - 1, VERSION + 1, None, "1", b"\x01", [1]])
 def test_wrong_version(version: object) -> None:
     assert field_of(pack(vote(v=version))) == "v"
     body = vote()

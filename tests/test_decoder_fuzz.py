@@ -60,7 +60,7 @@ from crdt.sync import (
 )
 from dagrider import statesync
 from dagrider.checkpoint import Certificate, Checkpoint, pack_block
-from dagrider.codec import Codec
+from dagrider.codec import VERSION, Codec
 from dagrider.codec import encode as codec_encode
 from dagrider.coin import CoinShare
 from dagrider.errors import DecodeError
@@ -446,7 +446,12 @@ STATE_MESSAGES: tuple[statesync.StateMessage, ...] = (
     statesync.LogRequest(0, 256),
     statesync.LogPruned(None),
     statesync.LogPruned(Certificate(_CP, ((1, b"\x08" * 64),))),
-    statesync.LogRows((statesync.LogRow(3, 10, 2, 1, 1, pack_block([b"tx", b"more"])),), done=True),
+    statesync.LogRows(
+        3,
+        (statesync.LogRow(3, 10, 2, 1, 1, pack_block([b"tx", b"more"])),),
+        done=True,
+        chain=b"\x09" * 32,
+    ),
 )
 
 
@@ -1059,7 +1064,7 @@ def test_rpc_decoders_on_views_and_non_bytes() -> None:
 
 
 def test_the_reported_frame_is_a_decode_error_naming_both_keys() -> None:
-    frame = pack({"t": 2, "v": 1, "r": 1, "s": 0, "d": b"\x00" * 32, "zz": 1, b"k": 1})
+    frame = pack({"t": 2, "v": VERSION, "r": 1, "s": 0, "d": b"\x00" * 32, "zz": 1, b"k": 1})
     with pytest.raises(DecodeError) as info:
         CODEC.decode(frame)
     assert info.value.field == "fields"
