@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2p.errors import P2PError
 from p2p.framing import HEADER, FrameKind
 from p2p.identity import peer_id, short_id
 from p2p.link import Direction
@@ -75,6 +76,7 @@ from p2p.nat.relay import (
 from p2p.nat_dialer import ExpectTable, dial_back, punch_dial
 from p2p.relayed import RelayedStream, open_relayed_tls
 from p2p.transport import PeerTransport
+from p2p.upnp import UpnpConfig, UpnpMapper
 
 DIRECT = Path("direct")
 DIAL_BACK_READ_TIMEOUT = 5.0
@@ -87,11 +89,15 @@ class NatConfig:
     servers and relays. ``offer_relay``: run the relay service (from the start: set it
     on nodes known to be public, such as a rendezvous).
     ``reserve``: take a reservation at every relay at once instead of waiting until
-    reachability says we are private (faster start-up behind a NAT)."""
+    reachability says we are private (faster start-up behind a NAT).
+    ``upnp``: ask the LAN's UPnP IGD router to forward our listening port
+    (:mod:`p2p.upnp`); the mapped address is verified by dial-back like any other."""
 
     relays: Mapping[bytes, Addr] = field(default_factory=dict)
     offer_relay: bool = False
     reserve: bool = False
+    upnp: bool = False
+    upnp_config: UpnpConfig = field(default_factory=UpnpConfig)
     manager: ManagerConfig = field(default_factory=ManagerConfig)
     reach: ReachabilityConfig = field(default_factory=ReachabilityConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
@@ -129,6 +135,14 @@ class NatService:
         self._deadlines: list[float] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.mapped: tuple[Addr, ...] = ()
+        """Addresses a port mapping on our router (UPnP) forwards to our listener; fed to
+        reachability as candidates, so a dial-back verifies them before we advertise."""
+        self.listeners: list[Callable[[], None]] = []
+        """Called after anything that changes what we should advertise: reachability,
+        observed addresses, reservations (the mesh re-signs its records)."""
+        self._link_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self.upnp: UpnpMapper | None = None
         transport.accept_role = self._accept_role
         transport.divert = self._divert
 
@@ -149,10 +163,18 @@ class NatService:
             self.transport.defer_dial(relay)  # we dial it: no second dial from elsewhere
             self.perform(self.manager.learn(relay, PeerInfo((addr,), True), self.now))
             self.perform(self.manager.want(relay, self.now))
+        bound = self.transport.bound_address
+        if self.config.upnp and bound is not None:
+            self.upnp = UpnpMapper(
+                bound[1], self.set_mapped, self.log.getChild("upnp"), self.config.upnp_config
+            )
+            self.upnp.start()
         self.tick()
 
     async def close(self) -> None:
         self._closed = True
+        if self.upnp is not None:
+            await self.upnp.close()  # deletes the mapping on the router
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -182,6 +204,7 @@ class NatService:
         path_name = self.transport.path_of(peer)
         if path_name is not None and path_name != "direct" and relayed is not None:
             self.perform(self.manager.link_up(peer, Path("relayed", *relayed), now))
+            self._wake(peer)
             return
         self.relayed_peer.pop(peer, None)  # a direct link replaced the relayed one
         addrs = self.transport.link_addresses(peer)
@@ -190,6 +213,7 @@ class NatService:
             listen = (bound,) if bound is not None else ()
             self.send(peer, Identify(_addr(addrs[1]), listen))
         self.perform(self.manager.link_up(peer, DIRECT, now))
+        self._wake(peer)
         if peer in self.config.relays:
             self._servers_changed()
             if self.config.reserve or self.reach.status == "private":
@@ -334,13 +358,125 @@ class NatService:
             elif isinstance(e, AddressesChanged | MappingChanged):
                 own = self.observed.confirmed or self.observed.latest()
                 self.manager.set_own_addrs(own)
-                self.perform(self.reach.set_candidates(own, self.now))
+                self.perform(self.reach.set_candidates(self._candidates(own), self.now))
+                self._changed()
             elif isinstance(e, ReachabilityChanged):
                 self._reachability(e)
-            elif isinstance(e, ReservationChanged | UseRelay):
-                pass  # advertised through status; peers learn relays from configuration
+                self._changed()
+            elif isinstance(e, ReservationChanged):
+                self._changed()  # the mesh advertises it in our signed relay record
+            elif isinstance(e, UseRelay):
+                pass  # the manager's own bookkeeping; its ConnectRequest follows
             else:
                 raise TypeError(f"unhandled NAT effect {e!r}")
+
+    # -- port mapping, advertisement, relays found in the DHT -----------------------------
+
+    def set_mapped(self, addrs: Iterable[Addr]) -> None:
+        """Our router forwards ``addrs`` to our listener (UPnP), or nothing (empty).
+
+        They become reachability candidates ahead of the observed addresses: a
+        reachability server dials each candidate's IP, so a mapped address on the
+        router's WAN IP is verified by dial-back like any other, and only a verified
+        one is ever advertised (``reach.reachable``)."""
+        new = tuple(dict.fromkeys(addrs))
+        if new == self.mapped:
+            return
+        self.mapped = new
+        own = self.observed.confirmed or self.observed.latest()
+        self.perform(self.reach.set_candidates(self._candidates(own), self.now))  # rechecks
+        self._changed()
+
+    def _candidates(self, own: Iterable[Addr]) -> tuple[Addr, ...]:
+        return tuple(dict.fromkeys((*self.mapped, *own)))
+
+    def _changed(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+    def reservation_addrs(self) -> dict[bytes, Addr | None]:
+        """Relays holding a live reservation for us, with their public address: the one
+        the relay announced, else the one we dialled it at (configuration or link)."""
+        out: dict[bytes, Addr | None] = {}
+        for relay, addr in self.reservations.active(self.now).items():
+            if addr is None or addr[0] in ("0.0.0.0", "::", ""):
+                addr = self.config.relays.get(relay)
+            if addr is None:
+                link = self.transport.link_addresses(relay)
+                addr = _addr(link[1]) if link is not None and _is_addr(link[1]) else None
+            out[relay] = addr
+        return out
+
+    def observed_addrs(self) -> tuple[Addr, ...]:
+        """Every address peers currently report seeing us at."""
+        return tuple(dict.fromkeys((*self.observed.confirmed, *self.observed.latest())))
+
+    async def connect_via(self, peer: bytes, relays: Mapping[bytes, Addr], timeout: float) -> bool:
+        """Link to ``peer`` through one of ``relays`` (learned from its signed relay
+        record, not from our configuration); True once a link is up.
+
+        A relay needs a direct link from us first: relays we are not linked to are
+        dialled (the TLS handshake proves their key). Then the connection manager asks
+        a relay for a circuit as it does for configured relays; the circuit carries our
+        own TLS link to ``peer``. This side drives even if its key is the larger one:
+        ``peer`` does not know it is wanted (an on-demand fetch).
+        """
+        if self.transport.has_link(peer):
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        usable: list[bytes] = []
+        for relay, addr in relays.items():
+            if relay in (self.key, peer):
+                continue
+            self.perform(self.manager.learn(relay, PeerInfo((addr,), True), self.now))
+            if not self.transport.has_link(relay):
+                try:
+                    await self.transport.connect(relay, addr, timeout=deadline - loop.time())
+                except (P2PError, TimeoutError, OSError) as exc:
+                    self.log.info(
+                        "relay dial failed", extra={"relay": short_id(relay), "reason": str(exc)}
+                    )
+                    continue
+            if await self._await_link(relay, deadline - loop.time(), direct=True):
+                usable.append(relay)
+        if not usable:
+            return False
+        self.perform(self.manager.learn(peer, PeerInfo((), False, tuple(usable)), self.now))
+        self._wanted.add(peer)
+        self.perform(self.manager.want(peer, self.now))
+        return await self._await_link(peer, deadline - loop.time(), direct=False)
+
+    async def _await_link(self, peer: bytes, timeout: float, *, direct: bool) -> bool:
+        """Wait until the connection manager has a path to ``peer`` (a direct one if
+        ``direct``): woken by ``on_connected``, not polled."""
+
+        def ready() -> bool:
+            kind = self.manager.path(peer).kind
+            return kind == "direct" if direct else kind != "none"
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not ready():
+            left = end - loop.time()
+            if left <= 0 or self._closed:
+                return False
+            fut: asyncio.Future[None] = loop.create_future()
+            self._link_waiters.setdefault(peer, []).append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                return ready()
+            finally:
+                waiters = self._link_waiters.get(peer, [])
+                if fut in waiters:
+                    waiters.remove(fut)
+        return True
+
+    def _wake(self, peer: bytes) -> None:
+        for fut in self._link_waiters.pop(peer, []):
+            if not fut.done():
+                fut.set_result(None)
 
     def _spawn(self, peer: bytes, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -534,6 +670,8 @@ class NatService:
             "reachable_addrs": [list(a) for a in self.reach.reachable],
             "observed_addrs": [list(a) for a in self.observed.confirmed],
             "mapping": self.observed.mapping,
+            "mapped_addrs": [list(a) for a in self.mapped],
+            "upnp": self.upnp.status() if self.upnp is not None else None,
             "reservations": {
                 k.hex()[:16]: (list(a) if a is not None else None)
                 for k, a in self.reservations.active(now).items()

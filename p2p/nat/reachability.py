@@ -98,6 +98,7 @@ class _Probe:
     answer: Literal["pending", "ok", "failed", "none"] = "pending"
     dialed_back: bool = False
     addr: Addr | None = None
+    local: Addr | None = None  # where the dial-back landed (our side of it)
 
 
 class ReachabilityClient:
@@ -122,8 +123,14 @@ class ReachabilityClient:
     # -- inputs --------------------------------------------------------------------------
 
     def set_servers(self, servers: Iterable[bytes], now: float) -> list[ClientEffect]:
-        """The peers we may ask (connected directly; relayed links cannot dial back)."""
+        """The peers we may ask (connected directly; relayed links cannot dial back).
+
+        A round already under way asks newly known servers too: a round started with the
+        first server alone (a UPnP mapping gives a candidate before the second server's
+        link is up) could otherwise never reach ``min_agree`` and would end "unknown"."""
         self._servers = list(dict.fromkeys(servers))
+        if self._probes:
+            return self._ask_more(now)
         return self._maybe_start(now)
 
     def set_candidates(self, addrs: Iterable[Addr], now: float) -> list[ClientEffect]:
@@ -148,25 +155,33 @@ class ReachabilityClient:
             if probe.dialed_back:
                 probe.answer = "ok"
             else:
-                return []  # not proven yet: the DialBack may still be on its way
+                probe.addr = msg.addr  # not proven yet: the DialBack may still be on its way
+                return []
         elif msg.status == Status.DIAL_FAILED:
             probe.answer = "failed"
         else:  # refused, rate limited, bad request: this server tells us nothing
             probe.answer = "none"
             effects = self._ask_more(now)
             return effects + self._maybe_finish(now)
-        probe.addr = msg.addr
+        probe.addr = msg.addr or probe.local
         return self._maybe_finish(now)
 
     def on_dial_back(self, nonce: int, addr: Addr, now: float) -> list[ClientEffect]:
         """An inbound connection on ``addr`` (our listen address as dialled) carried
-        ``DialBack(nonce)``: proof that the probe with that nonce reached us."""
+        ``DialBack(nonce)``: proof that the probe with that nonce reached us.
+
+        The probe is settled by the server's ``DialResponse``, which names the address
+        it dialled: behind a port mapping that is the router's address, not ``addr``
+        (where the forwarded connection landed). Should the response never come, the
+        probe still counts as reached at its deadline, at ``addr``."""
         probe = self._probes.get(nonce)
         if probe is None or probe.answer != "pending":
             return []
         probe.dialed_back = True
-        probe.answer = "ok"
-        probe.addr = probe.addr or addr
+        probe.local = addr
+        if probe.addr is None:
+            return []  # wait for the server's DialResponse (or the probe's deadline)
+        probe.answer = "ok"  # the response came first
         return self._maybe_finish(now)
 
     def probing(self, server: bytes) -> bool:
@@ -179,7 +194,9 @@ class ReachabilityClient:
         expired = False
         for probe in self._probes.values():
             if probe.answer == "pending" and now >= probe.deadline:
-                probe.answer = "none"
+                # a dial-back proves reachability even if the server's answer was lost
+                probe.answer = "ok" if probe.dialed_back else "none"
+                probe.addr = probe.addr or probe.local
                 expired = True
         if expired:
             effects += self._maybe_finish(now)

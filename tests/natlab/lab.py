@@ -76,6 +76,9 @@ from typing import Any
 
 NAT_KINDS = ("eim", "port-restricted", "symmetric")
 PUBLIC_PREFIX = "198.51.100"  # TEST-NET-2, only ever inside the lab's namespaces
+UPNP_PUBLIC_PREFIX = "100.128.0"
+"""An "internet" outside every range miniupnpd calls reserved (it checks the router's WAN
+address); like every lab address it exists only inside the lab's namespaces."""
 SWITCH = Path(__file__).with_name("switch.py")
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
@@ -255,10 +258,61 @@ class Network:
     router: Host
     lab: Lab = field(repr=False)
     hosts: list[Host] = field(default_factory=list)
+    wan: str = ""  # the router's internet interface
+    lan: str = ""  # the router's LAN bridge
 
     def host(self, name: str) -> Host:
         """Add a host behind the router, default route via the router's LAN address."""
         return self.lab._private_host(self, name)
+
+    def start_upnp(self, workdir: Path) -> subprocess.Popen[str]:
+        """Run a real ``miniupnpd`` (UPnP IGD + NAT-PMP) on the router, serving the LAN.
+
+        Debian's ``miniupnpd-iptables`` writes its port forwards with the legacy iptables
+        backend into chains it expects to exist (its init script creates them; here we
+        do): DNAT in ``nat MINIUPNPD`` from PREROUTING on the WAN, ACCEPT in ``filter
+        MINIUPNPD`` from FORWARD. The router's own firewall accepts DNAT'd connections
+        (``--ctstate DNAT``), as a router with port forwarding does. Killed at teardown.
+        """
+        miniupnpd = shutil.which("miniupnpd") or "/usr/sbin/miniupnpd"
+        if not os.path.exists(miniupnpd):
+            raise LabError("miniupnpd missing (apt-get install miniupnpd-iptables)")
+        legacy = shutil.which("iptables-legacy") or "iptables-legacy"
+        for argv in (
+            ["-t", "nat", "-N", "MINIUPNPD"],
+            ["-t", "nat", "-A", "PREROUTING", "-i", self.wan, "-j", "MINIUPNPD"],
+            ["-t", "nat", "-N", "MINIUPNPD-POSTROUTING"],
+            ["-t", "nat", "-A", "POSTROUTING", "-o", self.wan, "-j", "MINIUPNPD-POSTROUTING"],
+            ["-t", "filter", "-N", "MINIUPNPD"],
+            ["-t", "filter", "-A", "FORWARD", "-i", self.wan, "!", "-o", self.wan,
+             "-j", "MINIUPNPD"],
+        ):  # fmt: skip
+            _run(["ip", "netns", "exec", self.router.netns, legacy, *argv])
+        conf = workdir / f"miniupnpd-{self.name}.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"ext_ifname={self.wan}",
+                    f"listening_ip={self.lan}",
+                    "http_port=5000",
+                    "enable_upnp=yes",
+                    "enable_natpmp=yes",
+                    "secure_mode=yes",
+                    "system_uptime=yes",
+                    f"uuid=3d3cec3a-8cf0-11e0-98ee-{secrets.token_hex(6)}",
+                    f"allow 1024-65535 10.{self.index}.0.0/24 1024-65535",
+                    "deny 0-65535 0.0.0.0/0 0-65535",
+                ]
+            )
+            + "\n"
+        )
+        log = open(workdir / f"miniupnpd-{self.name}.log", "w")  # noqa: SIM115
+        try:  # the child keeps its own copy of the descriptor
+            return self.router.popen(
+                [miniupnpd, "-d", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        finally:
+            log.close()
 
 
 class Lab:
@@ -270,7 +324,12 @@ class Lab:
     carrying the prefix even if the lab was half built.
     """
 
-    def __init__(self, prefix: str | None = None, delay_ms: float = 15) -> None:
+    def __init__(
+        self, prefix: str | None = None, delay_ms: float = 15, public_prefix: str = PUBLIC_PREFIX
+    ) -> None:
+        """``public_prefix``: the internet's /24 (three octets). The default is TEST-NET-2;
+        ``miniupnpd`` refuses to map ports of a router whose WAN address is in a reserved
+        range, so the UPnP test passes :data:`UPNP_PUBLIC_PREFIX`."""
         reason = available()
         if reason is not None:
             raise LabError(reason)
@@ -282,6 +341,9 @@ class Lab:
         if delay_ms < 0:
             raise LabError(f"delay_ms must be >= 0, got {delay_ms}")
         self.delay_ms = delay_ms
+        if not re.fullmatch(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})", public_prefix):
+            raise LabError(f"public_prefix {public_prefix!r} must be three octets")
+        self.public_prefix = public_prefix
         self.backend = "bridge" if delay_ms == 0 else "netem" if capabilities().netem else "tap"
         self.hosts: dict[str, Host] = {}
         self.networks: dict[str, Network] = {}
@@ -381,6 +443,7 @@ class Lab:
         if nat != "eim":
             rules += [
                 f"-A FORWARD -i {wan} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                f"-A FORWARD -i {wan} -m conntrack --ctstate DNAT -j ACCEPT",  # port forwards
                 f"-A FORWARD -i {wan} -j DROP",
             ]
         rules.append("COMMIT")
@@ -390,7 +453,7 @@ class Lab:
             stdin="\n".join(rules) + "\n",
         )  # fmt: skip
         router = Host(name, netns, f"10.{index}.0.1", wan_address, self)
-        network = Network(name, nat, index, router, self)
+        network = Network(name, nat, index, router, self, wan=wan, lan=lan)
         self.networks[name] = network
         return network
 
@@ -456,7 +519,7 @@ class Lab:
         if self._public > 254:
             raise LabError("at most 253 public hosts and routers per lab")
         wan, port = f"{self.prefix}w{self._links}", f"{self.prefix}p{self._links}"
-        address = f"{PUBLIC_PREFIX}.{self._public}"
+        address = f"{self.public_prefix}.{self._public}"
         if self.backend == "tap":
             assert self._switch is not None and self._switch.stdin is not None
             self._switch.stdin.write(f"add {wan}\n")

@@ -18,9 +18,10 @@ Checked: ``np`` classifies itself private, its DHT switches to client mode and i
 the public peers as contacts; a blob put on a public peer is fetched by ``np``, and a
 blob put on ``np`` is fetched by a public peer, bytes verified both ways.
 
-One strict xfail pins a product gap found here (its reason says where): ``np``'s
-provider record names only its private listen address, so only peers that ``np``
-itself linked to can fetch from it. (``np`` is a DHT server for its first seconds,
+``np``'s provider record never names its private listen address: once it is private
+it names its relay's public address (``p2p.nat.advertise``), which takes a TCP
+connection from any public host (``test_nat_peer_provider_record_is_dialable``; a strict
+xfail until issue 14). (``np`` is a DHT server for its first seconds,
 while its reachability is unknown; when it turns client it tells its contacts, which
 drop it from their tables.) ``/v1/status`` shows bucket
 sizes, not table members: the keys are chosen so that ``np`` has a bucket of its own in
@@ -51,6 +52,7 @@ from natlab.lab import Host, Lab, available
 from dagrider.node.peer_key import PeerKey
 from p2p.dht.keyspace import bucket_index
 from p2p.dht.peer import node_id
+from p2p.nat.advertise import is_private
 
 pytestmark = pytest.mark.natlab
 
@@ -556,16 +558,6 @@ def test_public_peer_fetches_blob_from_nat_peer(mesh: Mesh) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product gap: DhtService._announce (p2p/dht_service.py) signs provider records "
-        "with self_info.addrs (the [dht] advertise or listen address, here np's private "
-        "10.x address) in client mode too, and nothing adds a relay address; a peer "
-        "without a live link to np cannot dial it (Mesh._ensure_link only dials those "
-        "addresses), so np's blobs can only be fetched over links np opened itself"
-    ),
-)
 def test_nat_peer_provider_record_is_dialable(mesh: Mesh) -> None:
     """Some address in np's provider record takes a TCP connection from a public host."""
     mesh.wait_client()
@@ -578,6 +570,8 @@ def test_nat_peer_provider_record_is_dialable(mesh: Mesh) -> None:
         return mine[0] if mine else None
 
     addrs = mesh.wait(record, 10, f"p0 to find np as provider of {cid[:16]}")
+    private = [a for a in addrs if is_private(a.rpartition(":")[0])]
+    assert not private, f"np's provider record names private addresses {private}"
     outcomes = {}
     for addr in addrs:
         host, _, port = addr.rpartition(":")
