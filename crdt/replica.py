@@ -131,9 +131,21 @@ class Installed:
 class Replica:
     """The change DAG, its heads, the pending buffer and the materialised documents."""
 
-    def __init__(self, policy: AccessPolicy, limits: CrdtLimits | None = None) -> None:
+    def __init__(
+        self,
+        policy: AccessPolicy,
+        limits: CrdtLimits | None = None,
+        *,
+        max_clock_skew_ms: int | None = None,
+    ) -> None:
+        """``max_clock_skew_ms``: how far ahead of our time (``observe_time``) a received
+        change's clock may be; None accepts any clock up to ``HLC_SOFT_MAX``."""
+        if max_clock_skew_ms is not None and max_clock_skew_ms < 0:
+            raise ValueError(f"max_clock_skew_ms={max_clock_skew_ms} must be >= 0")
         self.policy = policy
         self.limits = limits or CrdtLimits()
+        self.max_clock_skew_ms = max_clock_skew_ms
+        self._now_ms: int | None = None
         self._changes: dict[bytes, Change] = {}
         self._ids = IdSet()
         self._heads: set[bytes] = set()
@@ -404,8 +416,23 @@ class Replica:
 
     # -- updates ---------------------------------------------------------------------
 
+    def observe_time(self, now_ms: int) -> None:
+        """Time is now ``now_ms`` (wall clock, ms): the reference of the clock-skew bound.
+
+        Until the first call no bound applies, which is what reloading our own stored
+        changes needs (they were accepted once; a clock that stepped back since must not
+        drop them)."""
+        self._now_ms = now_ms
+
     def receive(self, data: bytes, *, verify: bool = True) -> Receipt:
-        """Decode, check and (when its dependencies are here) apply one encoded change."""
+        """Decode, check and (when its dependencies are here) apply one encoded change.
+
+        A change whose clock is more than ``max_clock_skew_ms`` ahead of the observed time
+        is refused ("clock-skew") but not remembered as rejected: anti-entropy offers it
+        again, and once our time has caught up it is applied. So a writer with a fast
+        clock is delayed, never forked off, and no peer can make a clock run far ahead
+        of the correct replicas' time (which would make every later honest write sort
+        before it)."""
         known = hash_bytes(data) if len(data) <= self.limits.max_change_bytes else None
         if known is not None and (known in self._changes or known in self._pending):
             return Receipt("duplicate", known)  # no need to parse or verify it again
@@ -415,7 +442,25 @@ class Replica:
             change = decode_change(data, self.limits, verify=verify)
         except ChangeRejected as exc:
             return Receipt("rejected", None, exc.reason, exc.detail)
+        skew = self._too_far_ahead(change)
+        if skew is not None:
+            return skew
         return self.add(change)
+
+    def _too_far_ahead(self, change: Change) -> Receipt | None:
+        bound, now = self.max_clock_skew_ms, self._now_ms
+        if bound is None or now is None:
+            return None
+        wall = change.hlc >> 16
+        if wall - now <= bound:
+            return None
+        return Receipt(
+            "rejected",
+            change.hash,
+            "clock-skew",
+            f"hlc wall time {wall} ms is {wall - now} ms ahead of ours ({now}); at most "
+            f"{bound} ms is accepted; it is taken once our clock catches up",
+        )
 
     def add(self, change: Change) -> Receipt:
         """Apply a decoded change, or hold it until its dependencies arrive."""

@@ -58,6 +58,8 @@ MAX_TRANSFERS = 2
 MAX_WANT = 4096
 MAX_HEADS = 4096
 MAX_ROUNDS = 64
+_NOT_THE_SENDERS_FAULT = frozenset({"pending-full", "pending-quota", "clock-skew"})
+"""Refusals that come from our own limits or clock, not from a bad change."""
 # Narrow splits and short id lists: more round trips, fewer fingerprint bytes (measured
 # in bench/crdt.py: 4/2 sends ~25% fewer bytes than 16/32 for a 1% difference).
 BRANCHING = 4
@@ -275,7 +277,9 @@ class SyncEngine:
                 result.rejected.append((receipt.reason or "rejected", receipt.detail))
         # A full pending buffer (or an author's full share of it) is our limit, not the
         # sender's fault.
-        blamed = [r for r in result.rejected if r[0] not in ("pending-full", "pending-quota")]
+        # Nor is a clock ahead of ours by more than the bound: an honest peer whose clock
+        # is a little ahead of ours relays what its own bound let in.
+        blamed = [r for r in result.rejected if r[0] not in _NOT_THE_SENDERS_FAULT]
         if blamed:
             reason, detail = blamed[0]
             result.faults.append(

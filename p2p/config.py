@@ -40,6 +40,16 @@ class TransportConfig:
     max_links: int = 1024
     """Live links at most. Beyond it an inbound link from an on-demand peer is refused
     ("too many links") and ``connect`` raises; configured peers are always accepted."""
+    stranger_max_frame: int = 4 * MiB + 64 * 1024
+    """Largest frame a stranger (a peer neither in ``peers`` nor named in ``allowed``) may
+    announce: the largest message a stranger needs to send (a 4 MiB content chunk or
+    CRDT sync batch) plus its envelope; never more than ``max_frame``, which configured
+    peers may announce."""
+    stranger_frame_budget: int = 64 * MiB
+    """Bytes that all strangers' partial frames may hold at once. A frame is charged its
+    announced size when its header arrives; a stranger whose frame does not fit is
+    disconnected ("frame budget exhausted"). With ``max_frame``, this bounds the memory
+    that peers can pin with frames they never finish (see docs/byzantine.md)."""
     idle_timeout: float = 120.0
     """An on-demand link (a peer neither in ``peers`` nor named in ``allowed``, and not
     protected) that carried nothing but keep-alives this long is closed."""
@@ -68,3 +78,9 @@ class TransportConfig:
         need(self.reserved_handshaking >= 0, "reserved_handshaking", "must be >= 0")
         need(self.max_links > 0, "max_links", "must be positive")
         need(self.idle_timeout > 0, "idle_timeout", "must be positive")
+        need(0 < self.stranger_max_frame < 2**32, "stranger_max_frame", "must be in [1, 2**32-1]")
+        need(
+            self.stranger_frame_budget >= min(self.stranger_max_frame, self.max_frame),
+            "stranger_frame_budget",
+            "must hold one stranger frame",
+        )

@@ -31,6 +31,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from p2p.dht.config import DhtConfig
@@ -50,6 +51,7 @@ from p2p.dht.messages import (
 from p2p.dht.peer import PeerInfo, node_id
 from p2p.dht.records import Record, RecordError, record_key, sign_provider, sign_record, supersedes
 from p2p.dht.server import DhtCore, DhtRequestError
+from p2p.dht_seq import SeqFile
 from p2p.errors import P2PError, PeerNotConnected
 from p2p.framing import FrameKind
 from p2p.identity import short_id
@@ -88,7 +90,10 @@ class DhtService:
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.time,
         rpc_config: RpcConfig = RPC_CONFIG,
+        seq_file: Path | None = None,
     ) -> None:
+        """``seq_file``: where the ``seq`` of our own records is kept across restarts (in
+        the data directory); None keeps it in memory only (tests, throwaway nodes)."""
         if self_info.key != transport.identity.public_key:
             raise ValueError("self_info.key must be the transport's identity key")
         self.transport = transport
@@ -104,6 +109,7 @@ class DhtService:
             transport, FrameKind.DHT, {METHOD: self._serve}, rpc_config, self._log
         )
         self._own_records: dict[bytes, Record] = {}
+        self._seqs = SeqFile(seq_file) if seq_file is not None else None
         self._own_republish_at: dict[bytes, float] = {}
         self._providing: dict[bytes, float] = {}  # content key -> next announcement
         self._pinging: set[bytes] = set()
@@ -414,6 +420,8 @@ class DhtService:
         now = self._clock()
         previous = self._own_records.get(name)
         seq = max(int(now * 1000), previous.seq + 1 if previous is not None else 0)
+        if self._seqs is not None:  # persisted before the record is signed or sent
+            seq = self._seqs.next(name, seq)
         record = sign_record(self._identity, name, value, seq, math.ceil(now + ttl))
         self._own_records[name] = record
         self._own_republish_at[name] = now + self.config.republish_interval
@@ -457,6 +465,16 @@ class DhtService:
             self.core.providers.add(rec, now)
         result = await self._lookup(key, "nodes")
         return await self._store_at(result.closest, AddProvider(rec, sender=self._sender()))
+
+    def set_addrs(self, addrs: tuple[tuple[str, int], ...]) -> None:
+        """Our dialable addresses changed (NAT traversal verified a mapping, or found us
+        private and relays hold reservations for us): requests carry them from now on,
+        and every provider record we keep up is signed again with them at once."""
+        if addrs == self.self_info.addrs:
+            return
+        self.self_info = PeerInfo(self.self_info.key, addrs)
+        for key in list(self._providing):
+            self._spawn(self._announce(key), "dht-reannounce")
 
     def stop_providing(self, key: bytes) -> None:
         """Stop re-announcing ``key`` (existing announcements expire on their own)."""

@@ -94,6 +94,26 @@ class FrameDecoder:
             return HEADER_SIZE + self._have
         return len(self._head)
 
+    @property
+    def announced(self) -> int:
+        """Bytes the incomplete frame will hold once whole (header included), 0 if none.
+
+        What a memory budget charges: the peer chose this number in the header, so it is
+        charged at once, before the payload arrives, not as the buffer grows.
+        """
+        if self._kind >= 0:
+            return HEADER_SIZE + self._have + self._missing
+        return len(self._head)
+
+    def discard(self) -> None:
+        """Drop any partial frame and refuse further input (the connection is gone)."""
+        self._error = self._error or FrameError("decoder discarded: the connection closed")
+        self._head = b""
+        self._kind = -1
+        self._parts = []
+        self._have = 0
+        self._missing = 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
         """Consume ``data``; return the frames it completes, in stream order.
 
@@ -177,3 +197,34 @@ class FrameDecoder:
         self._parts = [memoryview(data)[start:]] if have else []
         self._have = have
         self._missing = length - have
+
+
+class FrameBudget:
+    """Bytes that the partial frames of a class of links may hold at once, all together.
+
+    Each link charges the ``announced`` size of the frame it is gathering (at the header,
+    before the payload arrives) and gives it back when the frame completes or the link
+    closes. A link whose charge does not fit is dropped by its owner, so the memory that
+    links of this class can pin with frames they never finish is ``limit``, not
+    ``links * max_frame``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"frame budget limit={limit} must be >= 0")
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.refused = 0
+
+    def recharge(self, held: int, want: int) -> bool:
+        """Change one holder's charge from ``held`` to ``want`` bytes; False (and no change)
+        if the growth does not fit. Shrinking always succeeds."""
+        if held < 0 or want < 0 or held > self.used:
+            raise ValueError(f"bad recharge held={held} want={want} used={self.used}")
+        if want > held and self.used - held + want > self.limit:
+            self.refused += 1
+            return False
+        self.used += want - held
+        self.peak = max(self.peak, self.used)
+        return True

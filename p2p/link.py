@@ -28,7 +28,7 @@ from typing import Final, Literal
 
 from p2p.config import TransportConfig
 from p2p.errors import FrameError
-from p2p.framing import KNOWN_KINDS, FrameDecoder, FrameKind, encode_frame
+from p2p.framing import KNOWN_KINDS, FrameBudget, FrameDecoder, FrameKind, encode_frame
 from p2p.identity import short_id
 from p2p.logs import log_event
 from p2p.ratelimit import TokenBucket
@@ -74,7 +74,11 @@ class Link:
         on_closed: Callable[[Link, str, bool], None],
         logger: logging.Logger,
         channels: Mapping[int, Callable[[bytes, bytes], None]] | None = None,
+        max_frame: int | None = None,
+        budget: FrameBudget | None = None,
     ) -> None:
+        """``max_frame`` (default ``config.max_frame``) bounds one inbound frame;
+        ``budget``, if given, is charged with this link's partial frame (strangers)."""
         self.key = key
         self.direction: Direction = direction
         self.path = "direct"  # or "relayed:<relay peer id>"; set by the transport
@@ -106,7 +110,10 @@ class Link:
             config.rate_frames_per_s, config.rate_frames_per_s, loop.time()
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._decoder = FrameDecoder(config.max_frame, KNOWN_KINDS | self._channels.keys())
+        self.max_frame = config.max_frame if max_frame is None else max_frame
+        self._decoder = FrameDecoder(self.max_frame, KNOWN_KINDS | self._channels.keys())
+        self._budget = budget
+        self._charged = 0  # bytes of ``budget`` this link's partial frame holds
         self.activity = 0
         """Application frames (DATA or channel) sent or received; keep-alives do not count."""
         self.idle_mark: tuple[int, float] = (0, self.opened_at)
@@ -199,6 +206,16 @@ class Link:
                 except FrameError as exc:
                     self._violation("bad framing", str(exc))
                     return
+                if self._budget is not None and decoder.announced != self._charged:
+                    if not self._budget.recharge(self._charged, decoder.announced):
+                        self._violation(
+                            "frame budget exhausted",
+                            f"a {decoder.announced}-byte frame does not fit: partial frames"
+                            f" of strangers hold {self._budget.used} of"
+                            f" {self._budget.limit} bytes",
+                        )
+                        return
+                    self._charged = decoder.announced
                 if not frames:
                     continue
                 if not self._frames_bucket.consume(len(frames), now):
@@ -294,9 +311,18 @@ class Link:
         for task in self._tasks:
             if task is not current:
                 task.cancel()
+            # A cancelled task keeps its CancelledError, whose traceback keeps the task's
+            # frame and so this link: a cycle that only the cyclic GC would free, with the
+            # stream buffers (up to 2 MiB per link) in it. Forgetting finished tasks breaks
+            # it, so a closed link's memory goes back as soon as the last reference does.
+            task.add_done_callback(self._forget_task)
         with contextlib.suppress(Exception):
             self._writer.transport.abort()
         self._queue.clear()
+        self._decoder.discard()  # a never-finished frame's bytes go now, not with the object
+        if self._budget is not None and self._charged:
+            self._budget.recharge(self._charged, 0)
+            self._charged = 0
         self._space.set()
         self._wakeup.set()
         self.closed.set()
@@ -314,6 +340,10 @@ class Link:
                 self._writer.close()
                 await self._writer.wait_closed()
         self.close("transport shut down", error=False)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
 
     async def wait_tasks(self) -> None:
         """Wait for the link's tasks to finish after ``close`` (tests, shutdown)."""

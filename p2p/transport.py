@@ -48,7 +48,7 @@ from typing import Final, Literal
 
 from p2p.config import TransportConfig
 from p2p.errors import PeerNotConnected
-from p2p.framing import KNOWN_KINDS, FrameKind, encode_frame
+from p2p.framing import KNOWN_KINDS, FrameBudget, FrameKind, encode_frame
 from p2p.identity import Identity, peer_id, short_id
 from p2p.link import Direction, Link, PeerStats
 from p2p.logs import log_event
@@ -154,6 +154,8 @@ class PeerTransport:
         self._handshaking: set[asyncio.Task[None]] = set()
         self._reserved: set[asyncio.Task[None]] = set()  # handshakes from peer addresses
         self._per_ip: dict[str, int] = {}  # stranger handshakes per source address
+        self.stranger_frames = FrameBudget(config.stranger_frame_budget)
+        """Shared by strangers' links: the bytes their partial frames may hold at once."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -759,6 +761,7 @@ class PeerTransport:
                 return False
             old.close(f"replaced by a newer {direction} link", error=False)
             self._peers[key] = peer  # closing may have forgotten an inbound-only peer
+        max_frame, budget = self._frame_limits(key)
         link = Link(
             key=key,
             direction=direction,
@@ -770,6 +773,8 @@ class PeerTransport:
             on_closed=self._link_closed,
             logger=self._log,
             channels=self._channels,
+            max_frame=max_frame,
+            budget=budget,
         )
         link.path = path
         peer.link = link
@@ -792,6 +797,14 @@ class PeerTransport:
         for listener in list(self._connected_listeners):
             self._callback(listener, key)
         return True
+
+    def _frame_limits(self, key: bytes) -> tuple[int, FrameBudget | None]:
+        """Inbound frame size and budget for a link to ``key``: configured peers may send
+        ``max_frame`` each; strangers ``stranger_max_frame``, all of them together
+        holding at most ``stranger_frame_budget`` in partial frames."""
+        if key in self._configured:
+            return self.config.max_frame, None
+        return min(self.config.stranger_max_frame, self._max_frame), self.stranger_frames
 
     def _link_closed(self, link: Link, reason: str, error: bool) -> None:
         peer = self._peers.get(link.key)

@@ -93,7 +93,7 @@ class CrdtRoutes:
             raise ApiError(413, f"an update is at most {MAX_UPDATE_BODY} bytes")
         try:
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting
             raise ApiError(400, f"body is not JSON: {exc}") from None
         try:
             intents = parse_intents(parsed)

@@ -51,6 +51,10 @@ SUBSCRIBER_QUEUE = 1024
 COMPACT_MIN_CHANGES = 10_000
 """Default: compact once a final checkpoint's cut holds this many uncompacted changes."""
 ATTEST_EVERY = 16
+MAX_CLOCK_SKEW_MS = 60_000
+"""Default of ``[crdt] max_clock_skew_ms``: NTP keeps honest clocks within milliseconds;
+a minute tolerates a badly set one, and is the most a peer can push the store's clock
+ahead of real time."""
 """Default: every 16th checkpoint is a compaction candidate whose digest members attest."""
 CANDIDATES_LOOKED_AT = 4
 
@@ -116,9 +120,15 @@ class CrdtNode:
         compact_min_changes: int = COMPACT_MIN_CHANGES,
         attest_every: int = ATTEST_EVERY,
         attest_quorum: int | None = None,
+        max_clock_skew_ms: int | None = MAX_CLOCK_SKEW_MS,
     ) -> None:
+        """``max_clock_skew_ms``: how far ahead of this node's clock a peer's change may
+        be stamped (``[crdt] max_clock_skew_ms``); see ``Replica.receive``."""
         self.signer = KeySigner(seed)
-        self.replica = Replica(AccessPolicy({ns: frozenset(k) for ns, k in writers.items()}))
+        self.replica = Replica(
+            AccessPolicy({ns: frozenset(k) for ns, k in writers.items()}),
+            max_clock_skew_ms=max_clock_skew_ms,
+        )
         self.engine = SyncEngine(self.replica)
         self.checkpoint_signers = frozenset(checkpoint_signers)
         self.domain = domain
@@ -196,6 +206,7 @@ class CrdtNode:
     # -- peer side ---------------------------------------------------------------------
 
     def on_frame(self, peer: bytes, data: bytes) -> None:
+        self.replica.observe_time(int(time.time() * 1000))
         self._perform(self.engine.receive(peer, data), local=False)
 
     def on_connected(self, peer: bytes) -> None:

@@ -231,6 +231,7 @@ def test_http_routes_and_refusals(tmp_path: Path) -> None:
             assert got["value"] == {"n": 2} and len(got["heads"]) == 1
             refusals = [
                 ("post", "/v1/crdt/docs/app/a", b"{", 400, "not JSON"),
+                ("post", "/v1/crdt/docs/app/a", b"[" * 30_000 + b"]" * 30_000, 400, "not JSON"),
                 ("post", "/v1/crdt/docs/app/a", b'{"ops": 1}', 400, "ops"),
                 ("post", "/v1/crdt/docs/app/a", b'{"ops": [], "x": 1}', 400, "body"),
                 ("post", "/v1/crdt/docs/app/a", b"x" * 70_000, 413, "limit"),
