@@ -2,13 +2,14 @@
 
 Wire messages of the ``STATE`` frame channel with a strict decoder (any malformed input
 raises :class:`~dagrider.errors.DecodeError`, nothing else), and :class:`Transfer`, the
-pure machine that fetches the committed log up to a certified checkpoint from peers,
-one at a time, checks it against the certificate's hash chain and bans a peer whose
-bytes do not match. Pure: no I/O, no clock.
+pure machine that fetches the committed log up to a certified checkpoint from several
+peers at once, in segments, checks each against the certificate's hash chain and bans
+a peer whose bytes do not match. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,9 @@ from dagrider.errors import DecodeError, short
 from dagrider.messages import NodeId
 from dagrider.ordering import OrderingState
 
-VERSION = 1
+VERSION = 2
+"""2: a log answer names the index it answers from and the hash chain before it, so
+that segments fetched from different peers can each be checked."""
 T_VOTE, T_CERT_REQ, T_CERT, T_LOG_REQ, T_LOG, T_PRUNED = 1, 2, 3, 4, 5, 6
 MAX_FRAME = 16 * 1024 * 1024
 LOG_CHUNK_BYTES = 4 * 1024 * 1024  # block bytes in one LogRows answer
@@ -75,8 +78,14 @@ class LogRow:
 
 @dataclass(frozen=True)
 class LogRows:
+    """An answer to ``LogRequest(first, until)``: rows from ``first`` on, and the log's
+    hash chain over the rows before ``first`` (the serving peer's claim; checked when
+    the segment after it is)."""
+
+    first: int
     rows: tuple[LogRow, ...]
     done: bool  # no rows in the asked range after these
+    chain: bytes
 
 
 @dataclass(frozen=True)
@@ -128,9 +137,9 @@ def encode(msg: StateMessage) -> bytes:
             body = [T_CERT, VERSION, *_cert(cert), pack_ordering(state)]
         case LogRequest(first, until):
             body = [T_LOG_REQ, VERSION, first, until]
-        case LogRows(rows, done):
+        case LogRows(first, rows, done, chain):
             packed = [[r.index, r.tx_index, r.round, r.source, r.wave, r.block] for r in rows]
-            body = [T_LOG, VERSION, packed, done]
+            body = [T_LOG, VERSION, first, packed, done, chain]
         case LogPruned(base):
             body = [T_PRUNED, VERSION, None if base is None else _cert(base)]
     data: bytes = msgpack.packb(body, use_bin_type=True)
@@ -231,7 +240,7 @@ def decode(data: bytes | bytearray | memoryview) -> StateMessage:
         raise DecodeError(
             "v", f"unsupported state-sync version {short(m[1])} (this node: {VERSION})"
         )
-    arity = {T_VOTE: 4, T_CERT_REQ: 2, T_CERT: 5, T_LOG_REQ: 4, T_LOG: 4, T_PRUNED: 3}[t]
+    arity = {T_VOTE: 4, T_CERT_REQ: 2, T_CERT: 5, T_LOG_REQ: 4, T_LOG: 6, T_PRUNED: 3}[t]
     if len(m) != arity:
         raise DecodeError("frame", f"type {t} has {arity} fields, got {len(m)}")
     if t == T_VOTE:
@@ -256,26 +265,68 @@ def decode(data: bytes | bytearray | memoryview) -> StateMessage:
             _int(r[4], "row.wave"),
             _bin(r[5], "row.block", None),
         )
-        for r in (_list(x, "row", 6) for x in _list(m[2], "rows"))
+        for r in (_list(x, "row", 6) for x in _list(m[3], "rows"))
     )
-    if type(m[3]) is not bool:
-        raise DecodeError("done", f"expected true or false, got {short(m[3])}")
-    return LogRows(rows, m[3])
+    if type(m[4]) is not bool:
+        raise DecodeError("done", f"expected true or false, got {short(m[4])}")
+    return LogRows(_int(m[2], "first"), rows, m[4], _bin(m[5], "chain"))
 
 
 # -- the transfer ---------------------------------------------------------------------------
 
 
+SEGMENT_SPAN = 1024
+"""Vertex indices per segment (segment edges are multiples of it, so a transfer that
+restarts from the same position finds the same segments it already holds)."""
+IN_FLIGHT_PER_PEER = 2  # segments one peer serves at once
+
+
+@dataclass
+class Segment:
+    """Log rows ``[first, until)``, fetched from one peer in chunks.
+
+    ``start_chain`` is the serving peer's claim for the chain before ``first``; the
+    segment is *verified* once its rows extend that claim to the (already verified)
+    chain value where the next segment starts, or to the certificate's for the last
+    one. A verified segment authenticates its own ``start_chain`` in turn (a hash chain
+    cannot be made to reach a certified value from a false start), so the check runs
+    from the certificate backwards and each segment can come from a different peer.
+    """
+
+    first: int
+    until: int
+    peer: NodeId | None = None
+    rows: list[LogRow] = field(default_factory=list)
+    start_chain: bytes | None = None
+    chain: bytes = b""  # over the rows so far, from start_chain
+    position: int = 0  # next vertex index expected at or above
+    start_tx: int | None = None  # the first row's transaction index
+    tx_position: int | None = None
+    complete: bool = False
+    verified: bool = False
+    stored: bool = False  # verified rows handed to the shell (see Transfer.verified)
+
+    def __post_init__(self) -> None:
+        self.position = self.first
+
+    def reset(self) -> None:
+        self.peer, self.rows, self.start_chain, self.chain = None, [], None, b""
+        self.position, self.start_tx, self.tx_position = self.first, None, None
+        self.complete = False
+
+
 @dataclass
 class Transfer:
-    """Fetch log rows ``[start, certificate.index)`` and check them against the chain.
+    """Fetch log rows ``[start, certificate.index)`` from several peers and check them.
 
-    One peer serves at a time, in chunks; rows must come in order, contiguous with what
-    was verified, inside the range. When the peer says ``done``, the chain must equal
-    the certificate's and the counters must line up; a peer that breaks any of this is
-    banned for the transfer and the fetch restarts (from ``start``: without a
-    certified chain value in between, nothing a banned peer sent can be kept) with the
-    next peer. Memory is the fetched rows: the range a lagging node needs.
+    The range is cut into segments (:data:`SEGMENT_SPAN` vertex indices); each idle
+    peer serves up to :data:`IN_FLIGHT_PER_PEER` of them at once. Within a segment rows
+    must come in order, contiguous, inside the range, each with transactions; across
+    segments the check runs backwards from the certificate (see :class:`Segment`). A
+    peer that breaks any of this is banned for the transfer: its unverified segments go
+    to other peers, while what it served that already verified is kept (verified bytes
+    are the certified log whoever sent them). A segment restored from an interrupted
+    transfer (:meth:`restore`) is checked like a fetched one.
     """
 
     certificate: Certificate
@@ -285,87 +336,191 @@ class Transfer:
     start_chain: bytes
     peers: list[NodeId]
     banned: set[NodeId] = field(default_factory=set)
-    serving: NodeId | None = None
-    rows: list[LogRow] = field(default_factory=list)
-    chain: bytes = b""
-    position: int = 0  # next vertex index expected at or above
-    tx_position: int = 0
+    segments: list[Segment] = field(default_factory=list)
     finished: bool = False
+    failure: str | None = None  # our own log disagrees with the certified one
     rebased: bool = False  # fetching a certified suffix: the log will have a gap
+    span: int = SEGMENT_SPAN
 
     def __post_init__(self) -> None:
-        self._reset()
+        self._cut()
 
-    def _reset(self) -> None:
-        self.rows = []
-        self.chain = self.start_chain
-        self.position = self.start
-        self.tx_position = self.start_tx
-        self.serving = next((p for p in self.peers if p not in self.banned), None)
+    def _cut(self) -> None:
+        edges = [self.start]
+        nxt = (self.start // self.span + 1) * self.span
+        while nxt < self.target.index:
+            edges.append(nxt)
+            nxt += self.span
+        edges.append(self.target.index)
+        self.segments = [Segment(a, b) for a, b in itertools.pairwise(edges) if a < b]
+        if not self.segments:  # nothing to fetch: the certificate is where we are
+            self._verify()
 
     @property
     def target(self) -> Checkpoint:
         return self.certificate.checkpoint
 
-    def request(self) -> tuple[NodeId, LogRequest] | None:
-        """Who to ask next, and for what (None: finished, or nobody left to ask)."""
-        if self.finished or self.serving is None:
-            return None
-        return self.serving, LogRequest(self.position, self.target.index)
+    @property
+    def rows(self) -> list[LogRow]:
+        """Every verified row, in order (all of them once ``finished``)."""
+        return [r for s in self.segments if s.verified for r in s.rows]
+
+    @property
+    def position(self) -> int:
+        """Where the unverified part starts (for status: how far the transfer got)."""
+        done = [s for s in self.segments if s.verified]
+        return self.start if not done else min(s.first for s in done)
+
+    @property
+    def serving(self) -> list[NodeId]:
+        return sorted({s.peer for s in self.segments if s.peer is not None and not s.complete})
+
+    def requests(self) -> list[tuple[NodeId, LogRequest]]:
+        """Give idle peers segments to serve; the requests to send now."""
+        if self.finished or self.failure is not None:
+            return []
+        load: dict[NodeId, int] = {p: 0 for p in self.peers if p not in self.banned}
+        for s in self.segments:
+            if s.peer is not None and not s.complete and s.peer in load:
+                load[s.peer] += 1
+        out: list[tuple[NodeId, LogRequest]] = []
+        for s in self.segments:
+            if s.complete or s.peer is not None or not load:
+                continue
+            peer = min(load, key=lambda p: (load[p], self.peers.index(p)))
+            if load[peer] >= IN_FLIGHT_PER_PEER:
+                break
+            s.peer = peer
+            load[peer] += 1
+            out.append((peer, LogRequest(s.position, s.until)))
+        return out
+
+    def outstanding(self) -> list[tuple[NodeId, LogRequest]]:
+        """Every request in flight (to send again when answers may have been lost)."""
+        return [
+            (s.peer, LogRequest(s.position, s.until))
+            for s in self.segments
+            if s.peer is not None and not s.complete
+        ]
 
     def ban(self, peer: NodeId) -> None:
-        """``peer`` failed us (bad bytes, or gone): move to the next peer."""
+        """``peer`` failed us (bad bytes, or gone): its unverified segments go back."""
         self.banned.add(peer)
-        if peer == self.serving:
-            self._reset()
+        for s in self.segments:
+            if s.peer == peer and not s.verified:
+                s.reset()
 
     def rebase(self, base: Checkpoint) -> bool:
-        """Fetch only the suffix from a certified ``base`` (the serving peer pruned the
+        """Fetch only the suffix from a certified ``base`` (a serving peer pruned the
         rows before it); False if ``base`` cannot serve this target."""
         ok = self.start < base.index <= self.target.index
         if not ok or not self.start_tx <= base.tx_index <= self.target.tx_index:
             return False
         self.start, self.start_tx, self.start_chain = base.index, base.tx_index, base.chain
         self.rebased = True
-        serving = self.serving
-        self._reset()
-        self.serving = serving
+        self._cut()
         return True
 
-    def on_rows(self, peer: NodeId, msg: LogRows) -> str | None:
-        """Take one answer; returns a reason when ``peer`` is banned for it."""
-        if peer != self.serving or self.finished:
-            return None  # late or unasked: ignore
-        why = self._check(msg.rows)
-        if why is None and msg.done:
-            if self.chain != self.target.chain:
-                why = "log rows do not match the certificate's hash chain"
-            elif self.tx_position > self.target.tx_index:
-                why = "log rows run past the certificate's transaction index"
-            elif self.tx_position != self.target.tx_index:
-                why = "log rows end before the certificate's transaction index"
-            else:
-                self.finished = True
-        if why is not None:
-            self.ban(peer)
-        return why
+    def restore(self, first: int, until: int, start_chain: bytes, rows: Sequence[LogRow]) -> bool:
+        """Take a segment kept from an interrupted transfer (unverified: it is checked
+        as if just fetched); False if it is not one of this transfer's segments."""
+        for s in self.segments:
+            if (s.first, s.until) == (first, until) and not s.complete:
+                s.start_chain, s.chain = start_chain, start_chain
+                if self._take(s, rows) is not None:
+                    s.reset()
+                    return False
+                s.complete = True
+                self._verify()
+                return True
+        return False
 
-    def _check(self, rows: Sequence[LogRow]) -> str | None:
+    def on_rows(self, peer: NodeId, msg: LogRows) -> list[tuple[NodeId, str]]:
+        """Take one answer; returns the peers banned because of it, with the reason
+        (the sender, or the server of an earlier segment this one proved wrong)."""
+        seg = next(
+            (
+                s
+                for s in self.segments
+                if s.peer == peer and not s.complete and s.position == msg.first
+            ),
+            None,
+        )
+        if seg is None or self.finished:
+            return []  # late, repeated or unasked: ignore
+        if seg.start_chain is None:
+            seg.start_chain = seg.chain = msg.chain
+        elif msg.chain != seg.chain:
+            return self._banned(peer, f"log rows from {msg.first} do not continue its last answer")
+        why = self._take(seg, msg.rows)
+        if why is not None:
+            return self._banned(peer, why)
+        if msg.done:
+            seg.complete = True
+            return self._verify()
+        return []
+
+    def _banned(self, peer: NodeId, why: str) -> list[tuple[NodeId, str]]:
+        self.ban(peer)
+        return [(peer, why)]
+
+    def _take(self, s: Segment, rows: Sequence[LogRow]) -> str | None:
         for r in rows:
-            if not self.position <= r.index < self.target.index:
-                return f"log row {r.index} outside [{self.position}, {self.target.index})"
-            if r.tx_index != self.tx_position:
-                return (
-                    f"log row {r.index} starts at transaction {r.tx_index}, not {self.tx_position}"
-                )
+            if not s.position <= r.index < s.until:
+                return f"log row {r.index} outside [{s.position}, {s.until})"
+            if s.tx_position is not None and r.tx_index != s.tx_position:
+                return f"log row {r.index} starts at transaction {r.tx_index}, not {s.tx_position}"
             try:
                 count = len(r.transactions())
             except (DecodeError, ValueError, TypeError, RecursionError, msgpack.UnpackException):
                 return f"log row {r.index} has a malformed block"
             if count == 0:
                 return f"log row {r.index} has no transactions"
-            self.chain = chain_next(self.chain, r.entry())
-            self.position = r.index + 1
-            self.tx_position += count
-            self.rows.append(r)
+            if s.start_tx is None:
+                s.start_tx = r.tx_index
+            s.chain = chain_next(s.chain, r.entry())
+            s.position = r.index + 1
+            s.tx_position = r.tx_index + count
+            s.rows.append(r)
         return None
+
+    def _verify(self) -> list[tuple[NodeId, str]]:
+        """Check complete segments from the certificate backwards, as far as they
+        reach; ban the server of a segment that does not chain to its anchor."""
+        bans: list[tuple[NodeId, str]] = []
+        chain, tx = self.target.chain, self.target.tx_index
+        for s in reversed(self.segments):
+            if not s.verified:
+                if not s.complete:
+                    return bans
+                ends = s.tx_position if s.tx_position is not None else tx
+                if s.chain != chain or ends != tx:
+                    peer = s.peer
+                    s.reset()
+                    if peer is not None:
+                        bans += self._banned(
+                            peer,
+                            f"log rows [{s.first}, {s.until}) do not match the certified chain",
+                        )
+                    return bans
+                s.verified = True
+            assert s.start_chain is not None
+            chain = s.start_chain
+            tx = s.start_tx if s.start_tx is not None else tx
+        # Every segment verified: the certified log starts where ours ends.
+        if chain != self.start_chain or tx != self.start_tx:
+            self.failure = (
+                f"the certified log does not extend ours at index {self.start} "
+                "(our log differs from what f+1 members signed)"
+            )
+        else:
+            self.finished = True
+        return bans
+
+    def verified(self) -> list[Segment]:
+        """Verified segments not yet handed out (the shell keeps them on disk, so an
+        interrupted transfer resumes with them); marks them handed out."""
+        out = [s for s in self.segments if s.verified and not s.stored]
+        for s in out:
+            s.stored = True
+        return out

@@ -9,6 +9,8 @@ from an honest one; a process that installs the state orders the same log as the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import nacl.signing
 import pytest
 from dagbuilder import process_configs
@@ -27,7 +29,7 @@ from dagrider.effects import CheckpointReached, Commit
 from dagrider.ordering import OrderingState
 from dagrider.params import Parameters
 from dagrider.process import Process
-from dagrider.statesync import LogRow, LogRows, Transfer
+from dagrider.statesync import LogRequest, LogRow, LogRows, Transfer
 
 COMMITTEE = b"\x11" * 32
 KEYS = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(4)]
@@ -40,7 +42,7 @@ def checkpoints_of(c: Cluster, i: int) -> list[OrderingState]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Cluster:
-    c = Cluster(seed=11, params=Parameters(checkpoint_interval=16))
+    c = Cluster(seed=11, params=Parameters(checkpoint_interval=16, batch_size=8))
     for i in range(4):
         c.procs[i].submit([b"tx-%d-%d" % (i, k) for k in range(300)])
     c.start()
@@ -124,37 +126,74 @@ def log_rows(c: Cluster, until: int) -> list[LogRow]:
     ]
 
 
-def transfer_for(c: Cluster, peers: list[int]) -> tuple[Transfer, list[LogRow]]:
+def transfer_for(
+    c: Cluster, peers: list[int], span: int = 16, start_chain: bytes = CHAIN_GENESIS
+) -> tuple[Transfer, list[LogRow]]:
     state = checkpoints_of(c, 0)[-1]
     cp = Checkpoint(
         COMMITTEE, state.next_index, state.next_tx_index, state.chain, state.digest(50), bytes(32)
     )
-    t = Transfer(certify(cp, [0, 1]), state, 0, 0, CHAIN_GENESIS, peers)
+    t = Transfer(certify(cp, [0, 1]), state, 0, 0, start_chain, peers, span=span)
     return t, log_rows(c, state.next_index)
 
 
-def serve(t: Transfer, peer: int, rows: list[LogRow], chunk: int = 7) -> str | None:
-    """Answer the transfer's requests from ``rows`` (as the store would) until done."""
-    while t.request() is not None and t.request()[0] == peer:  # type: ignore[index]
-        req = t.request()[1]  # type: ignore[index]
-        # A Byzantine peer ignores the requested upper bound; an honest store keeps it.
-        left = [r for r in rows if req.first <= r.index]
-        why = t.on_rows(peer, LogRows(tuple(left[:chunk]), len(left) <= chunk))
-        if why is not None or t.finished:
-            return why
-    return None
+def chain_before(rows: list[LogRow], first: int) -> bytes:
+    chain = CHAIN_GENESIS
+    for r in rows:
+        if r.index < first:
+            chain = chain_next(chain, r.entry())
+    return chain
+
+
+def serve(
+    t: Transfer,
+    peer: int,
+    rows: list[LogRow],
+    chunk: int = 7,
+    chain: Callable[[int], bytes] | None = None,
+    bound: bool = True,
+) -> list[tuple[int, str]]:
+    """Answer every request ``peer`` has from ``rows`` (as the store would), in chunks,
+    until it has none left; returns the bans the answers caused."""
+    bans: list[tuple[int, str]] = []
+    start_of = chain or (lambda first: chain_before(rows, first))
+    while True:
+        mine = [r for p, r in t.requests() + t.outstanding() if p == peer]
+        if not mine or t.finished:
+            return bans
+        req = mine[0]
+        # A Byzantine peer may ignore the requested upper bound; an honest store keeps it.
+        left = [r for r in rows if req.first <= r.index and (r.index < req.until or not bound)]
+        done = len(left) <= chunk
+        bans += t.on_rows(peer, LogRows(req.first, tuple(left[:chunk]), done, start_of(req.first)))
+        if any(p == peer for p, _ in bans):
+            return bans
 
 
 def test_an_honest_peer_completes_the_transfer(cluster: Cluster) -> None:
     t, rows = transfer_for(cluster, [1, 2])
-    assert serve(t, 1, rows) is None and t.finished and t.rows == rows
+    assert len(t.segments) > 4
+    assert serve(t, 1, rows) == [] and not t.finished  # peer 2 holds segments too
+    assert serve(t, 2, rows) == [] and t.finished and t.rows == rows
+    assert t.failure is None
+
+
+def test_segments_go_to_several_peers_at_once(cluster: Cluster) -> None:
+    t, rows = transfer_for(cluster, [1, 2, 3])
+    first = t.requests()
+    assert {p for p, _ in first} == {1, 2, 3}
+    assert all(sum(p == q for q, _ in first) <= 2 for p in (1, 2, 3))
+    assert not t.requests()  # everyone is busy
+    for p in (3, 2, 1, 3, 2, 1):
+        serve(t, p, rows)
+    assert t.finished and t.rows == rows
 
 
 @pytest.mark.parametrize("forgery", ["drop", "forge", "reorder", "truncate", "pad", "empty"])
 def test_a_peer_serving_bad_rows_is_banned_and_another_finishes(
     cluster: Cluster, forgery: str
 ) -> None:
-    t, rows = transfer_for(cluster, [3, 1])
+    t, rows = transfer_for(cluster, [3, 1], span=10_000)  # one segment: peer 3 serves it
     bad = list(rows)
     if forgery == "drop":
         del bad[len(bad) // 2]
@@ -171,9 +210,79 @@ def test_a_peer_serving_bad_rows_is_banned_and_another_finishes(
     else:
         r = bad[0]
         bad[0] = LogRow(r.index, r.tx_index, r.round, r.source, r.wave, pack_block([]))
-    why = serve(t, 3, bad)
-    assert why is not None and 3 in t.banned and not t.finished
-    assert serve(t, 1, rows) is None and t.finished and t.rows == rows
+    bans = serve(t, 3, bad, chain=lambda first: chain_before(rows, first), bound=False)
+    assert [p for p, _ in bans] == [3] and 3 in t.banned and not t.finished
+    assert serve(t, 1, rows) == [] and t.finished and t.rows == rows
+
+
+def test_a_liar_among_segments_loses_only_its_own(cluster: Cluster) -> None:
+    """Peer 3 serves a middle segment with a forged row and a matching false chain
+    claim for its start; the honest segments verify, the liar is banned, its segment
+    goes to an honest peer, and what peer 3 served correctly elsewhere is kept."""
+    t, rows = transfer_for(cluster, [1, 3, 2])
+    first = t.requests()
+    victim = next(s for s in t.segments if (3, LogRequest(s.first, s.until)) in first)
+    assert victim is not t.segments[-1] and any(r.index >= victim.first for r in rows)
+    forged = [
+        r
+        if not victim.first <= r.index < victim.until
+        else LogRow(
+            r.index,
+            r.tx_index,
+            r.round,
+            r.source,
+            r.wave,
+            pack_block([b"evil"] * len(r.transactions())),
+        )
+        for r in rows
+    ]
+    bans: list[tuple[int, str]] = []
+    for _ in range(40):
+        if t.finished:
+            break
+        for p in (1, 2, 3):
+            if p not in t.banned:
+                bans += serve(t, p, forged if p == 3 else rows)
+    assert [p for p, _ in bans] == [3] and "do not match the certified chain" in bans[0][1]
+    assert t.finished and t.rows == rows
+    kept_from_3 = [s for s in t.segments if s is not victim and s.verified]
+    assert kept_from_3
+
+
+def test_a_false_start_chain_is_caught_where_it_anchors(cluster: Cluster) -> None:
+    t, rows = transfer_for(cluster, [3, 1], span=10_000)
+    bans = serve(t, 3, rows, chain=lambda first: b"\x07" * 32)
+    assert [p for p, _ in bans] == [3]
+    assert serve(t, 1, rows) == [] and t.finished
+
+
+def test_verified_segments_resume_an_interrupted_transfer(cluster: Cluster) -> None:
+    t, rows = transfer_for(cluster, [1, 2])
+    serve(t, 1, rows)  # peer 2 never answers: only part of the range is fetched
+    kept = [(s.first, s.until, s.start_chain, list(s.rows)) for s in t.segments if s.complete]
+    assert kept and not t.finished
+    again, _ = transfer_for(cluster, [2])
+    for first, until, chain, seg_rows in kept:
+        assert chain is not None and again.restore(first, until, chain, seg_rows)
+    asked = {r.first for _, r in again.requests() + again.outstanding()}
+    assert asked and not asked & {first for first, *_ in kept}
+    assert serve(again, 2, rows) == [] and again.finished and again.rows == rows
+    # A kept segment that was tampered with on disk is refetched, not trusted.
+    third, _ = transfer_for(cluster, [2])
+    first, until, chain, seg_rows = kept[-1]
+    assert chain is not None
+    bad = [
+        LogRow(r.index, r.tx_index, r.round, r.source, r.wave, pack_block([b"rot"]))
+        for r in seg_rows
+    ]
+    third.restore(first, until, chain, bad)
+    assert serve(third, 2, rows) == [] and third.finished and third.rows == rows
+
+
+def test_a_log_that_does_not_extend_ours_fails_the_transfer(cluster: Cluster) -> None:
+    t, rows = transfer_for(cluster, [1], start_chain=b"\x05" * 32)
+    serve(t, 1, rows)
+    assert not t.finished and t.failure is not None and "differs" in t.failure
 
 
 def test_a_process_installing_a_checkpoint_orders_the_same_log() -> None:
@@ -216,7 +325,9 @@ def test_a_transfer_rebased_on_a_certified_base_fetches_only_the_suffix(cluster:
     )
     t, rows = transfer_for(cluster, [1])
     assert not t.rebase(Checkpoint(COMMITTEE, 0, 0, bytes(32), bytes(32), bytes(32)))
-    assert t.rebase(base) and t.rebased and t.position == base.index
+    assert t.rebase(base) and t.rebased and t.start == base.index
+    assert t.segments[0].first == base.index
     suffix = [r for r in rows if r.index >= base.index]
-    assert serve(t, 1, suffix) is None and t.finished and t.rows == suffix
+    assert serve(t, 1, suffix, chain=lambda first: chain_before(rows, first)) == []
+    assert t.finished and t.rows == suffix
     assert state.next_index == t.target.index

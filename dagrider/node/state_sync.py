@@ -5,9 +5,11 @@ into certificates (:class:`~dagrider.checkpoint.CheckpointCollector`), keeps the
 the store and serves them. A member that has fallen behind further than its peers keep
 history (the catch-up loop tells it, see :meth:`StateSync.seek`) asks for the latest
 certificate, checks it (f+1 member signatures, the ordering state's digest), fetches
-the log up to it from one peer at a time (:class:`~dagrider.statesync.Transfer`,
-banning a peer whose rows do not match the certificate's hash chain), installs log and
-state in one store transaction and lets the process resume from there.
+the log up to it in segments from several peers at once
+(:class:`~dagrider.statesync.Transfer`, banning a peer whose rows do not match the
+certificate's hash chain), keeps each verified segment in the store (a transfer cut
+short resumes with them), installs log and state in one store transaction and lets the
+process resume from there.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dagrider.statesync import (
 from p2p.framing import FrameKind
 from p2p.transport import PeerTransport
 
+QUIET_PERIODS = 5  # periods without an answer before a serving peer's segments move on
 SEEK_AFTER = 3  # consecutive "behind" catch-up periods before asking for a certificate
 # Certificate and log answers one peer may have per second (a log answer is up to
 # LOG_CHUNK_BYTES: at most 16 MiB/s of our store per member, whatever it asks).
@@ -86,6 +89,8 @@ class StateSync:
         self.transfer: Transfer | None = None
         self._behind_periods = 0
         self._asked: set[int] = set()  # peers whose certificate offer we wait for
+        self._answered: set[int] = set()  # peers that sent log rows this period
+        self._quiet: dict[int, int] = {}  # periods a serving peer sent nothing
         self._tokens: dict[int, tuple[float, float]] = {}
         self.stats = {
             "checkpoints_signed": 0,
@@ -110,7 +115,9 @@ class StateSync:
             if self.transfer is None
             else {
                 "target": self.transfer.target.index,
-                "position": self.transfer.position,
+                "from": self.transfer.start,
+                "segments": len(self.transfer.segments),
+                "verified": sum(s.verified for s in self.transfer.segments),
                 "serving": self.transfer.serving,
                 "banned": sorted(self.transfer.banned),
             },
@@ -174,11 +181,12 @@ class StateSync:
             case LogRequest(first, until):
                 if not self._may_answer(sender):
                     return
-                if self.store.pruned_before(first):
+                chain = None if self.store.pruned_before(first) else self.store.chain_before(first)
+                if chain is None:
                     self._send(sender, encode(LogPruned(self.store.base_certificate())))
                     return
                 rows, done = self.store.log_rows(first, until, LOG_CHUNK_BYTES)
-                self._send(sender, encode(LogRows(tuple(rows), done)))
+                self._send(sender, encode(LogRows(first, tuple(rows), done, chain)))
             case LogRows():
                 self._on_rows(sender, msg)
             case LogPruned(base):
@@ -210,13 +218,31 @@ class StateSync:
         for its latest certificate; while a transfer runs, re-ask its serving peer (a
         lost answer or a reconnect resumes where the verified rows end)."""
         self._behind_periods = self._behind_periods + 1 if behind else 0
-        if self.transfer is not None:
-            req = self.transfer.request()
-            if req is None:
+        t = self.transfer
+        if t is not None:
+            # Re-ask only peers that sent nothing for a whole period (an answer lost
+            # with a link, a peer gone): a slow answer is not asked for twice.
+            quiet = [(p, r) for p, r in t.outstanding() if p not in self._answered]
+            for peer in {p for p, _ in quiet}:
+                self._quiet[peer] = self._quiet.get(peer, 0) + 1
+                if self._quiet[peer] >= QUIET_PERIODS:
+                    # Gone or stuck: not a fault we can prove, but its segments move on.
+                    self.logger.warning(
+                        "state transfer: peer stopped answering", extra={"peer": peer}
+                    )
+                    t.ban(peer)
+            for peer in self._answered:
+                self._quiet.pop(peer, None)
+            self._answered.clear()
+            quiet = [(p, r) for p, r in quiet if p not in t.banned]
+            asks = t.requests() + quiet
+            if not asks and not t.outstanding():
+                # Everyone banned or gone: start over with a fresh certificate (the
+                # segments verified so far stay in the store and are used again).
                 self.logger.warning("state transfer: no peer left to ask; starting over")
                 self.transfer = None
-            else:
-                self._send(req[0], encode(req[1]))
+            for peer, req in dict.fromkeys(asks):
+                self._send(peer, encode(req))
             return
         if self._behind_periods >= SEEK_AFTER:
             data = encode(CertificateRequest())
@@ -250,37 +276,56 @@ class StateSync:
         if max(0, state.last_leader_round - self.gc_depth) <= self.process.round:
             return  # installing it would not move us forward: catch-up will do
         peers = [sender, *(p for p in self.peers if p != sender)]
-        self.transfer = Transfer(
+        t = Transfer(
             cert, state, ordering.next_index, ordering.next_tx_index, ordering.chain, peers
+        )
+        self.transfer = t
+        resumed = sum(
+            t.restore(first, until, chain, rows)
+            for first, until, chain, rows in self.store.staged(ordering.next_index)
         )
         self.stats["transfers_started"] += 1
         self.logger.info(
             "state transfer started",
-            extra={"from_index": ordering.next_index, "to_index": cp.index, "peer": sender},
+            extra={
+                "from_index": ordering.next_index,
+                "to_index": cp.index,
+                "segments": len(t.segments),
+                "resumed_segments": resumed,
+                "peer": sender,
+            },
         )
-        req = self.transfer.request()
-        if req is not None:
-            self._send(req[0], encode(req[1]))
+        self._progress(t)
 
     def _on_rows(self, sender: int, msg: LogRows) -> None:
         t = self.transfer
         if t is None:
             return
-        why = t.on_rows(sender, msg)
-        if why is not None:
+        self._answered.add(sender)
+        for peer, why in t.on_rows(sender, msg):
             self.stats["transfer_peers_banned"] += 1
-            self.misbehaviour(sender, f"state transfer: {why}")
-        elif t.finished:
+            self.misbehaviour(peer, f"state transfer: {why}")
+        self._progress(t)
+
+    def _progress(self, t: Transfer) -> None:
+        """Keep what verified, install when all did, else ask idle peers for more."""
+        for seg in t.verified():
+            if seg.rows and seg.start_chain is not None:
+                self.store.stage(seg.first, seg.until, seg.start_chain, seg.rows)
+        if t.failure is not None:
+            self.logger.error("state transfer failed", extra={"reason": t.failure})
+            self.transfer = None
+            return
+        if t.finished:
             self._install(t)
             return
-        req = t.request()
-        if req is not None:
-            self._send(req[0], encode(req[1]))
+        for peer, req in t.requests():
+            self._send(peer, encode(req))
 
     def _on_pruned(self, sender: int, base: Certificate | None) -> None:
         """The serving peer no longer holds the rows we asked for."""
         t = self.transfer
-        if t is None or sender != t.serving:
+        if t is None or sender not in t.serving:
             return
         rebased = False
         if base is not None and self.accept_suffix:
@@ -291,17 +336,15 @@ class StateSync:
                 t.ban(sender)
             else:
                 rebased = t.rebase(base.checkpoint)
-        if not rebased and sender == t.serving:
+        if not rebased and sender in t.serving:
             # Not a fault: it pruned what we need (and we keep the whole log, or its
-            # base does not fit). Ask the next peer.
+            # base does not fit). Its segments go to the other peers.
             self.logger.warning(
                 "state transfer: peer pruned the log we need",
-                extra={"peer": sender, "from_index": t.position, "suffix": self.accept_suffix},
+                extra={"peer": sender, "from_index": t.start, "suffix": self.accept_suffix},
             )
             t.ban(sender)
-        req = t.request()
-        if req is not None:
-            self._send(req[0], encode(req[1]))
+        self._progress(t)
 
     def _install(self, t: Transfer) -> None:
         self.transfer = None
@@ -319,7 +362,7 @@ class StateSync:
             # cut than this log implies: refuse rather than install something odd.
             self.logger.error("state transfer: CRDT cut does not match the certificate")
             return
-        self.store.install(t.certificate, t.state, t.rows, time.time())
+        self.store.install(t.certificate, t.state, t.rows, time.time(), start_chain=t.start_chain)
         self.store.set_crdt_cut(cut)
         self.collector.adopt(t.certificate)
         self.collector.position = t.state.next_index

@@ -149,9 +149,8 @@ class Liar:
             self.answered.append("certificate")
         elif isinstance(msg, statesync.LogRequest):
             row = statesync.LogRow(msg.first, 0, 1, 2, 1, pack_block([b"forged"]))
-            self._transport.send(
-                key, statesync.encode(statesync.LogRows((row,), True)), FrameKind.STATE
-            )
+            answer = statesync.LogRows(msg.first, (row,), True, b"\x03" * 32)
+            self._transport.send(key, statesync.encode(answer), FrameKind.STATE)
             self.answered.append("rows")
 
     async def _main(self) -> None:
