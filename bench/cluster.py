@@ -3,30 +3,12 @@
 Starts ``--nodes`` real ``dagrider node`` daemons on loopback (fresh temporary directory,
 free ports) through :class:`dagrider.node.cluster.LocalCluster`, then drives a FIXED
 offered load (open loop: the schedule does not wait for commits) from separate
-load-generator processes (multiprocessing, spawn). Each generator keeps one WebSocket
-(``GET /v1/ingest``) per node and, every ``--tick-ms``, sends each node the record batch
-of the transactions that have fallen due, so ``--rate`` tx/s (total) is kept on average.
-A 429 answer pauses that node's socket for ``retry_after`` seconds and the rejected
-transactions are re-sent afterwards with their original timestamps (counted in
-``rejected_429``); a node that answers slowly holds at most ``--max-inflight`` messages
-per socket, the rest waits in the generator (counted in ``generator.delayed``).
-
-Each transaction is ``tag(4) | send time (>d, time.time()) | generator (>I) | seq (>Q)``
-padded with zeros to ``--size`` bytes: unique, and its intended send time travels with it.
-A separate measuring process follows one node's committed log (``--follow poll``: GET
-/v1/log with limit 10000, the default; or ``--follow sse``: /v1/log/stream) and
-computes, for transactions sent inside the measurement window, the end-to-end latency
-(time the commit was observed by the measurer - embedded send time); committed tx/s and
-bytes/s count the transactions whose commit was observed inside the window. After the
-window the measurer keeps following for up to ``--drain`` seconds so that transactions
-sent near the end of the window get their latency too. CPU seconds of each daemon are
-read from /proc/<pid>/stat (utime+stime) at the window's start and end; so are, for
-diagnosis, the event-loop thread's on-CPU / waiting-for-CPU time (schedstat), storage
-writes (/proc/<pid>/io), the node's own counters (/metrics: rounds, vertex fill, leaders)
-and the CPU used meanwhile by other processes on the machine.
-
-The daemons run on the plain asyncio loop (``DAGRIDER_NO_UVLOOP=1``,
-``DAGRIDER_LOOP=asyncio``) unless ``--uvloop`` is given.
+load-generator processes (``bench/cluster_load.py``: one WebSocket ingest per node, 429s
+paused for the node's ``retry_after`` and re-sent with their original send times) while
+a measuring process follows one node's committed log (``bench/cluster_measure.py``:
+end-to-end latency from the send time embedded in each transaction, CPU, storage and
+the nodes' own per-stage latency histograms). ``bench/cluster_report.py`` builds each
+load's JSON document and the summary tables.
 
 Timeline of one load: cluster up and connected -> generators start -> ``--warmup``
 seconds -> ``--duration`` seconds of measurement window -> generators stop -> drain.
@@ -34,438 +16,67 @@ With ``--rates`` each load gets a fresh cluster by default (clean state, no back
 carried over from an overloaded run); ``--reuse-cluster`` keeps one cluster and waits
 ``--pause`` seconds plus until every mempool is empty between loads.
 
+The daemons run on the plain asyncio loop (``DAGRIDER_NO_UVLOOP=1``,
+``DAGRIDER_LOOP=asyncio``) unless ``--uvloop`` is given. ``--profile out.txt`` records
+one node with py-spy; ``python bench/cluster_profile.py out.txt`` folds it per stage.
+
 Run from the repository root:
     python bench/cluster.py --rate 10000 --duration 20
-    python bench/cluster.py --rates 1000,5000,10000,20000,50000
-Progress goes to stderr; stdout gets one JSON document (a list with ``--rates``).
+    python bench/cluster.py --rates 5000,10000,20000,40000,80000 --duration 12 --warmup 4 \\
+        --uvloop --reuse-cluster
+Progress and the summary tables go to stderr; stdout gets one JSON document (a list with
+``--rates``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import binascii
-import contextlib
 import json
-import math
 import multiprocessing as mp
 import os
-import platform
 import random
-import shlex
 import shutil
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aiohttp
+from cluster_load import HEADER, LoadPlan, Schedule, generator_main
+from cluster_measure import (
+    MeasurePlan,
+    all_process_cpu,
+    consensus_stats,
+    cpu_seconds,
+    foreign_cpu,
+    io_bytes,
+    machine_cpu,
+    measurer_main,
+    schedstat,
+    scrape_histograms,
+    scrape_metrics,
+    stage_latencies,
+)
+from cluster_report import build_result, print_tables
 
-from dagrider.node.batch import encode_batch
 from dagrider.node.cluster import ClusterSpec, LocalCluster
-
-HEADER = struct.Struct(">4sdIQ")  # tag, send time, generator id, sequence number
-HEADER_B64 = 4 * math.ceil(HEADER.size / 3)  # base64 characters that cover the header
-SEND_TIME = struct.Struct(">d")
-LOG_PAGE = 10_000  # the API's maximum /v1/log limit
-MAX_MSG_TXS = 4_000  # largest WebSocket message the generator sends, in transactions
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """When a load runs, in ``time.time()`` seconds; sent to the children once they are
-    connected, so that process start-up never eats into the schedule."""
-
-    start: float  # first transaction
-    window_start: float
-    window_end: float  # no new transaction after this
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """What one generator process does."""
-
-    gen_id: int
-    urls: list[str]
-    rate: float  # tx/s this generator sends, spread evenly over ``urls``
-    size: int
-    tag: bytes
-    tick: float
-    max_inflight: int
-    max_backlog_s: float
-
-
-@dataclass(frozen=True)
-class MeasurePlan:
-    url: str
-    tag: bytes
-    size: int
-    follow: str  # "poll" or "sse"
-
-
-# -- load generator (child process) -------------------------------------------------------
-
-
-class _NodeSender:
-    """One WebSocket to one node: a FIFO backlog, messages in flight, 429 pauses."""
-
-    def __init__(self, plan: LoadPlan, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.plan = plan
-        self.sched = Schedule(0.0, 0.0, 0.0)
-        self.ws = ws
-        self.backlog: deque[bytes] = deque()
-        self.inflight: deque[list[bytes]] = deque()
-        self.paused_until = 0.0
-        self.wake = asyncio.Event()
-        self.sent = 0  # transactions written to the socket for the first time
-        self.sent_window = 0  # ... of which written inside the window
-        self.resent = 0  # transactions written again after a 429
-        self.retry_pending = 0  # the first this-many of the backlog are retries
-        self.accepted = 0
-        self.accepted_window = 0  # accepted transactions whose send time is in the window
-        self.rejected_429 = 0  # transactions in batches answered 429 (each time)
-        self.responses_429 = 0
-        self.errors: dict[str, int] = {}
-        self.delayed = 0  # transactions that had to wait in the generator before sending
-        self.dropped = 0  # backlog overflow, or left unsent when the window closed
-        self.unanswered = 0  # sent, but the socket closed before the reply came
-        self.closed = False
-
-    def add(self, txs: list[bytes], limit: int) -> None:
-        if self.backlog:  # could not send everything last tick: the new ones wait too
-            self.delayed += len(txs)
-        room = limit - len(self.backlog)
-        if room < len(txs):
-            self.dropped += len(txs) - max(0, room)
-            txs = txs[: max(0, room)]
-        self.backlog.extend(txs)
-        self.wake.set()
-
-    async def writer(self) -> None:
-        """Send the backlog whenever the socket is neither paused nor full."""
-        plan = self.plan
-        while not self.closed:
-            now = time.time()
-            if now < self.paused_until:
-                await asyncio.sleep(self.paused_until - now)
-                continue
-            if not self.backlog or len(self.inflight) >= plan.max_inflight:
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            n = min(len(self.backlog), MAX_MSG_TXS)
-            chunk = [self.backlog.popleft() for _ in range(n)]
-            self.inflight.append(chunk)
-            retries = min(n, self.retry_pending)
-            self.retry_pending -= retries
-            self.resent += retries
-            self.sent += n - retries
-            if self.sched.window_start <= now < self.sched.window_end:
-                self.sent_window += n - retries
-            try:
-                await self.ws.send_bytes(encode_batch(chunk))
-            except (ConnectionError, RuntimeError) as exc:
-                self._error(type(exc).__name__)
-                self.closed = True
-
-    async def reader(self) -> None:
-        """Replies come in order: each one settles the oldest message in flight."""
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            reply = json.loads(msg.data)
-            chunk = self.inflight.popleft()
-            if "accepted" in reply:
-                self.accepted += len(chunk)
-                ws, we = self.sched.window_start, self.sched.window_end
-                self.accepted_window += sum(
-                    1 for tx in chunk if ws <= SEND_TIME.unpack_from(tx, 4)[0] < we
-                )
-            elif reply.get("status") == 429:
-                self.rejected_429 += len(chunk)
-                self.responses_429 += 1
-                retry = float(reply.get("retry_after", 1.0))
-                self.paused_until = max(self.paused_until, time.time() + retry)
-                self.backlog.extendleft(reversed(chunk))  # retry first, original send times
-                self.retry_pending += len(chunk)
-                self.delayed += len(chunk)
-            else:
-                self._error(f"{reply.get('status')}: {str(reply.get('error'))[:80]}")
-                self.dropped += len(chunk)
-            self.wake.set()
-        self.closed = True
-        self.wake.set()
-
-    def _error(self, key: str) -> None:
-        self.errors[key] = self.errors.get(key, 0) + 1
-
-
-async def _generate(plan: LoadPlan, conn: Connection) -> dict[str, Any]:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        senders = []
-        for url in plan.urls:
-            ws = await session.ws_connect(
-                url + "/v1/ingest", max_msg_size=0, compress=0, autoping=True, heartbeat=None
-            )
-            senders.append(_NodeSender(plan, ws))
-        conn.send(("ready", None))
-        sched: Schedule = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        for s in senders:
-            s.sched = sched
-        tasks = [asyncio.create_task(s.reader()) for s in senders]
-        tasks += [asyncio.create_task(s.writer()) for s in senders]
-        per_node = plan.rate / len(senders)
-        backlog_limit = max(MAX_MSG_TXS, int(per_node * plan.max_backlog_s))
-        pad = bytes(plan.size - HEADER.size)
-        pack = HEADER.pack
-        tag, gid = plan.tag, plan.gen_id
-        seq = 0
-        due = [0] * len(senders)
-        made = [0] * len(senders)
-        late_ticks = 0
-        max_lag = max_lag_at = 0.0
-        await asyncio.sleep(max(0.0, sched.start - time.time()))
-        cpu0 = time.process_time()
-        cpu_window: list[float] = []
-        next_tick = sched.start
-        while True:
-            now = time.time()
-            lag = now - next_tick
-            if lag > max_lag:
-                max_lag, max_lag_at = lag, now - sched.start
-            if lag > plan.tick:  # the loop was held up: catch up at once, count it
-                late_ticks += 1
-                next_tick = now
-            if not cpu_window and now >= sched.window_start:
-                cpu_window.append(time.process_time())
-            t = min(now, sched.window_end)
-            for i, sender in enumerate(senders):
-                due[i] = int(per_node * (t - sched.start))
-                n = due[i] - made[i]
-                if n <= 0:
-                    continue
-                txs = [pack(tag, now, gid, s) + pad for s in range(seq, seq + n)]
-                seq += n
-                made[i] += n
-                sender.add(txs, backlog_limit)
-            if now >= sched.window_end:
-                break
-            next_tick += plan.tick
-            await asyncio.sleep(max(0.0, next_tick - time.time()))
-        cpu_window.append(time.process_time())
-        # Let the backlog go out and the messages in flight be answered (a socket paused by
-        # 429 gets its retries too); what is still in the generator after that is dropped.
-        deadline = time.time() + 30.0
-        while time.time() < deadline and any(
-            (s.inflight or s.backlog) and not s.closed for s in senders
-        ):
-            await asyncio.sleep(0.01)
-        for s in senders:
-            s.dropped += len(s.backlog)
-            s.unanswered = sum(len(c) for c in s.inflight)
-            s.backlog.clear()
-            s.closed = True
-            s.wake.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(s.ws.close() for s in senders), return_exceptions=True), 5.0
-            )
-        window = sched.window_end - sched.window_start
-        errors: dict[str, int] = {}
-        for s in senders:
-            for k, v in s.errors.items():
-                errors[k] = errors.get(k, 0) + v
-        return {
-            "generated": seq,
-            "sent": sum(s.sent for s in senders),
-            "resent": sum(s.resent for s in senders),
-            "sent_window": sum(s.sent_window for s in senders),
-            "accepted": sum(s.accepted for s in senders),
-            "accepted_window": sum(s.accepted_window for s in senders),
-            "rejected_429": sum(s.rejected_429 for s in senders),
-            "responses_429": sum(s.responses_429 for s in senders),
-            "delayed": sum(s.delayed for s in senders),
-            "dropped": sum(s.dropped for s in senders),
-            "unanswered": sum(s.unanswered for s in senders),
-            "errors": errors,
-            "late_ticks": late_ticks,
-            "max_tick_lag_s": round(max_lag, 4),
-            "max_tick_lag_at_s": round(max_lag_at, 2),
-            "cpu_s_total": round(time.process_time() - cpu0, 3),
-            "cpu_s_window": round(cpu_window[-1] - cpu_window[0], 3),
-            "window_s": window,
-        }
-
-
-def generator_main(plan: LoadPlan, conn: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    try:
-        conn.send(("ok", asyncio.run(_generate(plan, conn))))
-    except BaseException as exc:
-        conn.send(("error", f"generator {plan.gen_id}: {type(exc).__name__}: {exc}"))
-
-
-# -- measurer (child process) ---------------------------------------------------------
-
-
-class _Tally:
-    """Latencies and window counts over the entries the measurer has seen."""
-
-    def __init__(self, plan: MeasurePlan, sched: Schedule) -> None:
-        self.plan = plan
-        self.sched = sched
-        self.latencies: list[float] = []  # observed - sent, for window-sent transactions
-        self.commit_latencies: list[float] = []  # node's committed_at - sent, same txs
-        self.window_sent_committed = 0
-        self.committed_in_window = 0  # commits observed inside the window (any send time)
-        self.bytes_in_window = 0
-        self.timeline: dict[int, int] = {}  # whole seconds since start -> commits observed
-        self.foreign = 0  # entries of other runs or clients
-        self.entries = 0
-
-    def add(self, entries: list[dict[str, Any]], observed: float) -> None:
-        sched = self.sched
-        tag, ws, we = self.plan.tag, sched.window_start, sched.window_end
-        in_window = ws <= observed < we
-        second = int(observed - sched.start)
-        unpack, a2b = HEADER.unpack_from, binascii.a2b_base64
-        mine = 0
-        for e in entries:
-            data: str = e["data"]
-            try:
-                t, sent, _gid, _seq = unpack(a2b(data[:HEADER_B64]))
-            except (struct.error, binascii.Error):
-                self.foreign += 1
-                continue
-            if t != tag:
-                self.foreign += 1
-                continue
-            mine += 1
-            if in_window:
-                self.bytes_in_window += len(data) * 3 // 4 - data[-2:].count("=")
-            if ws <= sent < we:
-                self.window_sent_committed += 1
-                self.latencies.append(observed - sent)
-                self.commit_latencies.append(float(e["committed_at"]) - sent)
-        self.entries += len(entries)
-        if in_window:
-            self.committed_in_window += mine
-        if mine:
-            self.timeline[second] = self.timeline.get(second, 0) + mine
-
-
-async def _follow_poll(
-    session: aiohttp.ClientSession, plan: MeasurePlan, tally: _Tally, stop: asyncio.Event
-) -> None:
-    async with session.get(f"{plan.url}/v1/status") as r:
-        cursor = int((await r.json())["log_head"])
-    while not stop.is_set():
-        async with session.get(f"{plan.url}/v1/log?after={cursor}&limit={LOG_PAGE}") as r:
-            body = await r.read()
-            observed = time.time()
-        entries = json.loads(body)["entries"]
-        if entries:
-            tally.add(entries, observed)
-            cursor = int(entries[-1]["index"])
-        if len(entries) < LOG_PAGE:
-            await asyncio.sleep(0.005)
-
-
-async def _follow_sse(
-    session: aiohttp.ClientSession, plan: MeasurePlan, tally: _Tally, stop: asyncio.Event
-) -> None:
-    async with session.get(f"{plan.url}/v1/status") as r:
-        cursor = int((await r.json())["log_head"])
-    async with session.get(f"{plan.url}/v1/log/stream?after={cursor}") as r:
-        buf = b""
-        async for chunk in r.content.iter_any():
-            observed = time.time()
-            buf += chunk
-            events, sep, rest = buf.rpartition(b"\n\n")
-            if not sep:
-                continue
-            buf = rest
-            entries = [
-                json.loads(line[6:]) for line in events.split(b"\n") if line.startswith(b"data: ")
-            ]
-            if entries:
-                tally.add(entries, observed)
-            if stop.is_set():
-                return
-
-
-async def _measure(plan: MeasurePlan, conn: Connection) -> dict[str, Any]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        conn.send(("ready", None))
-        sched: Schedule = await loop.run_in_executor(None, conn.recv)
-        tally = _Tally(plan, sched)
-        follow = _follow_sse if plan.follow == "sse" else _follow_poll
-        task = asyncio.create_task(follow(session, plan, tally, stop))
-        await asyncio.sleep(max(0.0, sched.window_start - time.time()))
-        cpu0 = time.process_time()
-        await asyncio.sleep(max(0.0, sched.window_end - time.time()))
-        cpu_window = time.process_time() - cpu0
-        # The parent tells us how many window transactions were accepted, and how long to
-        # wait for them.
-        expected, drain = await loop.run_in_executor(None, conn.recv)
-        deadline = time.time() + drain
-        while tally.window_sent_committed < expected and time.time() < deadline:
-            if task.done():
-                break
-            await asyncio.sleep(0.05)
-        drained_at = time.time()
-        stop.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return {
-        "latencies": tally.latencies,
-        "commit_latencies": tally.commit_latencies,
-        "window_sent_committed": tally.window_sent_committed,
-        "committed_in_window": tally.committed_in_window,
-        "bytes_in_window": tally.bytes_in_window,
-        "timeline": [tally.timeline.get(s, 0) for s in range(max(tally.timeline, default=-1) + 1)],
-        "foreign_entries": tally.foreign,
-        "entries_seen": tally.entries,
-        "cpu_s_window": round(cpu_window, 3),
-        "drain_s": round(drained_at - sched.window_end, 2),
-    }
-
-
-def measurer_main(plan: MeasurePlan, conn: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        conn.send(("ok", asyncio.run(_measure(plan, conn))))
-    except BaseException as exc:
-        conn.send(("error", f"measurer: {type(exc).__name__}: {exc}"))
-
-
-# -- the parent: cluster, CPU accounting, results ----------------------------------------
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (a node's data directory: database, WAL...)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def free_port_base(count: int) -> int:
@@ -485,187 +96,6 @@ def free_port_base(count: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free port range found")
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    if pid is None:
-        return float("nan")
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
-
-
-def io_bytes(pid: int | None) -> tuple[float, float]:
-    """(bytes the process made the kernel write to storage, bytes it passed to write
-    calls), from /proc/<pid>/io; storage writes include SQLite WAL appends and
-    checkpoints but not loopback sockets."""
-    if pid is None:
-        return float("nan"), float("nan")
-    try:
-        fields = dict(
-            line.split(": ", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines()
-        )
-        return float(fields["write_bytes"]), float(fields["wchar"])
-    except (OSError, KeyError, ValueError):
-        return float("nan"), float("nan")
-
-
-def schedstat(pid: int | None) -> tuple[float, float]:
-    """(seconds on CPU, seconds runnable but waiting for a CPU) of a process's main thread
-    (the daemon's event loop), from /proc/<pid>/task/<pid>/schedstat."""
-    if pid is None:
-        return float("nan"), float("nan")
-    try:
-        run_ns, wait_ns, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
-    except (OSError, ValueError):
-        return float("nan"), float("nan")
-    return int(run_ns) / 1e9, int(wait_ns) / 1e9
-
-
-def machine_cpu() -> tuple[float, float, float]:
-    """(busy, iowait, steal) CPU seconds of the whole machine, all CPUs, from /proc/stat.
-
-    busy = user + nice + system + irq + softirq: what this machine's processes and kernel
-    ran; steal is time the hypervisor gave to someone else.
-    """
-    try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0]
-        f = [int(x) for x in first.split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan"), float("nan"), float("nan")
-    user, nice, system, _idle, iowait, irq, softirq, steal = f
-    return (user + nice + system + irq + softirq) / CLK_TCK, iowait / CLK_TCK, steal / CLK_TCK
-
-
-def all_process_cpu() -> dict[int, tuple[str, bool, float]]:
-    """pid -> (command name, is a kernel thread, utime+stime seconds) for every process."""
-    out: dict[int, tuple[str, bool, float]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        f = stat[stat.rindex(")") + 2 :].split()
-        kernel = int(f[1]) == 2 or int(entry.name) == 2  # ppid kthreadd
-        out[int(entry.name)] = (comm, kernel, (int(f[11]) + int(f[12])) / CLK_TCK)
-    return out
-
-
-def foreign_cpu(
-    before: dict[int, tuple[str, bool, float]],
-    after: dict[int, tuple[str, bool, float]],
-    ours: set[int],
-) -> dict[str, Any]:
-    """CPU used between two snapshots by processes that are not the cluster or the bench:
-    other users of this machine, and kernel threads (I/O writeback, journaling...)."""
-    user: dict[str, float] = {}
-    kernel = 0.0
-    for pid, (comm, is_kernel, cpu) in after.items():
-        if pid in ours:
-            continue
-        used = cpu - before[pid][2] if pid in before else cpu
-        if used <= 0:
-            continue
-        if is_kernel:
-            kernel += used
-        else:
-            user[comm] = user.get(comm, 0.0) + used
-    top = sorted(user.items(), key=lambda kv: -kv[1])[:5]
-    return {
-        "other_processes_cpu_s": round(sum(user.values()), 2),
-        "top_other_processes": {k: round(v, 2) for k, v in top},
-        "kernel_threads_cpu_s": round(kernel, 2),
-    }
-
-
-def scrape_metrics(url: str) -> dict[str, float]:
-    """A node's /metrics, summed over labels except the leader outcome; {} on failure."""
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=15) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("dagrider_") or "_bucket{" in line:
-            continue
-        key, _, value = line.rpartition(" ")
-        name = key.split("{", 1)[0]
-        if name == "dagrider_leaders_total":
-            name += "_" + key.split('"')[1]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
-
-
-def consensus_stats(
-    before: dict[str, float], after: dict[str, float], window: float
-) -> dict[str, Any]:
-    """What the node's own counters say about the window: rounds, vertex fill, leaders."""
-
-    def d(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
-
-    if not before or not after:
-        return {"error": "metrics unavailable"}
-    vertices = d("dagrider_committed_vertices_total")
-    return {
-        "rounds_per_s": round(d("dagrider_round") / window, 1),
-        "proposed_vertices_per_s": round(d("dagrider_proposed_vertices_total") / window, 1),
-        "committed_vertices": int(vertices),
-        "txs_per_committed_vertex": round(d("dagrider_committed_transactions_total") / vertices, 1)
-        if vertices
-        else None,
-        "leaders": {
-            k: int(d(f"dagrider_leaders_total_{k}")) for k in ("direct", "recursive", "skipped")
-        },
-        "peer_MB_in_per_s": round(d("dagrider_peer_bytes_received_total") / window / 1e6, 2),
-        "peer_msgs_in_per_s": round(d("dagrider_peer_messages_received_total") / window),
-        "requeued_txs": int(d("dagrider_requeued_transactions_total")),
-        "mempool_end": int(after.get("dagrider_mempool_transactions", 0)),
-    }
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    v = sorted(values)
-
-    def at(q: float) -> float:
-        return round(v[min(len(v) - 1, int(q * len(v)))], 4)
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(v[-1], 4)}
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        first = Path("/proc/meminfo").read_text().splitlines()[0]
-        mem_gb = round(int(first.split()[1]) / 1024 / 1024, 1)
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gb": mem_gb,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 class Bench:
@@ -811,6 +241,7 @@ class Bench:
             procs0 = all_process_cpu()
             with ThreadPoolExecutor(cluster.n) as pool:
                 metrics0 = list(pool.map(scrape_metrics, urls))
+            hist0 = scrape_histograms(urls[a.measure_node])
             t0 = time.time()
             if a.profile:
                 profiler = self.start_profiler(pids[a.profile_node])
@@ -871,7 +302,20 @@ class Bench:
                     statuses[i] = {k: st.get(k) for k in ("round", "log_head", "mempool")}
                 except OSError as exc:
                     statuses[i] = {"error": str(exc)}
-            return self.result(
+            # The measuring node's stage histograms over the window, once the drain is over
+            # (commit-to-client needs the measurer's reads of the window's entries).
+            stages = stage_latencies(hist0, scrape_histograms(urls[a.measure_node]))
+            written = io1[a.measure_node][0] - io0[a.measure_node][0]
+            committed = max(1.0, float(meas["committed_in_window"]))
+            head = statuses.get(a.measure_node, {}).get("log_head")
+            disk = {
+                "written": round(written / committed),
+                "database": round(dir_bytes(cluster.data_dir(a.measure_node)) / (head + 1))
+                if isinstance(head, int) and head >= 0
+                else float("nan"),
+            }
+            return build_result(
+                a,
                 rate,
                 t1 - t0,
                 cpu0,
@@ -890,6 +334,8 @@ class Bench:
                 gen_results,
                 meas,
                 statuses,
+                stages,
+                disk,
             )
         finally:
             for child_proc, _ in children:
@@ -920,121 +366,6 @@ class Bench:
         except subprocess.TimeoutExpired:
             proc.terminate()
             proc.wait()
-
-    def result(
-        self,
-        rate: float,
-        window: float,
-        cpu0: dict[int, float],
-        cpu1: dict[int, float],
-        machine: tuple[float, ...],
-        foreign: dict[str, Any],
-        loop_time: dict[str, Any],
-        consensus: dict[str, Any],
-        gens: list[dict[str, Any]],
-        meas: dict[str, Any],
-        statuses: dict[int, Any],
-    ) -> dict[str, Any]:
-        a = self.args
-        cpu = {str(i): round(cpu1[i] - cpu0[i], 2) for i in cpu0}
-        total_cpu = sum(cpu.values())
-        ncpu = os.cpu_count() or 1
-        accepted_window = sum(g["accepted_window"] for g in gens)
-        committed = meas["window_sent_committed"]
-        gen_cpu = sum(g["cpu_s_window"] for g in gens)
-        latencies = meas["latencies"]
-        notes = []
-        if committed < accepted_window:
-            notes.append(
-                f"{accepted_window - committed} of {accepted_window} transactions sent in the "
-                f"window were not committed {meas['drain_s']} s after it: latency percentiles "
-                "cover only the committed ones (a lower bound)"
-            )
-        sent_rate = sum(g["sent_window"] for g in gens) / a.duration
-        late = sum(g["late_ticks"] for g in gens) / max(1.0, a.duration / (a.tick_ms / 1000))
-        if gen_cpu / a.duration > 0.8 * a.generators or late > 0.1:
-            notes.append(
-                "the load generator may be the bottleneck: it used "
-                f"{gen_cpu / a.duration:.2f} core(s) and {late:.0%} of its ticks were late"
-            )
-        elif sent_rate < 0.95 * rate:
-            notes.append(
-                f"sent {sent_rate:.0f} tx/s < offered: the nodes answered more slowly than the "
-                "load arrived (in-flight cap reached, or 429), so transactions queued in the "
-                "generator with their intended send time (counted in latency); the generator "
-                f"itself was not short of CPU ({gen_cpu / a.duration:.2f} core)"
-            )
-        other = foreign["other_processes_cpu_s"] / window
-        if other > 0.2:
-            notes.append(
-                f"other processes on this machine used {other:.2f} core(s) during the window "
-                f"({foreign['top_other_processes']}): the figures are depressed by contention"
-            )
-        return {
-            "config": {
-                "nodes": a.nodes,
-                "batch_size": a.batch_size,
-                "batch_delay_ms": a.batch_delay_ms,
-                "max_pending": a.max_pending,
-                "size": a.size,
-                "duration_s": a.duration,
-                "warmup_s": a.warmup,
-                "generators": a.generators,
-                "tick_ms": a.tick_ms,
-                "follow": a.follow,
-                "measure_node": a.measure_node,
-                "uvloop": a.uvloop,
-                "data_on": a.tmpdir or tempfile.gettempdir(),
-                "cluster": "reused" if a.reuse_cluster else "fresh per load",
-            },
-            "offered_tx_per_s": rate,
-            "sent_tx_per_s": round(sent_rate, 1),
-            "accepted_tx_per_s": round(accepted_window / a.duration, 1),
-            "committed_tx_per_s": round(meas["committed_in_window"] / window, 1),
-            "committed_bytes_per_s": round(meas["bytes_in_window"] / window),
-            "latency_s": percentiles(latencies),
-            "commit_latency_s": percentiles(meas["commit_latencies"]),
-            "window_txs_accepted": accepted_window,
-            "window_txs_committed": committed,
-            "cpu_seconds_per_node": cpu,
-            "cpu_utilisation": {
-                "nodes_total_of_machine": round(total_cpu / (window * ncpu), 3),
-                "per_node_of_one_core": {k: round(v / window, 3) for k, v in cpu.items()},
-                "generators_of_one_core": round(gen_cpu / a.duration, 3),
-                "measurer_of_one_core": round(meas["cpu_s_window"] / a.duration, 3),
-                "machine_busy_of_machine": round(machine[0] / (window * ncpu), 3),
-                "other_processes_of_one_core": round(foreign["other_processes_cpu_s"] / window, 3),
-                "kernel_threads_of_one_core": round(foreign["kernel_threads_cpu_s"] / window, 3),
-                "iowait_of_one_core": round(machine[1] / window, 3),
-                "steal_of_one_core": round(machine[2] / window, 3),
-            },
-            "event_loop_thread": loop_time,
-            "consensus": consensus,
-            "rejected_429": sum(g["rejected_429"] for g in gens),
-            "generator": {
-                k: sum(g[k] for g in gens)
-                for k in (
-                    "generated",
-                    "sent",
-                    "resent",
-                    "accepted",
-                    "responses_429",
-                    "delayed",
-                    "dropped",
-                    "unanswered",
-                )
-            }
-            | {
-                "late_ticks": sum(g["late_ticks"] for g in gens),
-                "max_tick_lag_s": max(g["max_tick_lag_s"] for g in gens),
-                "errors": [g["errors"] for g in gens if g["errors"]],
-            },
-            "committed_per_s_timeline": meas["timeline"],
-            "nodes_after": statuses,
-            "notes": notes,
-            "machine": machine_info(),
-            "command": shlex.join([sys.executable, *sys.argv]),
-        }
 
     def run(self, rates: list[float]) -> list[dict[str, Any]]:
         results = []
@@ -1101,6 +432,7 @@ def main() -> None:
         p.error("--duration must be at least 2 s")
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
     results = Bench(args).run(rates)
+    print_tables(results)
     doc: Any = results if args.rates else results[0]
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -7,16 +7,72 @@ WebSocket, the command-line client and the benchmark's load generator.
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
 BATCH_CONTENT_TYPE = "application/x-dagrider-batch"
 _LENGTH = struct.Struct(">I")
 
 
+ID_BYTES = 32
+"""A transaction id is BLAKE2b-256 of its bytes (``dagrider.node.service.tx_id`` in hex)."""
+
+
 def encode_batch(txs: Iterable[bytes]) -> bytes:
     """Records for ``/v1/transactions/batch`` and ``/v1/ingest``: length (u32 BE) + bytes."""
     return b"".join(_LENGTH.pack(len(tx)) + tx for tx in txs)
+
+
+def batch_ids(txs: Iterable[bytes]) -> bytes:
+    """The ids of ``txs`` concatenated (32 bytes each): computed once per transaction at
+    ingest and carried with the batch, so nothing downstream hashes the bytes again."""
+    blake2b = hashlib.blake2b
+    return b"".join([blake2b(tx, digest_size=ID_BYTES).digest() for tx in txs])
+
+
+def split_ids(ids: bytes) -> list[bytes]:
+    """``batch_ids`` back into one 32-byte id per transaction."""
+    if len(ids) % ID_BYTES:
+        raise ValueError(f"an id list is a multiple of {ID_BYTES} bytes, got {len(ids)}")
+    return [ids[k : k + ID_BYTES] for k in range(0, len(ids), ID_BYTES)]
+
+
+class RecordBatch(Sequence[bytes]):
+    """A parsed record batch: the transactions, plus the body they came in.
+
+    It is a ``Sequence[bytes]`` (what ``NodeService.submit`` takes), so any service can
+    accept it; the node also uses ``records``, the batch exactly as the client sent it,
+    to store the batch as one row instead of re-encoding it, and ``ids`` once computed.
+    """
+
+    __slots__ = ("_ids", "records", "txs")
+
+    def __init__(self, txs: list[bytes], records: bytes | None = None) -> None:
+        self.txs = txs
+        self.records = encode_batch(txs) if records is None else records
+        self._ids: bytes | None = None
+
+    @property
+    def ids(self) -> bytes:
+        """``batch_ids(self)``, computed on first use."""
+        if self._ids is None:
+            self._ids = batch_ids(self.txs)
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self.txs)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        return self.txs[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.txs)
 
 
 class BatchError(ValueError):
@@ -106,6 +162,31 @@ class BatchParser:
 
 def parse_batch(data: bytes, max_record: int) -> list[bytes]:
     """All records of a complete batch (one WebSocket message)."""
-    parser = BatchParser(max_record, expected_size=len(data))
-    parser.feed(data)
-    return parser.finish()
+    return parse_record_batch(data, max_record).txs
+
+
+def parse_record_batch(data: bytes, max_record: int) -> RecordBatch:
+    """A complete batch (one WebSocket message or request body) as a ``RecordBatch``
+    that keeps ``data`` itself as its stored form.
+
+    One pass over the length prefixes, without the incremental parser's buffer: the
+    whole body is already in hand. Errors are the same as ``BatchParser``'s.
+    """
+    txs: list[bytes] = []
+    unpack = _LENGTH.unpack_from
+    pos, end = 0, len(data)
+    with memoryview(data) as view:
+        while end - pos >= 4:
+            (length,) = unpack(view, pos)
+            if length == 0 or pos + 4 + length > end or length > max_record:
+                BatchParser(max_record, expected_size=end)._check_length(pos, length)
+                raise AssertionError("unreachable: _check_length raised")  # pragma: no cover
+            txs.append(bytes(view[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+    if pos != end:
+        raise BatchError(
+            f"truncated length prefix at byte offset {pos}: {end - pos} of 4 bytes", offset=pos
+        )
+    if not txs:
+        raise BatchError("empty body: expected at least one record", offset=0)
+    return RecordBatch(txs, bytes(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -37,6 +38,23 @@ def test_four_daemons_order_transactions_identically(
         assert set(log) >= sent
     status = cluster.get_json(0, "/v1/status")
     assert status["decided_wave"] >= 1
+    # Every stage of a transaction's way shows in the histograms of the node it came to
+    # (wait_for_logs read the log, so commit-to-client has entries too).
+    with urllib.request.urlopen(cluster.api_url(0) + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for stage in (
+        "submit_to_proposal",
+        "proposal_to_delivery",
+        "delivery_to_commit",
+        "commit_to_client",
+        "commit_latency",
+    ):
+        count = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith(f"dagrider_{stage}_seconds_count")
+        )
+        assert float(count.rpartition(" ")[2]) >= 250, count
     assert all(p["state"] == "connected" for p in status["peers"].values())
 
 

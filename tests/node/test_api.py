@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrider.node.api import API_METRICS, build_app
-from dagrider.node.batch import BatchError, BatchParser, encode_batch
+from dagrider.node.batch import BatchError, BatchParser, RecordBatch, encode_batch
 from dagrider.node.client import LogPruned, full_log, stream_log
 from dagrider.node.metrics import Metrics
 from dagrider.node.service import (
@@ -249,8 +249,8 @@ def test_full_mempool_pushes_back_with_429_and_retry_after() -> None:
         assert r.status == 202
         r = await client.post("/v1/transactions", json={"txs": [b64(b"3"), b64(b"4")]})
         body = await expect_error(r, 429, "mempool full: 2 of 3")
-        assert r.headers["Retry-After"] == "2"
-        assert body["retry_after"] == 2
+        assert r.headers["Retry-After"] == "2"  # whole seconds, rounded up
+        assert body["retry_after"] == 1.5  # the node's own estimate, to the millisecond
         r = await client.post(
             "/v1/transactions/batch", data=encode_batch([b"5", b"6"]), headers=BATCH
         )
@@ -411,7 +411,7 @@ def test_websocket_ingest_accepts_batches_and_reports_each_refusal() -> None:
             await ws.send_bytes(encode_batch([b"d", b"e"]))  # capacity 4: refused whole
             reply = await ws.receive_json()
             assert reply["status"] == 429 and "mempool full" in reply["error"]
-            assert reply["retry_after"] == 2
+            assert reply["retry_after"] == 1.5  # the node's estimate, not rounded up
             await ws.send_bytes(encode_batch([b"f"]) + b"\x00\x00\x00")
             reply = await ws.receive_json()
             assert reply["status"] == 400 and "byte offset 5" in reply["error"]
@@ -482,6 +482,43 @@ def test_transaction_status_pending_committed_unknown_and_malformed() -> None:
 
 
 # --- GET /v1/log and /v1/log/stream ---------------------------------------------------
+
+
+def test_websocket_ingest_hands_the_node_the_batch_as_sent() -> None:
+    seen: list[object] = []
+
+    async def scenario(client: Client, node: FakeNode) -> None:
+        submit = node.submit
+
+        def spy(txs: Sequence[bytes]) -> list[str]:
+            seen.append(txs)
+            return submit(txs)
+
+        node.submit = spy  # type: ignore[method-assign]
+        body = encode_batch([b"one", b"two"])
+        async with client.ws_connect("/v1/ingest") as ws:
+            await ws.send_bytes(body)
+            assert await ws.receive_json() == {"accepted": 2}
+        text = await (await client.get("/metrics")).text()
+        assert 'dagrider_api_transaction_bytes_total{path="ws"} 6' in text
+
+    run_api(scenario)
+    (batch,) = seen
+    assert isinstance(batch, RecordBatch) and list(batch) == [b"one", b"two"]
+    assert batch.records == encode_batch([b"one", b"two"])  # stored as it came
+
+
+def test_commit_to_client_latency_counts_each_entry_once() -> None:
+    async def scenario(client: Client, node: FakeNode) -> None:
+        node.pending = [bytes([i]) for i in range(1, 6)]
+        node.commit()
+        await client.get("/v1/log", params={"limit": "3"})
+        await client.get("/v1/log")  # entries 0..2 again, then 3 and 4 for the first time
+        await client.get("/v1/log")
+        text = await (await client.get("/metrics")).text()
+        assert "dagrider_commit_to_client_seconds_count 5" in text
+
+    run_api(scenario)
 
 
 def test_log_pages_with_after_and_limit() -> None:

@@ -169,3 +169,17 @@ def test_the_same_labels_give_the_same_series() -> None:
 )
 def test_format_value(value: float, text: str) -> None:
     assert format_value(value) == text
+
+
+def test_histogram_observes_a_batch_of_equal_values_at_once() -> None:
+    r = Metrics()
+    h = r.histogram("batch_latency_seconds", "One value for many transactions", buckets=(1.0, 2.0))
+    h.observe(1.5, 1000)
+    h.observe(0.5)
+    h.observe(3.0, 0)
+    assert h.count == 1001 and h.sum == 1500.5
+    text = r.render()
+    assert 'batch_latency_seconds_bucket{le="1"} 1' in text
+    assert 'batch_latency_seconds_bucket{le="2"} 1001' in text
+    with pytest.raises(ValueError, match=">= 0"):
+        h.observe(1.0, -1)
