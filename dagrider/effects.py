@@ -40,9 +40,15 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Proposed:
-    """This process created its vertex for a round (persist before its VAL leaves)."""
+    """This process created its vertex for a round (persist before its VAL leaves).
+
+    ``fresh``: its block was just taken from the front of the mempool (the shell marks
+    that many pending transactions as proposed); False for a vertex re-proposed from
+    the store after a restart, whose transactions left the mempool the first time.
+    """
 
     vertex: Vertex
+    fresh: bool = True
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ Routes (every error is JSON ``{"error": "<cause>", "status": <code>}``):
   itself and the hot path skips a JSON array of 64-character strings per transaction.
 - ``GET /v1/ingest``: WebSocket; each binary message is one record batch, answered in
   order by ``{"accepted": n}`` or ``{"error": ..., "status": 400|413|429}`` (on 429 the
-  client backs off for ``retry_after`` seconds). A message over the body limit closes
+  client backs off for ``retry_after`` seconds: the node's estimate, from its measured
+  drain rate, of when its backlog is back under half a second's worth; the HTTP routes send
+  it rounded up in ``Retry-After``). A message over the body limit closes
   the socket with code 1009.
 - ``GET /v1/transactions/{id}``, ``GET /v1/log?after=&limit=``, ``GET /v1/log/stream``
   (SSE, resumes from ``Last-Event-ID``), ``GET /v1/status``, ``GET /metrics``,
@@ -29,7 +31,8 @@ a pruned transaction is 404 like any unknown id; on a pruned node the 404 body a
 ``first_available`` and says it may have been committed before that index.
 
 A request is validated entirely before ``NodeService.submit``, so a rejected request
-enqueues nothing. With a bearer token, every route except ``/healthz`` requires it.
+enqueues nothing. With a bearer token, every route except ``/healthz`` and the live
+view's page ``/ui`` (static, it holds no data; its feed ``/ui/events`` does) requires it.
 """
 
 from __future__ import annotations
@@ -44,15 +47,29 @@ import math
 import re
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
-from dagrider.node.batch import BATCH_CONTENT_TYPE, BatchError, BatchParser, parse_batch
+from dagrider.node.batch import (
+    BATCH_CONTENT_TYPE,
+    BatchError,
+    BatchParser,
+    RecordBatch,
+    parse_record_batch,
+)
 from dagrider.node.metrics import Metrics
-from dagrider.node.service import TX_ID_HEX_LEN, LogEntry, MempoolFull, NodeService, TxTooLarge
+from dagrider.node.service import (
+    TX_ID_HEX_LEN,
+    LogEntry,
+    MempoolFull,
+    NodeService,
+    StorageCorrupt,
+    StorageUnavailable,
+    TxTooLarge,
+)
 
 if TYPE_CHECKING:
     from dagrider.node.content_api import ContentBackend
@@ -71,6 +88,12 @@ _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{
 _INTEGER = re.compile(r"-?[0-9]{1,18}\Z")
 _STREAM_ROUTES = frozenset({"/v1/log/stream", "/v1/ingest", "/v1/content", "/v1/content/{cid}"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_BODY_CHARGE = web.RequestKey("body_charge", int)  # bytes of its body charged to the budget
+JSON_MAX_BODY = 4 * 1024 * 1024
+"""Largest JSON transaction body (one transaction, or a few as ``txs``); batches of many
+go to ``/v1/transactions/batch``, whose records are parsed as they stream."""
+JSON_WEIGHT = 16
+"""How many times its size a JSON body is charged to ``[api] bodies_budget_bytes``."""
 
 
 # --- errors --------------------------------------------------------------------------
@@ -159,12 +182,26 @@ class _Api:
     """Handlers and middleware over one ``NodeService``."""
 
     def __init__(
-        self, service: NodeService, token: str | None, max_body: int, keepalive: float
+        self,
+        service: NodeService,
+        token: str | None,
+        max_body: int,
+        keepalive: float,
+        bodies_budget: int | None = None,
+        body_timeout: float | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.service = service
         self.token_digest = _digest(token) if token is not None else None
         self.max_body = max_body
         self.keepalive = keepalive
+        self.bodies_budget = bodies_budget
+        """Bytes of request bodies all requests may hold at once (None: unbounded)."""
+        self.bodies_used = 0
+        self.body_timeout = body_timeout
+        """Seconds a request body may send nothing before it is answered 408."""
+        self.max_batch = max_batch
+        """Transactions one request may carry: more can never fit the mempool (413)."""
         self.closing = asyncio.Event()
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self.metrics = Metrics()
@@ -191,6 +228,12 @@ class _Api:
         self.m_ws = m.counter(
             "dagrider_api_ws_messages_total", "WebSocket ingest messages by outcome.", ["outcome"]
         )
+        self.m_commit_to_client = m.histogram(
+            "dagrider_commit_to_client_seconds",
+            "Commit on this node to the first time a client read the entry (GET /v1/log or "
+            "the SSE stream), per transaction",
+        )
+        self._served_head = -1  # highest log index already counted in m_commit_to_client
 
     # middleware: authentication, JSON errors, metrics
 
@@ -204,11 +247,23 @@ class _Api:
             response = await handler(request)
         except ApiError as exc:
             response = exc.response()
+        except StorageUnavailable as exc:
+            retry = max(1, math.ceil(exc.retry_after))
+            response = ApiError(
+                507,
+                f"storage unavailable, nothing was accepted: {exc}",
+                headers={"Retry-After": str(retry)},
+            ).response()
+        except StorageCorrupt as exc:
+            reason = f"the node's store is damaged, it is stopping: {exc}"
+            response = ApiError(500, reason).response()
         except web.HTTPException as exc:
             response = self._http_error(request, exc)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, route)
             response = ApiError(500, "internal error").response()
+        finally:
+            self._release_body(request)
         method = request.method if request.method in _METHODS else "other"
         self.m_requests.labels(route, method).inc()
         if response.status >= 400:
@@ -218,7 +273,7 @@ class _Api:
         return response
 
     def _authenticate(self, request: web.Request) -> None:
-        if self.token_digest is None or request.path == "/healthz":
+        if self.token_digest is None or request.path in ("/healthz", "/ui"):
             return
         challenge = {"WWW-Authenticate": 'Bearer realm="dagrider"'}
         header = request.headers.get("Authorization")
@@ -246,40 +301,99 @@ class _Api:
 
     # body reading and validation
 
-    def _check_declared_size(self, request: web.Request) -> None:
+    def _check_declared_size(self, request: web.Request, limit: int | None = None) -> None:
+        limit = self.max_body if limit is None else limit
         declared = request.content_length
-        if declared is not None and declared > self.max_body:
-            raise ApiError(
-                413, f"request body is {declared} bytes, over the {self.max_body}-byte limit"
-            )
+        if declared is not None and declared > limit:
+            raise ApiError(413, f"request body is {declared} bytes, over the {limit}-byte limit")
 
-    def _too_large(self) -> ApiError:
-        return ApiError(413, f"request body exceeds the {self.max_body}-byte limit")
+    def _too_large(self, limit: int | None = None) -> ApiError:
+        limit = self.max_body if limit is None else limit
+        return ApiError(413, f"request body exceeds the {limit}-byte limit")
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        self._check_declared_size(request)
-        chunks: list[bytes] = []
+    def _json_limit(self) -> int:
+        """Largest JSON body: parsed, it takes up to ``JSON_WEIGHT`` times its size (a
+        7-byte ``"AA==",`` becomes a 61-byte string and a list slot), so it is charged
+        that much and capped to what the budget can hold; bulk goes to the batch route."""
+        limit = min(self.max_body, JSON_MAX_BODY)
+        if self.bodies_budget is not None:
+            limit = min(limit, self.bodies_budget // JSON_WEIGHT)
+        return limit
+
+    async def _chunks(
+        self, request: web.Request, limit: int | None = None, weight: int = 1
+    ) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, each charged ``weight`` times its size to
+        the bodies budget (given back when the request ends, in ``middleware``); 413
+        past ``limit`` (default ``max_body``), 503 when the budget is spent, 408 when
+        the client stalls for ``body_timeout``."""
+        limit = self.max_body if limit is None else limit
         total = 0
-        async for chunk in request.content.iter_any():
+        while True:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise ApiError(
+                    408,
+                    f"request body stalled: no bytes for {self.body_timeout:g} s "
+                    "([api] idle_timeout_ms)",
+                    headers={"Connection": "close"},
+                ) from None
+            if not chunk:
+                return
             total += len(chunk)
-            if total > self.max_body:
-                raise self._too_large()
-            chunks.append(chunk)
+            if total > limit:
+                raise self._too_large(limit)
+            self._charge_body(request, len(chunk) * weight)
+            yield chunk
+
+    def _charge_body(self, request: web.Request, size: int) -> None:
+        if self.bodies_budget is None:
+            return
+        if self.bodies_used + size > self.bodies_budget:
+            raise ApiError(
+                503,
+                f"request bodies in flight hold {self.bodies_used} of "
+                f"{self.bodies_budget} bytes ([api] bodies_budget_bytes); retry later",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+        self.bodies_used += size
+        request[_BODY_CHARGE] = request.get(_BODY_CHARGE, 0) + size
+
+    def _release_body(self, request: web.Request) -> None:
+        charged = request.get(_BODY_CHARGE, 0)
+        if charged:
+            self.bodies_used -= charged
+            request[_BODY_CHARGE] = 0
+
+    async def _read_body(
+        self, request: web.Request, limit: int | None = None, weight: int = 1
+    ) -> bytes:
+        self._check_declared_size(request, limit)
+        chunks = [chunk async for chunk in self._chunks(request, limit, weight)]
         return b"".join(chunks)
 
     async def _read_batch(self, request: web.Request) -> list[bytes]:
         self._check_declared_size(request)
         parser = BatchParser(self.service.max_tx_bytes, expected_size=request.content_length)
-        total = 0
         try:
-            async for chunk in request.content.iter_any():
-                total += len(chunk)
-                if total > self.max_body:
-                    raise self._too_large()
+            async for chunk in self._chunks(request):
                 parser.feed(chunk)
+                self._check_count(len(parser.records))
             return parser.finish()
         except BatchError as exc:
             raise ApiError(exc.status, str(exc)) from None
+
+    def _check_count(self, count: int) -> None:
+        """413 for a request with more transactions than the mempool can ever hold: a 429
+        would send the client back to retry something that can never succeed."""
+        if self.max_batch is not None and count > self.max_batch:
+            raise ApiError(
+                413,
+                f"the request holds more than {self.max_batch} transactions, the mempool's "
+                "capacity ([mempool] max_pending): it can never be accepted; split it",
+            )
 
     def _decode_b64(self, value: object, field: str) -> bytes:
         if not isinstance(value, str):
@@ -338,21 +452,24 @@ class _Api:
                     413, f"{name} is {len(tx)} bytes, over the {limit}-byte transaction limit"
                 )
 
-    def _submit(self, txs: list[bytes], path: str) -> list[str]:
+    def _submit(self, txs: Sequence[bytes], path: str) -> list[str]:
         try:
             ids = self.service.submit(txs)
         except MempoolFull as exc:
-            retry = max(1, math.ceil(exc.retry_after))
+            # The header is whole seconds (RFC 9110); the body keeps the node's estimate
+            # (derived from its measured drain rate) to the millisecond, for clients
+            # such as the WebSocket ingest that can back off for less than a second.
             raise ApiError(
                 429,
                 str(exc) or "mempool full",
-                headers={"Retry-After": str(retry)},
-                extra={"retry_after": retry},
+                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+                extra={"retry_after": round(max(0.001, exc.retry_after), 3)},
             ) from None
         except TxTooLarge as exc:
             raise ApiError(413, f"transaction too large: {exc}") from None
         self.m_txs.labels(path).inc(len(txs))
-        self.m_tx_bytes.labels(path).inc(sum(map(len, txs)))
+        size = len(txs.records) - 4 * len(txs) if isinstance(txs, RecordBatch) else None
+        self.m_tx_bytes.labels(path).inc(sum(map(len, txs)) if size is None else size)
         return ids
 
     # handlers
@@ -365,14 +482,16 @@ class _Api:
                 f"unsupported Content-Type {ctype!r}: send application/octet-stream (one raw "
                 f"transaction) or application/json; batches go to /v1/transactions/batch",
             )
-        body = await self._read_body(request)
         if ctype == "application/json":
+            body = await self._read_body(request, self._json_limit(), JSON_WEIGHT)
             txs, names, single = self._parse_json(body)
         else:
+            body = await self._read_body(request)
             if not body:
                 raise ApiError(400, "empty body: expected the transaction bytes")
             txs, names, single = [body], ["transaction"], True
         self._check_txs(txs, names)
+        self._check_count(len(txs))
         ids = self._submit(txs, "single")
         return web.json_response({"id": ids[0]} if single else {"ids": ids}, status=202)
 
@@ -415,7 +534,8 @@ class _Api:
 
     def _ingest_one(self, data: bytes) -> dict[str, Any]:
         try:
-            txs = parse_batch(data, self.service.max_tx_bytes)
+            txs = parse_record_batch(data, self.service.max_tx_bytes)
+            self._check_count(len(txs))
             self._submit(txs, "ws")
         except BatchError as exc:
             return {"error": str(exc), "status": exc.status}
@@ -463,6 +583,7 @@ class _Api:
         )
         entries = self.service.log(after, limit)
         _check_gap(after, entries)
+        self._served(entries)
         return web.json_response(
             {"entries": [_entry_json(e) for e in entries], "head": self.service.log_head()}
         )
@@ -500,6 +621,7 @@ class _Api:
                         f"id: {e.index}\ndata: {json.dumps(_entry_json(e))}\n\n" for e in entries
                     )
                     await response.write(events.encode("utf-8"))
+                    self._served(entries)
                     cursor, last_write = entries[-1].index, loop.time()
                 else:
                     idle = loop.time() - last_write
@@ -514,6 +636,20 @@ class _Api:
         except Exception:
             log.exception("log stream failed at index %d", cursor)
         return response
+
+    def _served(self, entries: list[LogEntry]) -> None:
+        """Commit-to-client latency of entries no client had read yet, one observation
+        per run of entries committed together (they share ``committed_at``)."""
+        if not entries or entries[-1].index <= self._served_head:
+            return
+        now = time.time()
+        runs: dict[float, int] = {}  # committed_at -> entries (few: one per vertex)
+        for e in entries:
+            if e.index > self._served_head:
+                runs[e.committed_at] = runs.get(e.committed_at, 0) + 1
+        for at, count in runs.items():
+            self.m_commit_to_client.observe(max(0.0, now - at), count)
+        self._served_head = entries[-1].index
 
     def _first_available(self) -> int:
         """The node's first log index (0 if nothing is pruned), from the same gap the
@@ -558,6 +694,9 @@ def build_app(
     max_body: int,
     *,
     keepalive: float = SSE_KEEPALIVE_SECONDS,
+    bodies_budget: int | None = None,
+    body_timeout: float | None = None,
+    max_batch: int | None = None,
     crdt: CrdtNode | None = None,
     content: ContentBackend | None = None,
     max_upload: int = 64 * 1024**3,
@@ -568,6 +707,9 @@ def build_app(
     ``token``: if set, every route but ``/healthz`` requires ``Authorization: Bearer``.
     ``max_body``: the largest request body (and WebSocket message) in bytes.
     ``keepalive``: seconds of silence after which an SSE stream gets a comment line.
+    ``bodies_budget``: bytes of request bodies held at once by all requests (503 beyond).
+    ``body_timeout``: seconds a request body may stall before a 408.
+    ``max_batch``: most transactions per request (the mempool's capacity; 413 beyond).
     ``crdt``: the node's CRDT store, whose routes are mounted under ``/v1/crdt``.
     ``content``: the content layer, mounted under ``/v1/content`` (uploads up to
     ``max_upload`` bytes, streamed, so ``max_body`` does not apply to them).
@@ -577,7 +719,7 @@ def build_app(
         raise ValueError(f"max_body must be positive, got {max_body}")
     if token is not None and not token.strip():
         raise ValueError("token must not be empty (use None for no authentication)")
-    api = _Api(service, token, max_body, keepalive)
+    api = _Api(service, token, max_body, keepalive, bodies_budget, body_timeout, max_batch)
     app = web.Application(middlewares=[api.middleware], client_max_size=max_body)
     app[API_METRICS] = api.metrics
     app.on_shutdown.append(api.on_shutdown)
@@ -594,6 +736,9 @@ def build_app(
     app.router.add_get("/v1/status", api.get_status)
     app.router.add_get("/metrics", api.get_metrics)
     app.router.add_get("/healthz", api.healthz)
+    from dagrider.node.ui import add_ui_routes  # the live view: /ui and /ui/events
+
+    add_ui_routes(app, service, api.closing)
     if crdt is not None:
         from dagrider.node.crdt_api import add_crdt_routes  # imports ApiError from here
 

@@ -28,6 +28,10 @@ from dagrider.keygen import COMMITTEE_FILE, generate, key_file_name, write_commi
 TEST_KEYS_NOTE = "TEST KEYS for a local loopback cluster - never use in production"
 
 
+READY_LINE = "dagrider node: serving"
+"""The daemon prints this to stderr once it serves its API, at any log level."""
+
+
 @dataclass
 class ClusterSpec:
     """Where the cluster lives and how its nodes are configured."""
@@ -313,6 +317,8 @@ class LocalCluster:
 
     def _said_serving(self, i: int) -> bool:
         for line in self._log_since_start(i).splitlines():
+            if line.startswith(READY_LINE):
+                return True
             if line.startswith("{"):
                 try:
                     doc = json.loads(line)

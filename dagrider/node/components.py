@@ -30,6 +30,7 @@ def build_nat(cfg: NodeConfig, transport: PeerTransport, logger: logging.Logger)
             relays=cfg.nat_relays,
             offer_relay=cfg.nat_offer_relay,
             reserve=cfg.nat_reserve,
+            upnp=cfg.nat_upnp,
             manager=manager,
         ),
         logger,

@@ -43,6 +43,9 @@ class NodeConfig:
     keep_log_entries: int = 0  # committed transactions the log keeps (0: all of them)
     max_pending: int = 20_000
     max_body_bytes: int = 64 * 1024 * 1024
+    api_max_connections: int = 1024  # open API connections at most; more get 503
+    api_idle_timeout: float = 15.0  # seconds: idle keep-alive, unfinished head, stalled body
+    api_bodies_budget_bytes: int = 128 * 1024 * 1024  # request bodies buffered at once
     limits: Limits = field(default_factory=Limits)
     fsync: bool = False
     log_format: str = "json"
@@ -52,6 +55,7 @@ class NodeConfig:
     crdt_checkpoint_interval: float = 10.0  # seconds between checkpoint submissions
     crdt_compact_min_changes: int = 10_000  # compact below a final checkpoint (0: never)
     crdt_attest_every: int = 16  # every k-th checkpoint is a compaction candidate
+    crdt_max_clock_skew_ms: int = 60_000  # a peer's change may be stamped this far ahead
     # namespace ("*" = any other) -> writer keys as 64 hex digits, or "committee"
     crdt_writers: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"*": ("committee",)})
     nat_enabled: bool = False
@@ -59,6 +63,7 @@ class NodeConfig:
     nat_offer_relay: bool = False
     nat_reserve: bool = False
     nat_dial_timeout: float = 10.0
+    nat_upnp: bool = False  # [nat] upnp: map our port on the LAN's UPnP router (p2p.upnp)
     dht_enabled: bool = True
     dht_bootstrap: dict[bytes, tuple[str, int]] = field(default_factory=dict)  # key -> address
     dht_k: int = 20
@@ -70,6 +75,7 @@ class NodeConfig:
     content_chunk_size: int = 1024 * 1024
     content_max_blob_bytes: int = 64 * 1024**3
     content_max_upload_bytes: int = 64 * 1024**3
+    mdns_enabled: bool = False  # [discovery] mdns: find mesh peers on the LAN (p2p.mdns)
 
     @property
     def is_peer(self) -> bool:
@@ -90,7 +96,14 @@ class NodeConfig:
 
 _SECTIONS: dict[str, set[str]] = {
     "node": {"key_file", "committee_file", "data_dir", "listen", "peers", "role"},
-    "api": {"listen", "token", "max_body_bytes"},
+    "api": {
+        "listen",
+        "token",
+        "max_body_bytes",
+        "max_connections",
+        "idle_timeout_ms",
+        "bodies_budget_bytes",
+    },
     "consensus": {
         "batch_size",
         "batch_delay_ms",
@@ -116,10 +129,12 @@ _SECTIONS: dict[str, set[str]] = {
         "writers",
         "compact_min_changes",
         "attest_every",
+        "max_clock_skew_ms",
     },
-    "nat": {"enabled", "relays", "offer_relay", "reserve", "dial_timeout_ms"},
+    "nat": {"enabled", "relays", "offer_relay", "reserve", "dial_timeout_ms", "upnp"},
     "dht": {"enabled", "bootstrap", "k", "alpha", "disjoint_paths", "mode", "advertise"},
     "content": {"enabled", "chunk_size_kib", "max_blob_mib", "max_upload_mib"},
+    "discovery": {"mdns"},
 }
 
 
@@ -157,6 +172,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
     nat = raw.get("nat", {})
     dht = raw.get("dht", {})
     content = raw.get("content", {})
+    discovery = raw.get("discovery", {})
     role = _choice(node, "role", "member", ("member", "peer"))
     required = ("key_file", "data_dir") if role == "peer" else ("key_file", "committee_file")
     for key in (*required, "data_dir"):
@@ -196,6 +212,9 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             keep_log_entries=_int(raw.get("storage", {}), "keep_log_entries", 0),
             max_pending=_int(raw.get("mempool", {}), "max_pending", 20_000),
             max_body_bytes=_int(api, "max_body_bytes", 64 * 1024 * 1024),
+            api_max_connections=_int(api, "max_connections", 1024),
+            api_idle_timeout=_int(api, "idle_timeout_ms", 15_000) / 1000.0,
+            api_bodies_budget_bytes=_int(api, "bodies_budget_bytes", 128 * 1024 * 1024),
             limits=limits,
             fsync=_bool(raw.get("storage", {}), "fsync", False),
             log_format=_choice(raw.get("log", {}), "format", "json", ("json", "kv")),
@@ -207,12 +226,14 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             crdt_checkpoint_interval=_int(crdt, "checkpoint_interval_ms", 10_000) / 1000.0,
             crdt_compact_min_changes=_int(crdt, "compact_min_changes", 10_000),
             crdt_attest_every=_int(crdt, "attest_every", 16),
+            crdt_max_clock_skew_ms=_int(crdt, "max_clock_skew_ms", 60_000),
             crdt_writers=_writers(crdt.get("writers", {"*": ["committee"]})),
             nat_enabled=_bool(nat, "enabled", False),
             nat_relays=_relays(nat.get("relays", [])),
             nat_offer_relay=_bool(nat, "offer_relay", False),
             nat_reserve=_bool(nat, "reserve", False),
             nat_dial_timeout=_int(nat, "dial_timeout_ms", 10_000) / 1000.0,
+            nat_upnp=_bool(nat, "upnp", False),
             dht_enabled=_bool(dht, "enabled", True),
             dht_bootstrap=_keyed_addresses(dht.get("bootstrap", []), "[dht] bootstrap"),
             dht_k=_int(dht, "k", 20),
@@ -224,6 +245,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
             content_chunk_size=_int(content, "chunk_size_kib", 1024) * 1024,
             content_max_blob_bytes=_int(content, "max_blob_mib", 64 * 1024) * 1024 * 1024,
             content_max_upload_bytes=_int(content, "max_upload_mib", 64 * 1024) * 1024 * 1024,
+            mdns_enabled=_bool(discovery, "mdns", False),
         )
         cfg.parameters()  # cross-field checks (batch size vs limits, gc depth)
     except ValueError as exc:
@@ -243,10 +265,21 @@ def parse_config(raw: dict[str, Any], base: Path) -> NodeConfig:
         raise ConfigError("[consensus] idle_round_ms must be >= 0")
     if cfg.max_pending < 1:
         raise ConfigError("[mempool] max_pending must be >= 1")
+    if cfg.api_max_connections < 1 or cfg.api_idle_timeout <= 0:
+        raise ConfigError("[api] max_connections must be >= 1 and idle_timeout_ms > 0")
+    if cfg.api_bodies_budget_bytes < cfg.max_body_bytes:
+        raise ConfigError(
+            f"[api] bodies_budget_bytes ({cfg.api_bodies_budget_bytes}) must be >= "
+            f"max_body_bytes ({cfg.max_body_bytes}): one largest body must fit"
+        )
     if cfg.crdt_sync_interval <= 0 or cfg.crdt_checkpoint_interval <= 0:
         raise ConfigError("[crdt] sync_interval_ms and checkpoint_interval_ms must be > 0")
     if cfg.crdt_compact_min_changes < 0 or cfg.crdt_attest_every < 1:
         raise ConfigError("[crdt] compact_min_changes must be >= 0 and attest_every >= 1")
+    if cfg.crdt_max_clock_skew_ms < 0:
+        raise ConfigError(
+            f"[crdt] max_clock_skew_ms must be >= 0, got {cfg.crdt_max_clock_skew_ms}"
+        )
     _check_mesh(cfg)
     return cfg
 
@@ -267,8 +300,15 @@ def _check_mesh(cfg: NodeConfig) -> None:
         raise ConfigError("[content] max_blob_mib and max_upload_mib must be > 0")
     if cfg.is_peer and not cfg.dht_enabled:
         raise ConfigError("[dht] enabled = false: a peer only exists to serve the mesh")
-    if cfg.is_peer and not cfg.dht_bootstrap:
-        raise ConfigError("[dht] bootstrap is required for a peer (how else would it join?)")
+    if cfg.is_peer and not cfg.dht_bootstrap and not cfg.mdns_enabled:
+        raise ConfigError(
+            "[dht] bootstrap is required for a peer unless [discovery] mdns = true "
+            "(how else would it join?)"
+        )
+    if cfg.mdns_enabled and not cfg.dht_enabled:
+        raise ConfigError("[discovery] mdns = true needs the mesh ([dht] enabled = true)")
+    if cfg.nat_upnp and not cfg.nat_enabled:
+        raise ConfigError("[nat] upnp = true needs NAT traversal ([nat] enabled = true)")
     for host, port in cfg.dht_advertise:
         if not is_dialable_ip(host):
             raise ConfigError(

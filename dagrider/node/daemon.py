@@ -23,13 +23,17 @@ from aiohttp import web
 
 from dagrider.errors import CommitteeError
 from dagrider.node.api import build_app
+from dagrider.node.cluster import READY_LINE
 from dagrider.node.config import ConfigError, NodeConfig, load_config
+from dagrider.node.http_limits import LimitedSite
+from dagrider.node.memory import bound_allocator, trim_loop
 from dagrider.node.peer_node import PeerNode
 from dagrider.node.runtime import Node
+from dagrider.node.service import StorageCorrupt, StorageUnavailable
 from dagrider.node.store import StoreError
 
 EXIT_CONFIG = 2  # bad config, key or committee file
-EXIT_RUNTIME = 3  # address in use, unusable data directory
+EXIT_RUNTIME = 3  # address in use, unusable data directory, damaged store
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
@@ -91,6 +95,7 @@ def run(config_path: Path, role: str | None = None) -> int:
         print(f"dagrider node: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log = setup_logging(cfg.log_format, cfg.log_level)
+    bound_allocator()  # freed buffers go back to the system (dagrider/node/memory.py)
     if os.environ.get("DAGRIDER_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop
@@ -117,12 +122,17 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
         return _fail(log, EXIT_CONFIG, f"missing file: {exc.filename}")
     except (CommitteeError, ConfigError, ValueError) as exc:
         return _fail(log, EXIT_CONFIG, f"invalid key or committee: {exc}")
-    except (StoreError, OSError) as exc:
+    except StorageCorrupt as exc:
+        return _fail(log, EXIT_RUNTIME, f"damaged store: {exc}")
+    except (StoreError, StorageUnavailable, OSError) as exc:
         return _fail(log, EXIT_RUNTIME, f"cannot open the data directory: {exc}")
     runner: web.AppRunner | None = None
     try:
         try:
             await node.start()
+        except StorageCorrupt as exc:
+            await node.stop()
+            return _fail(log, EXIT_RUNTIME, f"damaged store: {exc}")
         except OSError as exc:
             await node.stop()
             host, port = node.listen
@@ -135,11 +145,18 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
             content=node.mesh.content_backend() if node.mesh is not None else None,
             max_upload=cfg.content_max_upload_bytes,
             member=not cfg.is_peer,
+            bodies_budget=cfg.api_bodies_budget_bytes,
+            body_timeout=cfg.api_idle_timeout,
+            max_batch=cfg.max_pending,
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # keepalive_timeout closes a connection idle between requests and one whose
+        # request head is unfinished that long after it opened (slow or silent clients)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=cfg.api_idle_timeout
+        )
         await runner.setup()
         host, port = cfg.api_listen
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = LimitedSite(runner, host, port, cfg.api_max_connections)
         try:
             await site.start()
         except OSError as exc:
@@ -154,11 +171,25 @@ async def _serve(cfg: NodeConfig, log: logging.Logger) -> int:
                 "peer_listen": node.listen,
             },
         )
+        # Whatever the log level: scripts (and `dagrider cluster up`) wait for this line.
+        print(f"{READY_LINE} http://{host}:{port}", file=sys.stderr, flush=True)
+        trimmer = asyncio.create_task(trim_loop(), name="malloc-trim")  # memory.py
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        failed = getattr(node, "failed", None)
+        waits = [asyncio.ensure_future(stop.wait())]
+        if isinstance(failed, asyncio.Event):
+            waits.append(asyncio.ensure_future(failed.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        trimmer.cancel()
+        failure = getattr(node, "failure", None)
+        if failure is not None:
+            await node.stop()
+            return _fail(log, EXIT_RUNTIME, f"damaged store: {failure}")
         log.info("shutting down", extra={"role": cfg.role})
     finally:
         if runner is not None:
@@ -175,6 +206,7 @@ def _os_reason(exc: OSError, what: str) -> str:
 
 
 def _fail(log: logging.Logger, code: int, reason: str) -> int:
+    reason = " ".join(reason.split())  # one line, whatever the cause's text holds
     log.error(reason)
     print(f"dagrider node: error: {reason}", file=sys.stderr)
     return code

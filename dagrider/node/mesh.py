@@ -4,6 +4,12 @@ Members and peers both run it. It wires the content layer's needs (who provides 
 how to reach a peer, how to announce ourselves) to the DHT, keeps the addresses the DHT
 taught us so that a provider can be dialled, and adapts the content service to what the
 HTTP routes need (:class:`~dagrider.node.content_api.ContentBackend`).
+
+With NAT traversal on, what we advertise follows what it learns
+(:mod:`p2p.nat.advertise`): verified reachable addresses (a UPnP mapping included), our
+listen address unless it is private and peers see us elsewhere, and once we are private,
+our relays' addresses, with a signed relay record naming the relays so that a peer that
+cannot dial us finds a relay through the DHT (:meth:`Mesh._ensure_link`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ from p2p.dht.peer import PeerInfo
 from p2p.dht_service import DhtConfig, DhtQueryError, DhtService
 from p2p.identity import Identity
 from p2p.mdns import Announcement, MdnsDiscovery
+from p2p.nat.advertise import (
+    RELAYS_RECORD,
+    RelayRecordError,
+    advertised_addrs,
+    decode_relays,
+    encode_relays,
+)
+from p2p.nat_service import NatService
 from p2p.transport import PeerTransport
 
 Addr = tuple[str, int]
@@ -38,6 +52,11 @@ KNOWN_ADDRESSES = 4096
 """Peers whose DHT-learned addresses we remember for dialling (LRU)."""
 KNOWN_FAILURES = 256
 """Failed fetches whose reason ``/v1/content/{cid}/status`` still reports."""
+RELAY_RECORD_TTL = 3600.0
+"""Lifetime of our signed relay record; the DHT republishes it while we run, and a
+change of reservations replaces it at once."""
+RELAYED_CONNECT_TIMEOUT = 20.0
+"""Longest wait for a link through a relay found in the DHT (relay dial + circuit + TLS)."""
 
 
 class Mesh:
@@ -53,9 +72,19 @@ class Mesh:
         advertise: tuple[Addr, ...],
         server_mode: Callable[[], bool],
         logger: logging.Logger,
+        nat: NatService | None = None,
     ) -> None:
         self.log = logger
         self.transport = transport
+        self.nat = nat
+        self._listen = advertise
+        self._explicit = bool(cfg.dht_advertise)  # the operator's word is taken as said
+        self._relays_value: bytes | None = None
+        self._readvertise: asyncio.Task[None] | None = None
+        self._readvertise_again = False
+        if nat is not None:  # nothing private until peers tell us where they see us
+            advertise = self._advertised()
+            nat.listeners.append(self._nat_changed)
         self.self_info = PeerInfo(identity.public_key, advertise)
         self._known: OrderedDict[bytes, PeerInfo] = OrderedDict()
         seeds = [PeerInfo(key, (addr,)) for key, addr in bootstrap.items()]
@@ -146,6 +175,11 @@ class Mesh:
             self._backend.start_fetch(cid)
 
     async def close(self) -> None:
+        if self.nat is not None and self._nat_changed in self.nat.listeners:
+            self.nat.listeners.remove(self._nat_changed)
+        if self._readvertise is not None:
+            self._readvertise.cancel()
+            await asyncio.gather(self._readvertise, return_exceptions=True)
         if not self._started:
             return
         if self._announcer is not None:
@@ -179,15 +213,82 @@ class Mesh:
         return [info.key for info in found if info.key != self.self_info.key]
 
     async def _ensure_link(self, key: bytes) -> bool:
+        """A link to ``key``: at an address we know or the DHT finds, else through a
+        relay named in its signed relay record (a peer behind a NAT)."""
         if self.transport.has_link(key):
             return True
         info = self._known.get(key)
         if info is None:
             info = await self.dht.find_peer(key)
-            if info is None:
-                return False
-            self._remember(info)
-        return await self.dht.ensure_link(info)
+            if info is not None:
+                self._remember(info)
+        if info is not None and await self.dht.ensure_link(info):
+            return True
+        return await self._connect_relayed(key)
+
+    async def _connect_relayed(self, key: bytes) -> bool:
+        if self.nat is None:
+            return False
+        try:
+            record = await self.dht.get_record(key, RELAYS_RECORD)
+        except Exception as exc:  # a failed lookup is "no relay known", not a crash
+            self.log.info("relay record lookup failed", extra={"reason": str(exc)})
+            return False
+        if record is None:
+            return False
+        try:
+            relays = decode_relays(record.value)
+        except RelayRecordError as exc:
+            self.log.info("bad relay record", extra={"reason": str(exc)})
+            return False
+        if not relays:
+            return False
+        return await self.nat.connect_via(key, relays, RELAYED_CONNECT_TIMEOUT)
+
+    # -- what we advertise (NAT traversal on) -----------------------------------------
+
+    def _advertised(self) -> tuple[Addr, ...]:
+        nat = self.nat
+        assert nat is not None
+        started = nat.server is not None  # its clock needs the running loop
+        return advertised_addrs(
+            listen=self._listen,
+            explicit=self._explicit,
+            status=nat.reach.status,
+            reachable=nat.reach.reachable,
+            observed=nat.observed_addrs(),
+            relays=nat.reservation_addrs() if started else {},
+        )
+
+    def _nat_changed(self) -> None:
+        """NAT traversal learned something: re-sign our records (coalesced, in a task)."""
+        if self._readvertise is not None and not self._readvertise.done():
+            self._readvertise_again = True
+            return
+        self._readvertise = asyncio.get_running_loop().create_task(
+            self._update_advertisement(), name="mesh-advertise"
+        )
+
+    async def _update_advertisement(self) -> None:
+        while True:
+            self._readvertise_again = False
+            addrs = self._advertised()
+            if addrs != self.dht.self_info.addrs:
+                self.log.info("advertised addresses", extra={"addrs": [list(a) for a in addrs]})
+                self.dht.set_addrs(addrs)
+                self.self_info = self.dht.self_info
+            assert self.nat is not None
+            value = encode_relays(self.nat.reservation_addrs())
+            if value != self._relays_value and (
+                self._relays_value is not None or value != encode_relays({})
+            ):
+                try:
+                    await self.dht.put_record(RELAYS_RECORD, value, ttl=RELAY_RECORD_TTL)
+                    self._relays_value = value
+                except Exception as exc:  # retried on the next change
+                    self.log.warning("relay record not published", extra={"reason": str(exc)})
+            if not self._readvertise_again:
+                return
 
     # -- introspection ------------------------------------------------------------------
 

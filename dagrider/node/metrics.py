@@ -87,19 +87,26 @@ def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
 class CounterChild:
     """One counter series: only goes up (a restart resets it, which Prometheus expects)."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_function", "_value")
 
     def __init__(self) -> None:
         self._value = 0.0
+        self._function: Callable[[], float] | None = None
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError(f"counter increment must be >= 0, got {amount}")
         self._value += amount
 
+    def set_function(self, function: Callable[[], float] | None) -> None:
+        """Read the running total from ``function`` at every render: for a subsystem that
+        already counts (the DHT's lookups, the content layer's bytes), so that the number
+        is not kept twice. The function must never decrease."""
+        self._function = function
+
     @property
     def value(self) -> float:
-        return self._value
+        return float(self._function()) if self._function is not None else self._value
 
 
 class GaugeChild:
@@ -140,9 +147,13 @@ class HistogramChild:
         self._counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last is +Inf
         self._sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self._counts[bisect.bisect_left(self._bounds, value)] += 1
-        self._sum += value
+    def observe(self, value: float, count: int = 1) -> None:
+        """Record ``value``; ``count`` > 1 records it that many times at once (the
+        latency of a batch of transactions that share it, in one call)."""
+        if count < 0:
+            raise ValueError(f"histogram observation count must be >= 0, got {count}")
+        self._counts[bisect.bisect_left(self._bounds, value)] += count
+        self._sum += value * count
 
     @property
     def count(self) -> int:
@@ -258,6 +269,9 @@ class Counter(_ScalarFamily[CounterChild]):
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
 
+    def set_function(self, function: Callable[[], float] | None) -> None:
+        self._only().set_function(function)
+
 
 class Gauge(_ScalarFamily[GaugeChild]):
     """A value that can go up and down (current round, queue length, link state)."""
@@ -305,8 +319,8 @@ class Histogram(_Family[HistogramChild]):
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.buckets)
 
-    def observe(self, value: float) -> None:
-        self._only().observe(value)
+    def observe(self, value: float, count: int = 1) -> None:
+        self._only().observe(value, count)
 
     @property
     def count(self) -> int:

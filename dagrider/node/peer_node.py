@@ -76,6 +76,7 @@ class PeerNode:
             bootstrap=cfg.dht_bootstrap,
             advertise=cfg.dht_advertise or (cfg.listen,),
             server_mode=dht_server_mode(cfg, self.nat),
+            nat=self.nat,
             logger=log.getChild("mesh"),
         )
         self.crdt: CrdtNode | None = None

@@ -10,11 +10,11 @@ store writes is what makes it affordable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dagrider.codec import encode
@@ -25,6 +25,7 @@ from dagrider.effects import (
     Broadcast,
     CheckpointReached,
     Commit,
+    Delivered,
     Effect,
     LeaderDecided,
     Misbehaviour,
@@ -37,9 +38,13 @@ from dagrider.errors import DecodeError
 from dagrider.messages import (
     CatchupRequest,
     CoinShareMsg,
+    Echo,
     Ready,
+    Val,
     VertexResponse,
+    Votes,
 )
+from dagrider.node.batch import ID_BYTES, RecordBatch, batch_ids
 from dagrider.node.components import (
     add_crdt_metrics,
     add_nat_counters,
@@ -49,12 +54,22 @@ from dagrider.node.components import (
 )
 from dagrider.node.config import ConfigError, NodeConfig, is_dialable_ip, parse_address
 from dagrider.node.crdt_node import CrdtNode
+from dagrider.node.fence import Fence
+from dagrider.node.mempool import Admission, Ledger
 from dagrider.node.mesh import Mesh
 from dagrider.node.metrics import Metrics
-from dagrider.node.service import LogEntry, MempoolFull, TxStatus, TxTooLarge
+from dagrider.node.service import (
+    LogEntry,
+    MempoolFull,
+    StorageCorrupt,
+    StorageUnavailable,
+    TxStatus,
+    TxTooLarge,
+)
 from dagrider.node.state_sync import StateSync
-from dagrider.node.store import Store, tx_digest
+from dagrider.node.store import Store
 from dagrider.process import Process, ProcessConfig
+from dagrider.rbc import coalesce_votes
 from p2p.config import TransportConfig
 from p2p.framing import FrameKind
 from p2p.identity import Identity
@@ -67,7 +82,7 @@ MISBEHAVIOUR_LOG_PERIOD = 1.0  # seconds: one log line per misbehaving peer at m
 CATCHUP_PERIOD = 1.0  # seconds between checks for rounds we cannot complete alone
 CATCHUP_BURST = 3  # catch-up answers a peer may have in hand at once
 CATCHUP_MAX_BYTES = 16 * 1024 * 1024  # vertex bytes in one catch-up answer
-LATENCY_TRACKED = 200_000
+STORAGE_RETRY = 1.0  # seconds between write attempts while the store refuses writes
 
 
 class Node:
@@ -129,6 +144,7 @@ class Node:
             retain_rounds=cfg.retain_rounds,
             keep_log_entries=cfg.keep_log_entries,
         )
+        self.fence = Fence(cfg.data_dir, cfg.fsync)
         self.state_sync = StateSync(
             c,
             self.secret,
@@ -145,14 +161,24 @@ class Node:
         self._shares: list[CoinShare] = []
         self._flush_handle: asyncio.Handle | None = None
         self._log_changed = asyncio.Event()
-        self._submitted: OrderedDict[bytes, float] = OrderedDict()
-        self._pending_ids: dict[bytes, int] = {}
+        # Ids, submit times and stage times of client transactions, per ingest batch
+        # (dagrider.node.mempool), and admission from the measured drain rate.
+        self.ledger = Ledger()
+        self.admission = Admission(floor=2 * self.params.batch_size, hard_cap=cfg.max_pending)
         self._catchup_tokens: dict[int, tuple[float, float]] = {}  # peer -> (when, tokens)
         self._misbehaviour_log: dict[int, tuple[float, int]] = {}  # peer -> (logged, quiet)
         self._catchup_task: asyncio.Task[None] | None = None
         self.last_leader: dict[str, Any] | None = None
         self.started_at = time.time()
         self._stopped = False
+        # Storage: ``storage_error`` is the cause while the store refuses writes (disk
+        # full, I/O error): the node then takes no input and retries the pending batch
+        # every STORAGE_RETRY. ``failure`` is set (and ``failed`` fires) when a stored
+        # row is damaged: the daemon stops the node with exit code 3.
+        self.storage_error: str | None = None
+        self._storage_retry: asyncio.TimerHandle | None = None
+        self.failure: str | None = None
+        self.failed = asyncio.Event()
         self._init_metrics()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -160,8 +186,16 @@ class Node:
     async def start(self) -> None:
         recovery, mempool = self.store.load_recovery()
         resumed = bool(recovery.delivered or recovery.own or recovery.ordering)
-        for tx in mempool:
-            self._pending_ids[tx_digest(tx)] = self._pending_ids.get(tx_digest(tx), 0) + 1
+        stored = max([v.round for v in recovery.own] + [v.round for v in recovery.votes] + [0])
+        if self.fence.round > stored:
+            # The store lost messages we sent (its WAL deleted, an old backup restored):
+            # stay silent in those rounds rather than risk a second, different value.
+            self.process.fence(self.fence.round)
+            self.logger.warning(
+                "store is behind its fence: no vertex or vote of ours up to the fence round",
+                extra={"store_round": stored, "fence_round": self.fence.round},
+            )
+        self.ledger.added(batch_ids(mempool), time.time())
         self.process.mempool.extend(mempool)
         self._emit(self.process.recover(recovery))
         self.state_sync.load()
@@ -210,6 +244,11 @@ class Node:
         if sender is None:  # a mesh peer speaking consensus: it has no vote to cast
             self.m_stranger_frames.inc()
             return
+        if self.storage_error is not None or self.failure is not None:
+            # Nothing we cannot persist may move the process; what we drop here comes
+            # back through resync and catch-up once writes succeed again.
+            self.m_storage_dropped.inc()
+            return
         self.m_frames_in.labels(str(sender)).inc()
         self.m_bytes_in.labels(str(sender)).inc(len(data))
         try:
@@ -256,6 +295,7 @@ class Node:
             bootstrap={**addresses, **self.cfg.dht_bootstrap},
             advertise=self.cfg.dht_advertise or self._advertised(),
             server_mode=dht_server_mode(self.cfg, self.nat),
+            nat=self.nat,
             logger=self.logger.getChild("mesh"),
         )
 
@@ -278,7 +318,12 @@ class Node:
             nat.want(key, PeerInfo((address,), True, relays))
 
     def _on_state_frame(self, peer_key: bytes, data: bytes) -> None:
-        self.state_sync.on_frame(peer_key, data)
+        try:
+            self.state_sync.on_frame(peer_key, data)
+        except StorageCorrupt as exc:
+            self._corrupt(exc)
+        except StorageUnavailable as exc:
+            self._storage_down(str(exc))
 
     def _on_crdt_frame(self, peer_key: bytes, data: bytes) -> None:
         if self.crdt is not None:  # any authenticated peer: changes carry their signatures
@@ -361,8 +406,13 @@ class Node:
             return
         self._catchup_tokens[peer] = (now, tokens - 1.0)
         last = req.round + min(req.rounds, CATCHUP_CHUNK_ROUNDS)
+        try:
+            answer = self.store.catchup(req.round, last, CATCHUP_MAX_BYTES)
+        except StorageCorrupt as exc:
+            self._corrupt(exc)
+            return
         # Through _send, so catch-up traffic shows in the per-peer byte and frame counts.
-        for vote, vertex in self.store.catchup(req.round, last, CATCHUP_MAX_BYTES):
+        for vote, vertex in answer:
             self._send(peer, encode(Ready(vote.round, vote.source, vote.digest)))
             if vertex is not None:
                 self._send(peer, encode(VertexResponse(vertex)))
@@ -381,7 +431,7 @@ class Node:
         if not effects:
             return
         self._effects.extend(effects)
-        if self._flush_handle is None:
+        if self._flush_handle is None and self.storage_error is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -396,9 +446,24 @@ class Node:
         committed = any(isinstance(e, Commit) for e in effects)
         ordering = self.process.ordering_state() if committed else None
         now = time.time()
-        self.store.apply(effects, ordering, shares, now)
+        try:
+            self.fence.raise_to(_sent_round(effects))  # before the store: see fence.py
+            self.store.apply(effects, ordering, shares, now)
+        except StorageUnavailable as exc:
+            # Nothing of the batch is on disk, so none of it may leave the node: keep it,
+            # in order, ahead of whatever comes next, and try again later.
+            self._effects[:0] = effects
+            self._shares[:0] = shares
+            self._storage_down(str(exc))
+            return
+        except StorageCorrupt as exc:
+            self._corrupt(exc)
+            return
+        if self.storage_error is not None:
+            self._storage_up()
         encoded: dict[int, bytes] = {}
-        for e in effects:
+        # Stored vote by vote above; on the wire the flush's votes go as one Votes frame.
+        for e in coalesce_votes(effects):
             if isinstance(e, Broadcast):
                 data = encoded.get(id(e.msg)) or encode(e.msg)
                 encoded[id(e.msg)] = data
@@ -410,10 +475,10 @@ class Node:
                 self._on_commit(e, now)
             elif isinstance(e, Proposed):
                 self._on_proposed(e)
+            elif isinstance(e, Delivered):
+                self._on_delivered(e, now)
             elif isinstance(e, Requeued):
-                for tx in e.txs:
-                    d = tx_digest(tx)
-                    self._pending_ids[d] = self._pending_ids.get(d, 0) + 1
+                self.ledger.requeued(e.txs, now)
                 self.m_requeued.inc(len(e.txs))
             elif isinstance(e, AwaitBatch):
                 delay = self.cfg.batch_delay
@@ -432,30 +497,90 @@ class Node:
             self._log_changed.set()
             self._log_changed = asyncio.Event()
 
+    def _storage_down(self, cause: str) -> None:
+        """Writes fail: stop advancing (no frames, no submissions) and retry the pending
+        batch every STORAGE_RETRY seconds until it is written."""
+        if self.storage_error is None:
+            self.logger.error(
+                "storage unavailable: the node stops advancing until writes succeed",
+                extra={"cause": cause[:300], "pending_effects": len(self._effects)},
+            )
+            self.m_storage_errors.inc()
+        self.storage_error = cause
+        self.m_storage_ok.set(0)
+        if self._storage_retry is None and not self._stopped:
+            self._storage_retry = asyncio.get_running_loop().call_later(
+                STORAGE_RETRY, self._retry_storage
+            )
+
+    def _retry_storage(self) -> None:
+        self._storage_retry = None
+        if self.storage_error is None or self._stopped:
+            return
+        if self._effects or self._shares:
+            self._flush()
+            return
+        try:  # nothing pending (a failed submission): probe with a write of our own
+            self.store.probe()
+        except StorageUnavailable as exc:
+            self._storage_down(str(exc))
+            return
+        except StorageCorrupt as exc:
+            self._corrupt(exc)
+            return
+        self._storage_up()
+
+    def _storage_up(self) -> None:
+        down = self.storage_error
+        self.storage_error = None
+        self.m_storage_ok.set(1)
+        self.logger.warning("storage writable again: the node resumes", extra={"was": down})
+        # What peers sent while we dropped frames comes back by catch-up; our own live
+        # rounds go out again now, for peers that waited on them.
+        for peer in self.peers:
+            self._emit(self.process.resync(peer))
+
+    def _corrupt(self, exc: StorageCorrupt) -> None:
+        """A stored row is damaged: serve nothing more and stop (exit code 3)."""
+        if self.failure is None:
+            self.failure = str(exc)
+            self.logger.error("store damaged: stopping", extra={"cause": str(exc)[:300]})
+            self.failed.set()
+
     def _send(self, peer: int, data: bytes) -> None:
         if self.transport.send(self.key_of[peer], data):
             self.m_frames_out.labels(str(peer)).inc()
             self.m_bytes_out.labels(str(peer)).inc(len(data))
 
     def _on_commit(self, e: Commit, now: float) -> None:
+        count = len(e.vertex.block)
         self.m_commits.inc()
-        self.m_committed_txs.inc(len(e.vertex.block))
-        for tx in e.vertex.block:
-            submitted = self._submitted.pop(tx_digest(tx), None)
-            if submitted is not None:
-                self.m_latency.observe(now - submitted)
+        self.m_committed_txs.inc(count)
+        delivered, flight = self.ledger.committed(e.vertex.digest)
+        if count and delivered is not None:
+            self.m_delivery_to_commit.observe(now - delivered, count)
+        if flight is not None:  # our vertex: submit-to-commit per ingest batch
+            for piece in flight.pieces:
+                self.m_latency.observe(now - piece.submitted, piece.count)
         if self.crdt is not None:
             self.crdt.on_commit(e.tx_index, e.vertex.block)
 
     def _on_proposed(self, e: Proposed) -> None:
-        for tx in e.vertex.block:
-            d = tx_digest(tx)
-            left = self._pending_ids.get(d, 0) - 1
-            if left > 0:
-                self._pending_ids[d] = left
-            else:
-                self._pending_ids.pop(d, None)
         self.m_proposed.inc()
+        count = len(e.vertex.block)
+        if not e.fresh or not count:
+            return
+        now = time.time()
+        ids, pieces = self.ledger.proposed(e.vertex.digest, count, now)
+        self.store.remember_ids(e.vertex.digest, ids)
+        self.admission.drained(count, now)
+        for piece in pieces:
+            self.m_submit_to_proposal.observe(now - piece.submitted, piece.count)
+
+    def _on_delivered(self, e: Delivered, now: float) -> None:
+        flight = self.ledger.delivered(e.vertex.digest, now)
+        if flight is not None and e.vertex.block:
+            self.m_proposal_to_delivery.observe(now - flight.proposed, len(e.vertex.block))
 
     def _on_leader(self, e: LeaderDecided) -> None:
         if e.committed and e.leader is not None:
@@ -487,42 +612,67 @@ class Node:
     # -- NodeService (the client API's view) ---------------------------------------------
 
     def submit(self, txs: Sequence[bytes]) -> list[str]:
-        for i, tx in enumerate(txs):
-            if len(tx) > self.max_tx_bytes:
-                raise TxTooLarge(
-                    f"transaction {i} has {len(tx)} bytes, limit is {self.max_tx_bytes}"
-                )
-        pending = len(self.process.mempool)
-        if pending + len(txs) > self.cfg.max_pending:
-            raise MempoolFull(
-                f"mempool holds {pending} of {self.cfg.max_pending} transactions",
-                retry_after=max(0.1, self.cfg.batch_delay * 4),
+        if self.failure is not None:
+            raise StorageCorrupt(self.failure)
+        if self.storage_error is not None:
+            raise StorageUnavailable(self.storage_error, retry_after=STORAGE_RETRY * 5)
+        largest = max(map(len, txs), default=0)
+        if largest > self.max_tx_bytes:
+            i = next(i for i, tx in enumerate(txs) if len(tx) > self.max_tx_bytes)
+            raise TxTooLarge(
+                f"transaction {i} has {len(txs[i])} bytes, limit is {self.max_tx_bytes}"
             )
-        ids = self.store.add_to_mempool(txs)
-        now = time.time()
-        for d in ids:
-            self._pending_ids[d] = self._pending_ids.get(d, 0) + 1
-            self._submitted[d] = now
-        while len(self._submitted) > LATENCY_TRACKED:
-            self._submitted.popitem(last=False)
+        pending = len(self.process.mempool)
+        wait = self.admission.check(pending, len(txs))
+        if wait is not None:
+            self.m_rejected.inc(len(txs))
+            raise MempoolFull(
+                f"mempool holds {pending} transactions, {self.admission.limit()} clear within "
+                f"{self.admission.max_delay:g} s at the measured "
+                f"{self.admission.rate:.0f} tx/s: retry in {wait:.2f} s",
+                retry_after=wait,
+            )
+        if isinstance(txs, RecordBatch):  # the body as received: stored as it is
+            ids, records = txs.ids, txs.records
+        else:
+            ids, records = batch_ids(txs), None
+        try:
+            self.store.add_to_mempool(txs, ids, records)
+        except StorageUnavailable as exc:
+            self._storage_down(str(exc))
+            raise
+        self.ledger.added(ids, time.time())
         self.m_submitted.inc(len(txs))
         self._emit(self.process.submit(txs))
-        return [d.hex() for d in ids]
+        return [ids[k : k + ID_BYTES].hex() for k in range(0, len(ids), ID_BYTES)]
 
     def tx_status(self, tx_id_hex: str) -> TxStatus:
         d = bytes.fromhex(tx_id_hex)
-        row = self.store.find_tx(d)
+        with self._reading():
+            row = self.store.find_tx(d)
         if row is not None:
             return TxStatus(tx_id_hex, "committed", row.index, row.round, row.wave)
-        if d in self._pending_ids or self.store.pending(d):
+        if self.ledger.is_pending(d) or self.store.pending(d):
             return TxStatus(tx_id_hex, "pending", None, None, None)
         return TxStatus(tx_id_hex, "unknown", None, None, None)
 
     def log(self, after: int, limit: int) -> list[LogEntry]:
+        with self._reading():
+            rows = self.store.log_after(after, limit)
         return [
             LogEntry(r.index, r.tx_id.hex(), r.data, r.round, r.source, r.wave, r.committed_at)
-            for r in self.store.log_after(after, limit)
+            for r in rows
         ]
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read that finds a damaged row stops the node (and the caller gets the
+        error, never the row)."""
+        try:
+            yield
+        except StorageCorrupt as exc:
+            self._corrupt(exc)
+            raise
 
     def log_head(self) -> int:
         return self.process.ordering.next_tx_index - 1
@@ -583,6 +733,31 @@ class Node:
             "dagrider_commit_latency_seconds",
             "Client submission to commit on this node, for transactions submitted here",
         )
+        self.m_submit_to_proposal = r.histogram(
+            "dagrider_submit_to_proposal_seconds",
+            "Client submission to the proposal of the vertex carrying it (transactions "
+            "submitted here)",
+        )
+        self.m_proposal_to_delivery = r.histogram(
+            "dagrider_proposal_to_delivery_seconds",
+            "Proposal of our vertex to its reliable-broadcast delivery here, per transaction",
+        )
+        self.m_delivery_to_commit = r.histogram(
+            "dagrider_delivery_to_commit_seconds",
+            "Reliable-broadcast delivery of a vertex to its commit here, per transaction",
+        )
+        self.m_rejected = r.counter(
+            "dagrider_rejected_transactions_total",
+            "Transactions refused with 429: over what the measured drain clears in time",
+        )
+        r.gauge(
+            "dagrider_mempool_drain_transactions_per_second",
+            "Measured rate at which transactions leave the mempool for our vertices (EWMA)",
+        ).set_function(lambda: self.admission.rate)
+        r.gauge(
+            "dagrider_mempool_admit_limit_transactions",
+            "Largest mempool backlog admitted now (from the drain rate)",
+        ).set_function(lambda: float(self.admission.limit()))
         self.m_frames_in = r.counter(
             "dagrider_peer_messages_received_total", "Messages from peers", ("peer",)
         )
@@ -606,6 +781,17 @@ class Node:
         )
         self.m_catchup_requests = r.counter(
             "dagrider_catchup_requests_total", "Catch-up requests sent"
+        )
+        self.m_storage_ok = r.gauge(
+            "dagrider_storage_writable", "1 while the store takes writes, 0 while it refuses them"
+        )
+        self.m_storage_ok.set(1)
+        self.m_storage_errors = r.counter(
+            "dagrider_storage_outages_total", "Times the store started refusing writes"
+        )
+        self.m_storage_dropped = r.counter(
+            "dagrider_storage_dropped_frames_total",
+            "Consensus frames dropped while the store refused writes (they come back by catch-up)",
         )
         mempool = r.gauge("dagrider_mempool_transactions", "Transactions waiting for a vertex")
         mempool.set_function(lambda: float(len(self.process.mempool)))
@@ -636,6 +822,22 @@ class Node:
             relayed.labels(str(node_id)).set_function(functools.partial(self._is_relayed, key))
             rtt.labels(str(node_id)).set_function(functools.partial(nat.rtt, key))
         add_nat_counters(r, nat)
+
+
+def _sent_round(effects: Sequence[Effect]) -> int:
+    """The highest round of a vertex or vote among the messages about to be sent."""
+    top = 0
+    for e in effects:
+        if isinstance(e, Broadcast | Send):
+            msg = e.msg
+            if isinstance(msg, Val):
+                top = max(top, msg.vertex.round)
+            elif isinstance(msg, Echo | Ready):
+                top = max(top, msg.round)
+            elif isinstance(msg, Votes):
+                for rnd, _, _ in msg.echoes + msg.readies:
+                    top = max(top, rnd)
+    return top
 
 
 def _member_address(c: Committee, node_id: int) -> tuple[str, int]:

@@ -20,6 +20,8 @@ __all__ = [
     "LogEntry",
     "MempoolFull",
     "NodeService",
+    "StorageCorrupt",
+    "StorageUnavailable",
     "TxStatus",
     "TxTooLarge",
     "tx_id",
@@ -57,6 +59,21 @@ class MempoolFull(Exception):
 
 class TxTooLarge(Exception):
     """A transaction of the batch exceeds the node's limit; nothing was enqueued (413)."""
+
+
+class StorageUnavailable(Exception):
+    """The node cannot write to its store (disk full, I/O error): it accepts nothing and
+    advances nothing until a write succeeds again (507 Insufficient Storage, with the
+    cause). Nothing is lost: what was not written was neither acknowledged nor sent."""
+
+    def __init__(self, cause: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(cause)
+        self.retry_after = retry_after
+
+
+class StorageCorrupt(Exception):
+    """A stored row does not match its hash (bit rot, a garbled or truncated file). The
+    node never serves such a row: it stops with exit code 3, naming the position."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,9 @@ class NodeService(Protocol):
 
     def submit(self, txs: Sequence[bytes]) -> list[str]:
         """Enqueue a batch atomically and return the ids (``tx_id``) in order.
+
+        ``txs`` may be a ``RecordBatch`` (the record-batch ingest), whose raw records
+        and ids the node stores as they came instead of re-encoding them.
 
         Raises ``MempoolFull`` or ``TxTooLarge``; either way nothing was enqueued.
         """
