@@ -350,7 +350,9 @@ def test_nat_families_change_with_a_relayed_then_punched_link() -> None:
                 while True:
                     circuits = relay.values()["dagrider_nat_relay_circuits"]
                     seen["circuits"] = max(seen.get("circuits", 0.0), circuits)
-                    await asyncio.sleep(0.005)
+                    # Every loop iteration: relayed bytes take several, so a circuit that
+                    # carried any cannot open and close between two looks.
+                    await asyncio.sleep(0)
 
             watcher = asyncio.create_task(watch_circuits())
             a.nat.want(b_id.public_key, PeerInfo((), False, (r_id.public_key,)))

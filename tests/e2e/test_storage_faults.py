@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 import subprocess
 import time
@@ -147,13 +146,11 @@ def test_a_full_disk_stops_the_member_and_it_resumes_without_a_gap(
         submit_batch(cluster.api_url(3), _txs("refused", 5))
     assert info.value.status == 507
     assert "full" in str(info.value)
-    status = cluster.get_json(3, "/v1/status")
     for _ in range(3):
         batch = _txs(f"while-full-{k}", 50)
         k += 1
         submit_batch(cluster.api_url(k % 3), batch)
         acknowledged |= set(batch)
-    head = cluster.get_json(0, "/v1/status")
     assert cluster.alive(3)
     # Space returns: the member resumes by itself.
     filler.unlink()
@@ -170,8 +167,6 @@ def test_a_full_disk_stops_the_member_and_it_resumes_without_a_gap(
     assert len(indices) == len(full_log(cluster.api_url(0)))
     assert _logs_say(cluster, [3], "storage unavailable")
     assert not _logs_say(cluster, [3], "Traceback")
-    assert status["round"] <= head["round"]
-    assert base64  # (entries are compared as bytes by wait_for_logs)
 
 
 def _flip_log_row(db: Path, vertex_index: int | None = None) -> int:
