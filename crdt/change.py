@@ -25,8 +25,9 @@ import msgpack
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from crdt.errors import CrdtError, InvalidOperation, clip
+from crdt.errors import CrdtError, InvalidOperation
 from crdt.limits import CrdtLimits
+from p2p.strictwire import Limits, cut, unpack
 
 VERSION = 1
 HASH_BYTES = 32
@@ -42,14 +43,24 @@ class ChangeRejected(CrdtError):
 
     Codes: ``malformed``, ``oversize``, ``bad-signature``, ``unauthorized``,
     ``clock`` (not later than its dependencies), ``pending-full``. ``detail`` is cut
-    at ``MAX_DETAIL_CHARS``: a change full of long keys never makes a long log line.
+    at ``p2p.strictwire.DETAIL_CHARS``: a change full of long keys never makes a long log line.
     """
 
     def __init__(self, reason: str, detail: str) -> None:
-        detail = clip(detail)
+        detail = cut(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def _malformed(field: str, detail: str) -> ChangeRejected:
+    return ChangeRejected("malformed", f"change: {detail}")
+
+
+def _limits(size: int) -> Limits:
+    """A change is checked field by field after unpacking; msgpack may only allocate
+    what the frame's own size allows (no ext types, str/bytes keys, its length)."""
+    return Limits(max_frame=size, max_bin=size, max_str=size, max_array=size, max_map=size)
 
 
 class Signer(Protocol):
@@ -171,12 +182,7 @@ def decode_change(data: bytes, limits: CrdtLimits, *, verify: bool = True) -> Ch
         raise ChangeRejected(
             "oversize", f"change: {len(data)} bytes > limit {limits.max_change_bytes}"
         )
-    try:
-        obj = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True, max_bin_len=len(data)
-        )
-    except Exception as exc:  # msgpack raises many types on garbage
-        raise ChangeRejected("malformed", f"change: not msgpack ({type(exc).__name__})") from None
+    obj = unpack(data, _malformed, _limits(len(data)))
     if not isinstance(obj, list) or len(obj) != 7:
         raise ChangeRejected("malformed", "change: expected a 7-element array")
     version, doc, deps, author, hlc, ops, signature = obj

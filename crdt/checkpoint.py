@@ -32,6 +32,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from crdt.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, Signer
+from p2p.strictwire import Limits, unpack
 
 MAGIC = b"\x00drcrdt-ckpt\x00"
 VERSION = 2
@@ -106,9 +107,10 @@ def decode_checkpoint(
     """
     if not tx.startswith(MAGIC):
         return None
+    body = tx[len(MAGIC) :]
     try:
-        obj = msgpack.unpackb(tx[len(MAGIC) :], raw=False, use_list=True)
-    except Exception:
+        obj = unpack(body, _Refused, _limits(len(body)))
+    except _Refused:
         return None
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         return None
@@ -139,6 +141,17 @@ def decode_checkpoint(
     except (BadSignatureError, ValueError):
         return None
     return CheckpointClaim(key, head_tuple, attests)
+
+
+class _Refused(Exception):
+    """Raised by the envelope on bytes that are not one msgpack value; never escapes."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+
+
+def _limits(size: int) -> Limits:
+    return Limits(max_frame=size, max_bin=size, max_str=0, max_array=size, max_map=0, max_depth=3)
 
 
 def _attestations(obj: object) -> tuple[Attestation, ...] | None:

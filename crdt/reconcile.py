@@ -43,7 +43,8 @@ from typing import Any
 
 import msgpack
 
-from crdt.errors import CrdtError, clip, short
+from crdt.errors import CrdtError
+from p2p.strictwire import Limits, cut, describe, unpack
 
 ID_LEN = 32
 FINGERPRINT_LEN = 16
@@ -60,12 +61,16 @@ _MOD = 1 << (8 * ID_LEN)
 class ReconcileError(CrdtError):
     """A reconciliation message or session is malformed; the text names what and where.
 
-    Peer data appears in it only through :func:`~crdt.errors.short`, and the text is
-    cut at ``MAX_DETAIL_CHARS`` whatever its source.
+    Peer data appears in it only through ``p2p.strictwire.describe``, and the text is cut
+    at ``p2p.strictwire.DETAIL_CHARS`` whatever its source.
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(clip(message))
+        super().__init__(cut(message))
+
+
+def _undecodable(field: str, detail: str) -> ReconcileError:
+    return ReconcileError(f"undecodable message: {detail}")
 
 
 def fingerprint_of(total: int, count: int) -> bytes:
@@ -84,7 +89,7 @@ def fingerprint_of(total: int, count: int) -> bytes:
 
 def _check_id(value: object) -> bytes:
     if type(value) is not bytes or len(value) != ID_LEN:
-        raise ReconcileError(f"id must be {ID_LEN} bytes, got {short(value, 80)}")
+        raise ReconcileError(f"id must be {ID_LEN} bytes, got {describe(value, 80)}")
     return value
 
 
@@ -245,27 +250,29 @@ class Message:
 def _range_from_wire(index: int, item: object) -> Range:
     where = f"range {index}"
     if not isinstance(item, list | tuple) or len(item) != 3:
-        raise ReconcileError(f"{where}: must be [upper, mode, payload], got {short(item, 80)}")
+        raise ReconcileError(f"{where}: must be [upper, mode, payload], got {describe(item, 80)}")
     upper, mode, payload = item
     if upper is not None and type(upper) is not bytes:
-        raise ReconcileError(f"{where}: upper bound must be bytes or nil, got {short(upper, 80)}")
+        raise ReconcileError(
+            f"{where}: upper bound must be bytes or nil, got {describe(upper, 80)}"
+        )
     if type(mode) is not int or mode not in (0, 1, 2):
-        raise ReconcileError(f"{where}: unknown mode {short(mode, 80)}")
+        raise ReconcileError(f"{where}: unknown mode {describe(mode, 80)}")
     if mode == Mode.SKIP:
         if payload is not None:
-            raise ReconcileError(f"{where}: SKIP payload must be nil, got {short(payload, 80)}")
+            raise ReconcileError(f"{where}: SKIP payload must be nil, got {describe(payload, 80)}")
         return Range(upper, Mode.SKIP)
     if mode == Mode.FINGERPRINT:
         if type(payload) is not bytes:
-            raise ReconcileError(f"{where}: fingerprint must be bytes, got {short(payload, 80)}")
+            raise ReconcileError(f"{where}: fingerprint must be bytes, got {describe(payload, 80)}")
         return Range(upper, Mode.FINGERPRINT, fingerprint=payload)
     if not isinstance(payload, list | tuple) or len(payload) != 2:
         raise ReconcileError(
-            f"{where}: IDS payload must be [want_reply, ids], got {short(payload, 80)}"
+            f"{where}: IDS payload must be [want_reply, ids], got {describe(payload, 80)}"
         )
     want, blob = payload
     if type(want) is not bool:
-        raise ReconcileError(f"{where}: want_reply must be a bool, got {short(want, 80)}")
+        raise ReconcileError(f"{where}: want_reply must be a bool, got {describe(want, 80)}")
     if type(blob) is not bytes or len(blob) % ID_LEN:
         raise ReconcileError(f"{where}: ids must be a bin of whole {ID_LEN}-byte ids")
     ids = tuple(blob[k : k + ID_LEN] for k in range(0, len(blob), ID_LEN))
@@ -338,19 +345,15 @@ def decode(
     data: bytes, *, max_ranges: int = DEFAULT_MAX_RANGES, max_ids: int = DEFAULT_MAX_IDS
 ) -> Message:
     """Parse bytes from a peer; msgpack itself is capped so it cannot allocate past limits."""
-    try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            max_bin_len=max(max_ids * ID_LEN, FINGERPRINT_LEN, MAX_BOUND_LEN),
-            max_array_len=max(max_ranges, 3),
-            max_str_len=0,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
-        raise ReconcileError(f"undecodable message ({type(exc).__name__}): {exc}") from None
+    limits = Limits(
+        max_frame=1 << 62,  # the per-item limits below bound what msgpack allocates
+        max_bin=max(max_ids * ID_LEN, FINGERPRINT_LEN, MAX_BOUND_LEN),
+        max_str=0,
+        max_array=max(max_ranges, 3),
+        max_map=0,
+        max_depth=4,  # message, range, IDS payload, its ids
+    )
+    obj = unpack(data, _undecodable, limits)
     return Message.from_wire(obj, max_ranges=max_ranges, max_ids=max_ids)
 
 

@@ -36,9 +36,10 @@ from itertools import pairwise
 import msgpack
 
 from crdt.change import HASH_BYTES, MAX_HLC, ChangeRejected, check_doc_id
-from crdt.errors import CrdtError, InvalidOperation, short
+from crdt.errors import CrdtError, InvalidOperation
 from crdt.limits import CrdtLimits
 from crdt.types import ORMap
+from p2p.strictwire import Limits, describe, unpack
 
 SNAPSHOT_VERSION = 1
 _DIGEST_CONTEXT = b"dagrider-crdt-snapshot-v1\x00"
@@ -102,16 +103,18 @@ def decode_snapshot(data: bytes, limits: CrdtLimits) -> Snapshot:
         raise SnapshotError("snapshot: not bytes")
     if len(data) > limits.max_snapshot_bytes:
         raise SnapshotError(f"snapshot: {len(data)} bytes > limit {limits.max_snapshot_bytes}")
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises many types on garbage
-        raise SnapshotError(f"snapshot: not msgpack ({type(exc).__name__})") from None
+    size = len(data)
+    obj = unpack(
+        data,
+        lambda field, detail: SnapshotError(f"snapshot: {detail}"),
+        Limits(max_frame=size, max_bin=size, max_str=size, max_array=size, max_map=size),
+    )
     if not isinstance(obj, list) or len(obj) != 6:
         raise SnapshotError("snapshot: expected a 6-element array")
     version, k, heads, ids, hlcs, docs = obj
     if type(version) is not int or version != SNAPSHOT_VERSION:
         raise SnapshotError(
-            f"snapshot: format version {short(version, 40)}, this node reads {SNAPSHOT_VERSION}"
+            f"snapshot: format version {describe(version, 40)}, this node reads {SNAPSHOT_VERSION}"
         )
     if type(k) is not int or not 0 < k < 1 << 63:
         raise SnapshotError("snapshot: checkpoint number must be a positive integer")
@@ -151,7 +154,7 @@ def decode_snapshot(data: bytes, limits: CrdtLimits) -> Snapshot:
         try:
             states[doc] = ORMap.from_wire(wire)
         except InvalidOperation as exc:
-            raise SnapshotError(f"snapshot: document {short(doc, 80)}: {exc}") from None
+            raise SnapshotError(f"snapshot: document {describe(doc, 80)}: {exc}") from None
     snapshot = Snapshot(k, tuple(heads), clocks, states)
     if snapshot.encode() != bytes(data):
         raise SnapshotError("snapshot: encoding is not canonical")

@@ -41,11 +41,12 @@ from typing import Any
 import msgpack
 
 from crdt.change import HASH_BYTES, Change
-from crdt.errors import CrdtError, short
+from crdt.errors import CrdtError
 from crdt.reconcile import DEFAULT_MAX_IDS, DEFAULT_MAX_RANGES, ReconcileError, Reconciler
 from crdt.reconcile import Message as ReconMessage
 from crdt.replica import Installed, Replica
 from crdt.snapshot import Snapshot, SnapshotError, decode_snapshot, snapshot_digest
+from p2p.strictwire import Limits, describe, unpack
 
 SYNC_VERSION = 2
 """Version 1 had no version field and no snapshot messages: ``[kind, ...]``."""
@@ -483,12 +484,19 @@ _encode_want = encode_want
 
 
 def _decode(data: bytes, max_bytes: int) -> tuple[int, list[Any]]:
-    if len(data) > max_bytes:
+    if isinstance(data, bytes | bytearray | memoryview) and len(data) > max_bytes:
         raise SyncProtocolError(f"message of {len(data)} bytes exceeds {max_bytes}")
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:
-        raise SyncProtocolError(f"not msgpack ({type(exc).__name__})") from None
+    obj = unpack(
+        data,
+        lambda field, detail: SyncProtocolError(detail),
+        Limits(
+            max_frame=max_bytes,
+            max_bin=max_bytes,
+            max_str=max_bytes,
+            max_array=max_bytes,
+            max_map=max_bytes,
+        ),
+    )
     if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
         raise SyncProtocolError("expected [version, kind, ...]")
     version = obj[0]
@@ -514,7 +522,7 @@ def _decode(data: bytes, max_bytes: int) -> tuple[int, list[Any]]:
         )
     if version != SYNC_VERSION:
         raise SyncProtocolError(
-            f"sync protocol version mismatch: the peer sent version {short(version, 24)}, "
+            f"sync protocol version mismatch: the peer sent version {describe(version, 24)}, "
             f"this node speaks version {SYNC_VERSION}"
         )
     raise SyncProtocolError("expected [version, kind, ...]")

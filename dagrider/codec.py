@@ -10,19 +10,19 @@ by ``tests/test_decoder_fuzz.py``).
 Version 2 added :class:`~dagrider.messages.Votes` (every ECHO/READY of one step in one
 frame). A node never mixes versions silently: a frame of another version is a
 ``DecodeError`` on field ``v`` that names both versions, so a committee half upgraded
-reports exactly that instead of losing votes. Peer data appears in an error only as a short
-rendering (:func:`~dagrider.errors.short`), so one frame never makes a long log line.
+reports exactly that instead of losing votes. The envelope (limits, tags, exact field
+sets) is :class:`p2p.strictwire.MapEnvelope`; peer data appears in an error only through
+``p2p.strictwire.describe`` (at most 100 characters), so one frame never makes a long log line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from dagrider.coin import CoinShare
-from dagrider.errors import DecodeError, short, short_keys
+from dagrider.errors import DecodeError
 from dagrider.messages import (
     DIGEST_BYTES,
     CatchupRequest,
@@ -40,6 +40,8 @@ from dagrider.messages import (
     canonical_vertex_body,
 )
 from dagrider.params import Limits
+from p2p.strictwire import Field, Invalid, Kind, MapEnvelope, binary, integer
+from p2p.strictwire import Limits as WireLimits
 
 VERSION = 2
 """Wire version of every consensus frame. 2: :class:`~dagrider.messages.Votes` added."""
@@ -88,100 +90,88 @@ class Codec:
     def __init__(self, n: int, limits: Limits) -> None:
         self.n = n
         self.limits = limits
-        self._decoders: dict[int, tuple[frozenset[str], Callable[[dict[str, Any]], Message]]] = {
-            T_VAL: (frozenset("tvx"), lambda m: Val(self._vertex(m["x"], "x"))),
-            T_RESP: (frozenset("tvx"), lambda m: VertexResponse(self._vertex(m["x"], "x"))),
-            T_ECHO: (frozenset("tvrsd"), lambda m: Echo(*self._vote(m))),
-            T_READY: (frozenset("tvrsd"), lambda m: Ready(*self._vote(m))),
-            T_REQ: (frozenset("tvrsd"), lambda m: VertexRequest(*self._vote(m))),
-            T_COIN: (frozenset("tvwspcz"), self._coin),
-            T_CATCHUP: (frozenset("tvrn"), self._catchup),
-            T_VOTES: (frozenset("tvey"), self._votes),
-        }
-        self._max_array = (
-            max(limits.max_txs_per_vertex, limits.max_edges, MAX_VOTES_PER_MESSAGE, 8) + 1
+        self._tx = binary(top=limits.max_tx_bytes)
+        rnd, node, digest = self._round, self._node, binary(DIGEST_BYTES)
+        scalar = binary(_SCALAR_BYTES)
+        vertex = self._vertex
+        vote = (Field("r", rnd, "round"), Field("s", node, "source"), Field("d", digest, "digest"))
+        kinds: tuple[Kind[Message], ...] = (
+            Kind(T_VAL, "Val", (Field("x", vertex, "x"),), lambda v: Val(v)),
+            Kind(T_RESP, "VertexResponse", (Field("x", vertex, "x"),), VertexResponse),
+            Kind(T_ECHO, "Echo", vote, Echo),
+            Kind(T_READY, "Ready", vote, Ready),
+            Kind(T_REQ, "VertexRequest", vote, VertexRequest),
+            Kind(
+                T_COIN,
+                "CoinShareMsg",
+                (
+                    Field("w", integer(1, limits.max_round), "wave"),
+                    Field("s", node, "signer"),
+                    Field("p", scalar, "share"),
+                    Field("c", scalar, "challenge"),
+                    Field("z", scalar, "response"),
+                ),
+                lambda *share: CoinShareMsg(CoinShare(*share)),
+            ),
+            Kind(
+                T_CATCHUP,
+                "CatchupRequest",
+                (Field("r", rnd, "round"), Field("n", integer(1, 100_000), "rounds")),
+                CatchupRequest,
+            ),
+            Kind(
+                T_VOTES,
+                "Votes",
+                (Field("e", self._vote_list, "echoes"), Field("y", self._vote_list, "readies")),
+                _votes,
+            ),
+        )
+        max_array = max(limits.max_txs_per_vertex, limits.max_edges, MAX_VOTES_PER_MESSAGE, 8)
+        self._envelope = MapEnvelope(
+            DecodeError,
+            VERSION,
+            kinds,
+            WireLimits(
+                max_frame=limits.max_message_bytes,
+                max_bin=limits.max_tx_bytes + DIGEST_BYTES,
+                max_str=16,
+                # One above each limit, so that the field check names the field.
+                max_array=max_array + 1,
+                max_map=16,
+            ),
+            version_name="wire version",
+            version_hint=(
+                f" (this node speaks version {VERSION}; every committee member must run "
+                "the same wire version)"
+            ),
         )
 
     def decode(self, data: bytes) -> Message:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise DecodeError("frame", f"expected bytes, got {type(data).__name__}")
-        if len(data) > self.limits.max_message_bytes:
-            raise DecodeError(
-                "frame", f"{len(data)} bytes exceeds limit {self.limits.max_message_bytes}"
-            )
-        try:
-            obj = msgpack.unpackb(
-                data,
-                raw=False,
-                use_list=True,
-                strict_map_key=True,
-                max_bin_len=self.limits.max_tx_bytes + DIGEST_BYTES,
-                max_str_len=16,
-                # One above each limit, so that the field check below names the field.
-                max_array_len=self._max_array,
-                max_map_len=16,
-                max_ext_len=0,
-            )
-        except msgpack.ExtraData:
-            raise DecodeError("frame", "trailing bytes after message") from None
-        except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
-            raise DecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
-        if not isinstance(obj, dict):
-            raise DecodeError("frame", f"expected a map, got {type(obj).__name__}")
-        t = _int(obj.get("t"), "t")
-        if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-            raise DecodeError(
-                "v",
-                f"unsupported wire version {short(obj.get('v'))} (this node speaks version "
-                f"{VERSION}; every committee member must run the same wire version)",
-            )
-        entry = self._decoders.get(t)
-        if entry is None:
-            raise DecodeError("t", f"unknown message type {t}")
-        keys, build = entry
-        if obj.keys() != keys:
-            # Keys are str or bytes (strict_map_key), which do not sort together.
-            extra = short_keys(obj.keys() - keys)
-            missing = sorted(keys - obj.keys())
-            raise DecodeError("fields", f"unexpected {extra} / missing {missing}")
-        return build(obj)
+        """One message, or :class:`~dagrider.errors.DecodeError` naming the field. No
+        depth limit beyond msgpack's own: every field check refuses an unexpected
+        nesting itself, and a depth walk would cost a pass over every vote of a frame."""
+        return self._envelope.decode(data)
 
-    # -- field decoders -------------------------------------------------------------
+    # -- field checks (raise p2p.strictwire.Invalid; the envelope makes it a DecodeError) ---
 
     def _round(self, value: object, name: str) -> int:
-        r = _int(value, name)
-        if not 0 <= r <= self.limits.max_round:
-            raise DecodeError(name, f"round {r} out of range 0..{self.limits.max_round}")
-        return r
+        if type(value) is not int:
+            raise Invalid(name, f"expected an integer, got {type(value).__name__}")
+        if not 0 <= value <= self.limits.max_round:
+            raise Invalid(name, f"round {value} out of range 0..{self.limits.max_round}")
+        return value
 
     def _node(self, value: object, name: str) -> int:
-        s = _int(value, name)
-        if not 0 <= s < self.n:
-            raise DecodeError(name, f"node id {s} out of range 0..{self.n - 1}")
-        return s
-
-    def _vote(self, m: dict[str, Any]) -> tuple[int, int, bytes]:
-        return (
-            self._round(m["r"], "round"),
-            self._node(m["s"], "source"),
-            _bin(m["d"], "digest", DIGEST_BYTES),
-        )
-
-    def _votes(self, m: dict[str, Any]) -> Message:
-        echoes = self._vote_list(m["e"], "echoes")
-        readies = self._vote_list(m["y"], "readies")
-        if not echoes and not readies:
-            raise DecodeError("echoes", "a Votes message carries at least one vote")
-        if len(echoes) + len(readies) > MAX_VOTES_PER_MESSAGE:
-            raise DecodeError(
-                "echoes", f"{len(echoes) + len(readies)} votes exceeds {MAX_VOTES_PER_MESSAGE}"
-            )
-        return Votes(echoes, readies)
+        if type(value) is not int:
+            raise Invalid(name, f"expected an integer, got {type(value).__name__}")
+        if not 0 <= value < self.n:
+            raise Invalid(name, f"node id {value} out of range 0..{self.n - 1}")
+        return value
 
     def _vote_list(self, value: object, name: str) -> tuple[VoteKey, ...]:
         """Checked in one tight loop: a Votes frame carries thousands of these at n=64."""
         if not isinstance(value, list):
-            raise DecodeError(name, "expected a list of [round, source, digest]")
+            raise Invalid(name, "expected a list of [round, source, digest]")
         n = self.n
         max_round = self.limits.max_round
         out: list[VoteKey] = []
@@ -199,86 +189,55 @@ class Codec:
                 out.append((r, s, d))
                 continue
             # Slow path, only for a bad vote: name exactly what is wrong.
-            where = f"{name}[{i}]"
-            if not isinstance(vote, list) or len(vote) != 3:
-                raise DecodeError(where, "expected [round, source, digest]")
-            self._round(vote[0], f"{where}.round")
-            self._node(vote[1], f"{where}.source")
-            _bin(vote[2], f"{where}.digest", DIGEST_BYTES)
+            self._ref(vote, f"{name}[{i}]")
         return tuple(out)
-
-    def _coin(self, m: dict[str, Any]) -> Message:
-        wave = _int(m["w"], "wave")
-        if not 1 <= wave <= self.limits.max_round:
-            raise DecodeError("wave", f"wave {wave} out of range")
-        return CoinShareMsg(
-            CoinShare(
-                wave=wave,
-                signer=self._node(m["s"], "signer"),
-                share=_bin(m["p"], "share", _SCALAR_BYTES),
-                challenge=_bin(m["c"], "challenge", _SCALAR_BYTES),
-                response=_bin(m["z"], "response", _SCALAR_BYTES),
-            )
-        )
-
-    def _catchup(self, m: dict[str, Any]) -> Message:
-        count = _int(m["n"], "rounds")
-        if not 1 <= count <= 100_000:
-            raise DecodeError("rounds", f"{count} out of range 1..100000")
-        return CatchupRequest(self._round(m["r"], "round"), count)
 
     def _ref(self, value: object, name: str) -> VertexRef:
         if not isinstance(value, list) or len(value) != 3:
-            raise DecodeError(name, "expected [round, source, digest]")
+            raise Invalid(name, "expected [round, source, digest]")
         return VertexRef(
             self._round(value[0], f"{name}.round"),
             self._node(value[1], f"{name}.source"),
-            _bin(value[2], f"{name}.digest", DIGEST_BYTES),
+            _digest(value[2], f"{name}.digest"),
         )
 
     def _vertex(self, value: object, name: str) -> Vertex:
         if not isinstance(value, list) or len(value) != 5:
-            raise DecodeError(name, "expected [round, source, block, strong, weak]")
+            raise Invalid(name, "expected [round, source, block, strong, weak]")
         rnd = self._round(value[0], "round")
         if rnd == 0:
-            raise DecodeError("round", "round 0 is genesis and is never broadcast")
+            raise Invalid("round", "round 0 is genesis and is never broadcast")
         source = self._node(value[1], "source")
         block = value[2]
         if not isinstance(block, list):
-            raise DecodeError("block", "expected a list of transactions")
+            raise Invalid("block", "expected a list of transactions")
         if len(block) > self.limits.max_txs_per_vertex:
-            raise DecodeError(
+            raise Invalid(
                 "block", f"{len(block)} transactions exceeds {self.limits.max_txs_per_vertex}"
             )
-        txs = tuple(_bin(tx, f"block[{i}]", None) for i, tx in enumerate(block))
-        for i, tx in enumerate(txs):
-            if len(tx) > self.limits.max_tx_bytes:
-                raise DecodeError(
-                    f"block[{i}]", f"{len(tx)} bytes exceeds {self.limits.max_tx_bytes}"
-                )
+        txs = tuple(self._tx(t, f"block[{i}]") for i, t in enumerate(block))
         strong = self._edges(value[3], "strong_edges")
         weak = self._edges(value[4], "weak_edges")
         if len(strong) + len(weak) > self.limits.max_edges:
-            raise DecodeError("edges", f"{len(strong) + len(weak)} exceeds {self.limits.max_edges}")
+            raise Invalid("edges", f"{len(strong) + len(weak)} exceeds {self.limits.max_edges}")
         return Vertex(rnd, source, txs, strong, weak)
 
     def _edges(self, value: object, name: str) -> tuple[VertexRef, ...]:
         if not isinstance(value, list):
-            raise DecodeError(name, "expected a list of references")
+            raise Invalid(name, "expected a list of references")
         if len(value) > self.limits.max_edges:
-            raise DecodeError(name, f"{len(value)} edges exceeds {self.limits.max_edges}")
+            raise Invalid(name, f"{len(value)} edges exceeds {self.limits.max_edges}")
         return tuple(self._ref(e, f"{name}[{i}]") for i, e in enumerate(value))
 
 
-def _int(value: object, name: str) -> int:
-    if type(value) is not int:
-        raise DecodeError(name, f"expected an integer, got {type(value).__name__}")
-    return value
+_digest = binary(DIGEST_BYTES)
 
 
-def _bin(value: object, name: str, length: int | None) -> bytes:
-    if type(value) is not bytes:
-        raise DecodeError(name, f"expected bytes, got {type(value).__name__}")
-    if length is not None and len(value) != length:
-        raise DecodeError(name, f"expected {length} bytes, got {len(value)}")
-    return value
+def _votes(echoes: tuple[VoteKey, ...], readies: tuple[VoteKey, ...]) -> Message:
+    if not echoes and not readies:
+        raise Invalid("echoes", "a Votes message carries at least one vote")
+    if len(echoes) + len(readies) > MAX_VOTES_PER_MESSAGE:
+        raise Invalid(
+            "echoes", f"{len(echoes) + len(readies)} votes exceeds {MAX_VOTES_PER_MESSAGE}"
+        )
+    return Votes(echoes, readies)

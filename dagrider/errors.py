@@ -6,57 +6,7 @@ offending field or rule, never at a stack trace deep inside a library.
 
 from __future__ import annotations
 
-import reprlib
-from collections.abc import Iterable
-
-SHORT_CHARS = 200
-"""Longest rendering of a peer-chosen value in an error text."""
-MAX_REASON_CHARS = 400
-"""Longest ``reason`` of a :class:`DecodeError`: one frame never makes a long log line."""
-
-
-class _BoundedRepr(reprlib.Repr):
-    """``reprlib`` with a few items per level and three levels: a msgpack value up to
-    1024 levels deep (whose ``repr`` raises ``RecursionError``) or holding megabyte
-    strings renders in bounded time and size. Long bytes are cut before ``repr``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 3
-        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 6
-        self.maxdict = 6
-        self.maxstring = self.maxother = SHORT_CHARS
-        self.maxlong = 40
-
-    def repr_bytes(self, x: bytes, level: int) -> str:
-        return repr(x[: self.maxstring]) + ("…" if len(x) > self.maxstring else "")
-
-    def repr_bytearray(self, x: bytearray, level: int) -> str:
-        return self.repr_bytes(bytes(x[: self.maxstring + 1]), level)
-
-
-_REPR = _BoundedRepr()
-
-
-def short(value: object, limit: int = SHORT_CHARS) -> str:
-    """A rendering of ``value`` (peer data) of at most ``limit`` characters, cut with "…"."""
-    return _cut(_REPR.repr(value), limit)
-
-
-def short_keys(keys: Iterable[object], limit: int = SHORT_CHARS) -> str:
-    """Map keys for an error text: a stable order (str and bytes keys do not sort
-    together), at most 8 keys of at most 40 characters each, ``limit`` in all."""
-    ordered = sorted(keys, key=_key_order)
-    text = ", ".join(short(k, 40) for k in ordered[:8])
-    return _cut(f"[{text}{', …' if len(ordered) > 8 else ''}]", limit)
-
-
-def _key_order(key: object) -> tuple[str, object]:
-    return (type(key).__name__, key if type(key) in (str, bytes, int) else "")
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+from p2p.strictwire import cut
 
 
 class DagriderError(Exception):
@@ -67,11 +17,13 @@ class DecodeError(DagriderError):
     """Bytes from the wire do not form a valid message.
 
     ``field`` names the part that failed (``"round"``, ``"strong_edges[3].digest"``,
-    ``"frame"``...), so that the shell can log it and score the sender.
+    ``"frame"``...), so that the shell can log it and score the sender. ``reason`` is cut
+    at ``p2p.strictwire.DETAIL_CHARS``, and quotes peer data only through
+    ``p2p.strictwire.describe`` (at most 100 characters of it).
     """
 
     def __init__(self, field: str, reason: str) -> None:
-        reason = _cut(reason, MAX_REASON_CHARS)
+        reason = cut(reason)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason

@@ -17,9 +17,10 @@ from typing import Any
 import msgpack
 
 from dagrider.checkpoint import Certificate, Checkpoint, chain_next, entry_hash
-from dagrider.errors import DecodeError, short
+from dagrider.errors import DecodeError
 from dagrider.messages import NodeId
 from dagrider.ordering import OrderingState
+from p2p.strictwire import Limits, describe, unpack
 
 VERSION = 2
 """2: a log answer names the index it answers from and the hash chain before it, so
@@ -151,21 +152,21 @@ def encode(msg: StateMessage) -> bytes:
 
 def _int(v: object, name: str, low: int = 0, high: int = 2**62) -> int:
     if type(v) is not int or not low <= v <= high:
-        raise DecodeError(name, f"expected an integer in {low}..{high}, got {short(v)}")
+        raise DecodeError(name, f"expected an integer in {low}..{high}, got {describe(v)}")
     return v
 
 
 def _bin(v: object, name: str, length: int | None = 32) -> bytes:
     if type(v) is not bytes or (length is not None and len(v) != length):
         want = "bytes" if length is None else f"{length} bytes"
-        raise DecodeError(name, f"expected {want}, got {short(v)}")
+        raise DecodeError(name, f"expected {want}, got {describe(v)}")
     return v
 
 
 def _list(v: object, name: str, length: int | None = None) -> list[Any]:
     if type(v) is not list or (length is not None and len(v) != length):
         want = "a list" if length is None else f"a list of {length}"
-        raise DecodeError(name, f"expected {want}, got {short(v)}")
+        raise DecodeError(name, f"expected {want}, got {describe(v)}")
     return v
 
 
@@ -211,34 +212,23 @@ def unpack_ordering(v: object) -> OrderingState:
     )
 
 
+_LIMITS = Limits(
+    max_frame=MAX_FRAME, max_bin=MAX_FRAME, max_str=64, max_array=MAX_ROWS, max_map=0, max_depth=4
+)
+"""Deepest valid nesting: frame, signatures, one signature; frame, ordering state, its
+ordered list, one entry; frame, pruned base, its signatures, one signature (4 levels)."""
+
+
 def decode(data: bytes | bytearray | memoryview) -> StateMessage:
     """Decode one STATE frame; raises only :class:`DecodeError`."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError("frame", f"expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_FRAME:
-        raise DecodeError("frame", f"{len(data)} bytes exceeds {MAX_FRAME}")
-    try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_FRAME,
-            max_str_len=64,
-            max_array_len=MAX_ROWS,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except msgpack.ExtraData:
-        raise DecodeError("frame", "trailing bytes after message") from None
-    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
-        raise DecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
+    obj = unpack(data, DecodeError, _LIMITS)
     m = _list(obj, "frame")
     if len(m) < 2:
         raise DecodeError("frame", "expected [type, version, ...]")
     t = _int(m[0], "t", 1, T_PRUNED)
     if type(m[1]) is not int or m[1] != VERSION:
         raise DecodeError(
-            "v", f"unsupported state-sync version {short(m[1])} (this node: {VERSION})"
+            "v", f"unsupported state-sync version {describe(m[1])} (this node: {VERSION})"
         )
     arity = {T_VOTE: 4, T_CERT_REQ: 2, T_CERT: 5, T_LOG_REQ: 4, T_LOG: 6, T_PRUNED: 3}[t]
     if len(m) != arity:
@@ -268,7 +258,7 @@ def decode(data: bytes | bytearray | memoryview) -> StateMessage:
         for r in (_list(x, "row", 6) for x in _list(m[3], "rows"))
     )
     if type(m[4]) is not bool:
-        raise DecodeError("done", f"expected true or false, got {short(m[4])}")
+        raise DecodeError("done", f"expected true or false, got {describe(m[4])}")
     return LogRows(_int(m[2], "first"), rows, m[4], _bin(m[5], "chain"))
 
 

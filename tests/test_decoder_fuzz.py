@@ -109,8 +109,9 @@ from p2p.rpc_wire import (
 from p2p.rpc_wire import decode as rpc_decode
 from p2p.rpc_wire import encode as rpc_encode
 
-MAX_ERROR_CHARS = 512
-"""Longest text any decode error may have (field, reason and short renderings)."""
+MAX_ERROR_CHARS = 300
+"""Longest text any decode error may have: the field, the reason and at most
+``p2p.strictwire.VALUE_CHARS`` (100) characters of any value quoted from the frame."""
 EXAMPLES_PER_PROFILE_EXAMPLE = 6
 """Examples per property and decoder per ``max_examples`` of the loaded profile
 (ci: 25 -> 150; deep: 500 -> 3000)."""
@@ -1034,6 +1035,42 @@ def test_regression(name: str) -> None:
         assert isinstance(result, case.error), f"{name}: accepted as {result!r:.200}"
 
 
+HUGE_VALUES: tuple[Any, ...] = (
+    "S" * 1_000_000,
+    b"B" * 1_000_000,
+    ["L" * 1000] * 1000,
+    {f"k{i}" * 100: i for i in range(1000)},
+)
+"""Megabyte values, placed in every field of every sample by the test below."""
+
+
+def _with_huge(body: Any, huge: Any) -> list[bytes]:
+    """The frame with each top-level field (map value, map key or array item) replaced
+    by ``huge``, one at a time."""
+    out: list[bytes] = []
+    if isinstance(body, dict):
+        for key in body:
+            out.append(pack({**body, key: huge}))
+            rest = {k: v for k, v in body.items() if k != key}
+            if isinstance(huge, str | bytes):
+                out.append(pack({**rest, huge: body[key]}))
+    elif isinstance(body, list):
+        out += [pack([*body[:i], huge, *body[i + 1 :]]) for i in range(len(body))]
+    return out
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.body_at is not None], ids=repr)
+def test_megabyte_values_make_short_errors(case: Case) -> None:
+    """A frame full of peer-chosen megabytes never makes a long error text: every
+    decoder quotes at most ~100 characters of a value (``check`` asserts the bound)."""
+    assert case.body_at is not None
+    for sample in case.samples:
+        prefix, body = sample[: case.body_at], msgpack.unpackb(sample[case.body_at :])
+        for huge in HUGE_VALUES:
+            for frame in _with_huge(body, huge):
+                check(case, prefix + frame)
+
+
 VIEW_DECODERS: dict[str, tuple[Callable[[Any], object], type[Exception]]] = {
     "dagrider.codec": (CODEC.decode, DecodeError),
     "p2p.nat": (nat.decode, nat.NatDecodeError),
@@ -1057,7 +1094,10 @@ def test_views_of_wider_items_are_decode_errors(name: str) -> None:
 
 def test_rpc_decoders_on_views_and_non_bytes() -> None:
     frame = rpc_encode(Reply(5, b"body"))
-    assert decode_reply_view(memoryview(frame), MAX_BODY) is None  # was AttributeError
+    # one zero-copy path (p2p.strictwire.BinTail) for bytes and flat views alike
+    fast = decode_reply_view(memoryview(frame), MAX_BODY)
+    assert fast is not None and fast[0] == 5 and bytes(fast[1]) == b"body"
+    assert decode_reply_view(memoryview(frame + bytes(-len(frame) % 4)).cast("I"), MAX_BODY) is None
     assert rpc_decode(memoryview(frame), MAX_BODY) == Reply(5, b"body")
     with pytest.raises(RpcDecodeError):
         rpc_decode(None, MAX_BODY)  # type: ignore[arg-type]  # was TypeError

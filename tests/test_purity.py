@@ -93,7 +93,20 @@ def test_crdt_module_is_pure_and_independent(path: Path) -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
     }
+    # p2p.strictwire is the one exception: the shared, pure wire envelope (msgpack only).
+    imported.discard("p2p.strictwire")
     assert not {m for m in imported if m.split(".")[0] in ("dagrider", "p2p", "sim")}
+
+
+def test_the_shared_wire_envelope_is_pure_and_imports_no_package_of_ours() -> None:
+    path = PACKAGE.parent / "p2p" / "strictwire.py"
+    source = path.read_text()
+    assert forbidden_imports(source, str(path)) == []
+    tree = ast.parse(source)
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
+    assert not {m for m in imported if m.split(".")[0] in ("dagrider", "p2p", "sim", "crdt")}
 
 
 def test_the_crdt_walk_finds_the_store() -> None:

@@ -31,6 +31,7 @@ from typing import Final
 import msgpack
 
 from p2p.nat.messages import Addr
+from p2p.strictwire import Limits, describe, unpack
 
 RELAYS_RECORD: Final = b"nat/relays/v1"
 """Name of the signed DHT record (author = the relayed peer) listing its relays."""
@@ -114,25 +115,36 @@ def encode_relays(relays: Mapping[bytes, Addr | None]) -> bytes:
     return packed
 
 
+_RECORD_LIMITS: Final = Limits(
+    max_frame=4096,  # 8 rows of a key, a host name and a port: about 2.4 KiB at most
+    max_bin=32 + 1,
+    max_str=MAX_HOST_BYTES + 1,
+    max_array=MAX_RELAYS + 1,
+    max_map=16,  # a map is refused by the row checks, which say so
+    max_depth=2,
+)
+
+
+def _not_msgpack(field: str, detail: str) -> RelayRecordError:
+    return RelayRecordError(f"relay record is not msgpack within limits: {detail}")
+
+
 def decode_relays(value: bytes) -> dict[bytes, Addr]:
     """Inverse of :func:`encode_relays`; :class:`RelayRecordError` naming the problem."""
-    try:
-        rows = msgpack.unpackb(value, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise RelayRecordError(f"relay record is not msgpack: {exc}") from exc
+    rows = unpack(value, _not_msgpack, _RECORD_LIMITS)
     if not isinstance(rows, list) or len(rows) > MAX_RELAYS:
         raise RelayRecordError(f"relay record must be a list of at most {MAX_RELAYS} rows")
     out: dict[bytes, Addr] = {}
     for row in rows:
         if not (isinstance(row, list) and len(row) == 3):
-            raise RelayRecordError(f"relay row {row!r} is not [key, host, port]")
+            raise RelayRecordError(f"relay row {describe(row)} is not [key, host, port]")
         key, host, port = row
         if type(key) is not bytes or len(key) != 32:
             raise RelayRecordError("relay key must be 32 bytes")
         if type(host) is not str or not host or len(host.encode()) > MAX_HOST_BYTES:
-            raise RelayRecordError(f"relay host {host!r} is not a host name or address")
+            raise RelayRecordError(f"relay host {describe(host)} is not a host name or address")
         if type(port) is not int or not 0 < port < 65536:
-            raise RelayRecordError(f"relay port {port!r} not in 1..65535")
+            raise RelayRecordError(f"relay port {describe(port)} not in 1..65535")
         out[key] = (host, port)
     return out
 

@@ -7,7 +7,8 @@ envelope is the project's usual ``{t: type, v: version, ...fields}``; the decode
 exactly the fields of the type, checks every type and bound, and raises
 ``NatDecodeError`` naming the field for anything else (unknown type, missing or extra
 field, wrong type, oversize, trailing bytes). It never raises anything else, whatever
-the bytes, and renders peer data in an error only as a short, cut ``short(...)``.
+the bytes, and quotes peer data in an error only through ``p2p.strictwire.describe``
+(at most 100 characters). The envelope, limits and checks are ``p2p.strictwire``'s.
 
 Durations cross the wire as integer milliseconds (peers' clocks differ, so only
 relative times are sent); the state machines work in float seconds.
@@ -16,14 +17,22 @@ relative times are sent); the state machines work in float seconds.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
-import msgpack
-
-from p2p.errors import WireDecodeError, short, short_keys
+from p2p.errors import WireDecodeError
+from p2p.strictwire import (
+    Check,
+    Invalid,
+    Limits,
+    MapEnvelope,
+    binary,
+    dataclass_kind,
+    describe,
+    integer,
+    optional,
+)
 
 Addr = tuple[str, int]
 """A transport address: (IP literal, TCP port)."""
@@ -230,112 +239,96 @@ NatMessage = (
     | PunchSync
 )
 
-# -- field codecs ------------------------------------------------------------------------
-
-
-def _uint(value: object, name: str, top: int = U64) -> int:
-    if type(value) is not int:
-        raise NatDecodeError(name, f"expected an integer, got {type(value).__name__}")
-    if not 0 <= value <= top:
-        raise NatDecodeError(name, f"{value} out of range 0..{top}")
-    return value
-
-
-def _u32(value: object, name: str) -> int:
-    return _uint(value, name, U32)
-
-
-def _key(value: object, name: str) -> bytes:
-    if type(value) is not bytes or len(value) != KEY_BYTES:
-        raise NatDecodeError(name, f"expected {KEY_BYTES} bytes")
-    return value
+# -- field checks ------------------------------------------------------------------------
 
 
 def _addr(value: object, name: str) -> Addr:
     if type(value) is not list and type(value) is not tuple:
-        raise NatDecodeError(name, "expected [host, port]")
+        raise Invalid(name, "expected [host, port]")
     if len(value) != 2:
-        raise NatDecodeError(name, f"expected [host, port], got {len(value)} items")
+        raise Invalid(name, f"expected [host, port], got {len(value)} items")
     host, port = value
     if type(host) is not str or not 0 < len(host) <= MAX_HOST_CHARS:
-        raise NatDecodeError(name, "host must be a short string")
+        raise Invalid(name, f"host must be a short string, got {describe(host)}")
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise NatDecodeError(name, f"host {host!r} is not an IP literal") from None
+        raise Invalid(name, f"host {describe(host)} is not an IP literal") from None
     if type(port) is not int or not 1 <= port <= 65535:
-        raise NatDecodeError(name, f"port {short(port)} not in 1..65535")
+        raise Invalid(name, f"port {describe(port)} not in 1..65535")
     return (host, port)
 
 
 def _addrs(value: object, name: str) -> tuple[Addr, ...]:
     if type(value) is not list and type(value) is not tuple:
-        raise NatDecodeError(name, "expected a list of addresses")
+        raise Invalid(name, "expected a list of addresses")
     if len(value) > MAX_ADDRS:
-        raise NatDecodeError(name, f"{len(value)} addresses exceeds {MAX_ADDRS}")
+        raise Invalid(name, f"{len(value)} addresses exceeds {MAX_ADDRS}")
     return tuple(_addr(a, f"{name}[{i}]") for i, a in enumerate(value))
 
 
-def _opt_addr(value: object, name: str) -> Addr | None:
-    return None if value is None else _addr(value, name)
+_byte = integer(0, 255)
 
 
 def _status(value: object, name: str) -> Status:
-    code = _uint(value, name, 255)
+    code = _byte(value, name)
     try:
         return Status(code)
     except ValueError:
-        raise NatDecodeError(name, f"unknown status {code}") from None
+        raise Invalid(name, f"unknown status {code}") from None
 
 
-def _chunk(value: object, name: str) -> bytes:
-    if type(value) is not bytes:
-        raise NatDecodeError(name, "expected bytes")
-    if len(value) > MAX_CIRCUIT_CHUNK:
-        raise NatDecodeError(name, f"{len(value)} bytes exceeds {MAX_CIRCUIT_CHUNK}")
-    return value
-
-
-_Check = Callable[[object, str], Any]
-_CHECKS: Final[dict[str, _Check]] = {
-    "nonce": _uint,
+_u64 = integer(0, U64)
+_u32 = integer(0, U32)
+_key = binary(KEY_BYTES)
+_CHECKS: Final[dict[str, Check]] = {
+    "nonce": _u64,
     "attempt": _u32,
-    "circuit": _uint,
+    "circuit": _u64,
     "ttl_ms": _u32,
     "circuit_ms": _u32,
-    "circuit_bytes": _uint,
+    "circuit_bytes": _u64,
     "status": _status,
     "observed": _addr,
-    "addr": _opt_addr,
-    "relay_addr": _opt_addr,
+    "addr": optional(_addr),
+    "relay_addr": optional(_addr),
     "listen": _addrs,
     "addrs": _addrs,
     "dst": _key,
     "src": _key,
-    "data": _chunk,
+    "data": binary(top=MAX_CIRCUIT_CHUNK),
 }
-_TYPES: Final[dict[int, type[Any]]] = {
-    cls.T: cls
-    for cls in (
-        Identify,
-        DialRequest,
-        DialResponse,
-        DialBack,
-        ReserveRequest,
-        ReserveResponse,
-        ConnectRequest,
-        ConnectResponse,
-        StopConnect,
-        StopResponse,
-        CircuitData,
-        CircuitClose,
-        PunchConnect,
-        PunchSync,
-    )
-}
-_FIELDS: Final[dict[int, tuple[str, ...]]] = {
-    t: tuple(f.name for f in fields(cls)) for t, cls in _TYPES.items()
-}
+_ENVELOPE: Final = MapEnvelope[NatMessage](
+    NatDecodeError,
+    VERSION,
+    (
+        dataclass_kind(cls, _CHECKS)
+        for cls in (
+            Identify,
+            DialRequest,
+            DialResponse,
+            DialBack,
+            ReserveRequest,
+            ReserveResponse,
+            ConnectRequest,
+            ConnectResponse,
+            StopConnect,
+            StopResponse,
+            CircuitData,
+            CircuitClose,
+            PunchConnect,
+            PunchSync,
+        )
+    ),
+    Limits(
+        max_frame=MAX_MESSAGE_BYTES,
+        max_bin=MAX_CIRCUIT_CHUNK + 1,
+        max_str=MAX_HOST_CHARS + 1,
+        max_array=MAX_ADDRS + 1,
+        max_map=16,
+        max_depth=3,
+    ),
+)
 
 
 def _wire(value: object) -> object:
@@ -348,53 +341,9 @@ def _wire(value: object) -> object:
 
 def encode(msg: NatMessage) -> bytes:
     """The wire bytes of ``msg``; ``ValueError`` if a field is out of bounds (a caller bug)."""
-    body: dict[str, object] = {"t": msg.T, "v": VERSION}
-    for name in _FIELDS[msg.T]:
-        value = _wire(getattr(msg, name))
-        try:
-            _CHECKS[name](value, name)
-        except NatDecodeError as exc:
-            raise ValueError(f"{type(msg).__name__}.{exc}") from None
-        body[name] = value
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return packed
+    return _ENVELOPE.encode(msg.T, [_wire(getattr(msg, f.name)) for f in fields(msg)])
 
 
 def decode(data: bytes) -> NatMessage:
     """Parse one message, or raise ``NatDecodeError`` naming the offending field."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise NatDecodeError("frame", f"expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise NatDecodeError("frame", f"{len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_bin_len=MAX_CIRCUIT_CHUNK + 1,
-            max_str_len=MAX_HOST_CHARS + 1,
-            max_array_len=MAX_ADDRS + 1,
-            max_map_len=16,
-            max_ext_len=0,
-        )
-    except msgpack.ExtraData:
-        raise NatDecodeError("frame", "trailing bytes after message") from None
-    except (ValueError, TypeError, BufferError, msgpack.UnpackException, RecursionError) as exc:
-        raise NatDecodeError("frame", f"not valid msgpack ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise NatDecodeError("frame", f"expected a map, got {type(obj).__name__}")
-    t = _uint(obj.get("t"), "t", 255)
-    if type(obj.get("v")) is not int or obj.get("v") != VERSION:
-        raise NatDecodeError("v", f"unsupported version {short(obj.get('v'))}")
-    cls = _TYPES.get(t)
-    if cls is None:
-        raise NatDecodeError("t", f"unknown message type {t}")
-    names = _FIELDS[t]
-    keys = obj.keys() - {"t", "v"}
-    if keys != set(names):
-        extra = short_keys(keys - set(names))
-        missing = sorted(set(names) - keys)
-        raise NatDecodeError("fields", f"{cls.__name__}: unexpected {extra} / missing {missing}")
-    msg: NatMessage = cls(**{n: _CHECKS[n](obj[n], n) for n in names})
-    return msg
+    return _ENVELOPE.decode(data)

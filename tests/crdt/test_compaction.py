@@ -14,6 +14,7 @@ import pytest
 from crdt_strategies import garbage
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from crdt.change import Change, KeySigner, sign_change
 from crdt.document import parse_intents, prepare_ops
@@ -211,7 +212,7 @@ def bootstrap(snapshot: Snapshot, later: list[Change], rng: random.Random) -> Re
     return fresh
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(1.6), deadline=None)
 @given(seed=st.integers(0, 2**32), steps=st.integers(2, 50), pick=st.floats(0, 1))
 def test_snapshot_plus_later_changes_equals_the_whole_history(
     seed: int, steps: int, pick: float
@@ -578,7 +579,7 @@ def test_an_over_quota_author_is_not_the_senders_fault() -> None:
     assert not result.faults
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(1.2), deadline=None)
 @given(data=st.data())
 def test_quota_accounting_matches_the_buffer(data: st.DataObject) -> None:
     limits = CrdtLimits(max_pending_per_author=4, max_pending_bytes_per_author=3_000)

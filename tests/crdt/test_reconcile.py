@@ -10,6 +10,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from crdt.errors import CrdtError
 from crdt.reconcile import (
@@ -362,7 +363,7 @@ def test_reconcile_error_is_a_crdt_error() -> None:
 LIMITS = {"max_ranges": 40, "max_ids": 40}
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1.6), suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.integers(0, 300), st.booleans(), st.integers(1, 6))
 def test_a_lying_peer_gets_only_reconcile_errors_and_at_most_max_rounds(
     data: st.DataObject, size: int, initiate: bool, max_rounds: int

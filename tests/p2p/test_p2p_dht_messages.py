@@ -210,7 +210,9 @@ CASES: list[tuple[str, bytes, str]] = [
     ("reason not str", with_(PutResult(True), reason=b"x"), "reason"),
     ("reason long", with_(PutResult(True), reason="x" * 65), "reason"),
     ("reason non-ascii", with_(PutResult(True), reason="é"), "reason"),
-    ("deep nesting", raw({"t": 16, "v": 1, "x": [[[[[[[[]]]]]]]]}), "fields"),
+    # deeper than any DHT message (6 levels): refused while unpacking, before the keys
+    ("deep nesting", raw({"t": 16, "v": 1, "x": [[[[[[[[]]]]]]]]}), "frame"),
+    ("deep enough", raw({"t": 16, "v": 1, "x": [[[[[]]]]]}), "fields"),
 ]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "p2p"
-PURE = ("errors.py", "framing.py", "ratelimit.py", "config.py", "rpc_wire.py")
+PURE = ("errors.py", "framing.py", "ratelimit.py", "config.py", "rpc_wire.py", "strictwire.py")
 IO_MODULES = frozenset({"asyncio", "aiohttp", "socket", "time", "random", "sqlite3"})
 
 
@@ -77,7 +77,7 @@ def test_modules_do_no_io(package: str, path: Path) -> None:
 
 @pytest.mark.parametrize(("package", "path"), MODULES, ids=lambda v: getattr(v, "name", v))
 def test_modules_import_only_pure_p2p_modules(package: str, path: Path) -> None:
-    allowed = {package, "errors"} | PACKAGES[package][1]
+    allowed = {package, "errors", "strictwire"} | PACKAGES[package][1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("p2p."):
             assert node.module.split(".")[1] in allowed, node.module
