@@ -156,6 +156,8 @@ class PeerTransport:
         self._per_ip: dict[str, int] = {}  # stranger handshakes per source address
         self.stranger_frames = FrameBudget(config.stranger_frame_budget)
         """Shared by strangers' links: the bytes their partial frames may hold at once."""
+        self.idle_checks = 0
+        """Idle checks done so far: a test keeps a link busy by sending between two."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -444,6 +446,7 @@ class PeerTransport:
                 self._prune_idle(loop.time())
             except Exception:
                 self._log.exception("idle link check failed")
+            self.idle_checks += 1
 
     def _prune_idle(self, now: float) -> None:
         """Close on-demand links whose application traffic stalled for ``idle_timeout``."""
@@ -466,6 +469,11 @@ class PeerTransport:
                 link.close(f"idle for {now - since:.1f}s", error=False)
 
     # -- introspection -------------------------------------------------------------------
+
+    @property
+    def handshaking(self) -> int:
+        """Inbound handshakes holding a slot now (tests wait on it instead of sleeping)."""
+        return len(self._handshaking)
 
     def connected(self) -> list[bytes]:
         """Keys of the peers with a live link."""

@@ -54,11 +54,13 @@ async def _attack(
     for i in range(3):
         address = parse_address(cluster.committee.member(i).address)
         key = cluster.committee.member(i).identity_key
+        seen = await asyncio.to_thread(_metric, cluster, i, MISBEHAVIOUR)
         reader, writer = await raw_dial(byzantine, address, key)
         for frame in _attack_frames():
             writer.write(frame)
         await writer.drain()
-        await asyncio.sleep(0.5)  # framing errors drop a whole chunk: send it on its own
+        # framing errors drop a whole chunk: the header goes once these frames were read
+        await _metric_reaches(cluster, i, MISBEHAVIOUR, seen + 1)
         writer.write(b"\xff\xff\xff\xff\x00")  # a frame header announcing 4 GiB
         await writer.drain()
         await read_until_closed(reader, timeout=10)
@@ -77,17 +79,28 @@ async def _attack(
             for frame in _attack_frames():  # a mesh peer posing as a voter
                 w2.write(frame)
             await w2.drain()
-            await asyncio.sleep(0.5)
+            await _metric_reaches(cluster, i, STRANGER_FRAMES, len(_attack_frames()))
             outcomes.append(f"node {i}: stranger sent consensus frames")
         with contextlib.suppress(Exception):
             w2.close()
     return outcomes
 
 
+MISBEHAVIOUR = "dagrider_peer_misbehaviour_total"
+STRANGER_FRAMES = "dagrider_stranger_consensus_frames_total"
+
+
 def _metric(cluster: LocalCluster, i: int, name: str) -> float:
     with urllib.request.urlopen(cluster.api_url(i) + "/metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+async def _metric_reaches(cluster: LocalCluster, i: int, name: str, value: float) -> None:
+    """Poll node ``i``'s metric until it is at least ``value`` (the timeout ends a hang)."""
+    async with asyncio.timeout(60):
+        while await asyncio.to_thread(_metric, cluster, i, name) < value:
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("mesh", [True, False], ids=["mesh", "closed"])
@@ -111,6 +124,6 @@ def test_byzantine_member_and_stranger_do_not_stop_the_others(
     logs = wait_for_logs(cluster, [0, 1, 2], sent)
     assert_same_log(logs)
     assert all(cluster.alive(i) for i in range(3))
-    assert sum(_metric(cluster, i, "dagrider_peer_misbehaviour_total") for i in range(3)) >= 3
-    dropped = sum(_metric(cluster, i, "dagrider_stranger_consensus_frames_total") for i in range(3))
+    assert sum(_metric(cluster, i, MISBEHAVIOUR) for i in range(3)) >= 3
+    dropped = sum(_metric(cluster, i, STRANGER_FRAMES) for i in range(3))
     assert dropped == (3 * len(_attack_frames()) if mesh else 0)

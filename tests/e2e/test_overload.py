@@ -104,16 +104,20 @@ def test_sigkill_at_20k_offered_loses_nothing_acknowledged(
 ) -> None:
     cluster = make_cluster(max_pending=20_000)
     with _WsLoad(cluster) as load:
-        time.sleep(0.5)
+        time.sleep(0.5)  # the sockets connect (the load's shape, not a verdict)
         offered, started = load.offered, time.monotonic()
-        time.sleep(1.5)
+        # the kill comes once enough was acknowledged, however long a busy machine takes
+        deadline = started + 120
+        while len(load.accepted) <= 5_000 or time.monotonic() < started + 1.5:
+            assert time.monotonic() < deadline, f"only {len(load.accepted)} accepted"
+            time.sleep(0.05)
         rate = (load.offered - offered) / (time.monotonic() - started)
         cluster.kill(2)
-        time.sleep(1.5)
-    assert rate >= 0.8 * RATE, rate  # the generator kept the offered rate up to the kill
+        time.sleep(1.5)  # the load goes on against the dead node (its shape, not a verdict)
+    # the generator is open-loop on the clock: it kept the offered rate up to the kill
+    assert rate >= 0.8 * RATE, rate
     cluster.start(2)
     cluster.wait_ready(60, [2])
-    assert len(load.accepted) > 5_000
     deadline = time.monotonic() + 120
     while True:
         logs = {i: _log(cluster, i) for i in (0, 2)}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from p2p.dht.config import DhtConfig
 from p2p.dht.peer import PeerInfo
@@ -86,7 +87,7 @@ def test_without_the_file_the_new_version_is_refused_as_stale(tmp_path: Path) ->
     assert _published_after_restart(tmp_path, None) == b"v1"
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 2**40)), min_size=1, max_size=20))
 def test_seq_only_grows_across_reloads(
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[bool, int]]

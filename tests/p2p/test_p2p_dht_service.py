@@ -105,12 +105,15 @@ def test_bootstrap_find_peer_records_and_providers(loop_factory: LoopFactory) ->
 
 
 def test_a_killed_node_does_not_break_lookups() -> None:
+    # A request to the dead node that waited for its timeout instead of failing at once
+    # (refused dial, link gone) would outlast ``run``'s: no clock needed to see it.
+    patient = dataclasses.replace(FAST, request_timeout=60.0, slow_after=60.0)
+
     async def main() -> None:
-        async with mesh(10) as nodes:
+        async with mesh(10, patient) as nodes:
             assert await nodes[2].dht.put_record(b"k", b"before", ttl=600) >= 5
             victim = nodes[5]
             await stop_node(victim)
-            started = time.monotonic()
             got = await nodes[1].dht.get_record(nodes[2].key, b"k")
             assert got is not None and got.value == b"before"
             assert await nodes[3].dht.put_record(b"k", b"after", ttl=600) >= 5
@@ -118,7 +121,6 @@ def test_a_killed_node_does_not_break_lookups() -> None:
             assert found is not None and found.key == nodes[6].key
             later = await nodes[9].dht.get_record(nodes[3].key, b"k")
             assert later is not None and later.value == b"after"
-            assert time.monotonic() - started < 10
             # whoever tried the dead node counted a failure, and lookups went on
             assert sum(stat(x, "query_failures") for x in nodes if x is not victim) >= 1
 

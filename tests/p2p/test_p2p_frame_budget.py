@@ -157,7 +157,8 @@ def test_many_strangers_cannot_hold_more_than_the_budget() -> None:
             )
             for _, writer in links:
                 writer.write(_partial(60 * KiB))
-            await asyncio.sleep(0.3)
+            # two 60 KiB partial frames fit the 150 KiB budget; the other six are refused
+            await wait_until(lambda: node.stranger_frames.refused >= 8 - 2, what="refusals")
             assert node.stranger_frames.used <= 150 * KiB
             assert node.stranger_frames.peak <= 150 * KiB
             assert node.stranger_frames.refused >= 8 - 2

@@ -317,12 +317,22 @@ def test_writer_drain_waits_for_the_relay_link(loop_factory: LoopFactory) -> Non
         relay.capacity = 0  # the relay link is full from now on
         block = b"x" * 65536
         accepted = 0
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.3):
-                while True:
-                    wa.write(block)
-                    accepted += len(block)
-                    await wa.drain()
+
+        async def writer() -> None:
+            nonlocal accepted
+            while True:
+                wa.write(block)
+                accepted += len(block)
+                await wa.drain()
+
+        task = asyncio.create_task(writer())
+        await wait_until(lambda: relay.a.get_write_buffer_size() > 256 * 1024, timeout=30)
+        for _ in range(100):  # loop turns, not seconds: a writer not stopped would go on
+            await asyncio.sleep(0)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
         # the writer was stopped after a bounded amount: the stream's buffer (over its
         # high-water mark) plus the TLS layer's own
         assert accepted <= 2 * MiB
@@ -519,10 +529,10 @@ def test_circuit_closed_around_the_handshake_fails_fast(
             relay.b.remote_closed("TARGET_REFUSED")
         else:
             relay.loop.call_later(0.02, relay.close_circuit, "CLOSED")
-        started = relay.loop.time()
-        results = await handshake(relay, timeout=5)
+        # Fast means "not at the handshake timeout": one far beyond run_relayed's own
+        # needs no clock to tell them apart.
+        results = await handshake(relay, timeout=120)
         assert all(isinstance(r, RelayedHandshakeError) for r in results), results
-        assert relay.loop.time() - started < 1.0
 
     run_relayed(main, loop_factory)
 
@@ -587,9 +597,8 @@ def test_link_runs_over_a_relayed_stream(loop_factory: LoopFactory, graceful: bo
         assert got[A.public_key] == [f[::-1] for f in frames]
         await wait_until(lambda: stats[A.public_key].rtt_ms is not None, what="a PONG came back")
         if graceful:  # TLS close_notify both ways, then the circuit is closed
-            started = relay.loop.time()
-            await link_a.shutdown(2.0)
-            assert relay.loop.time() - started < 1.0  # B answered; no shutdown timeout
+            # B answered: a shutdown that waited for its timeout would outlast run_relayed's
+            await link_a.shutdown(120)
             # A's reader may see B's close_notify first, or a PING B sent before it saw
             # A's close_notify (OpenSSL: application data after close notify): the same
             # races as on a direct link; either way A's link is down and B's closes cleanly

@@ -111,19 +111,29 @@ def test_idle_on_demand_links_close_unless_configured_protected_or_busy(
         ):
             configured = {F.public_key: f.listen_address}
             async with running(A, peers=configured, idle_timeout=0.3) as (a, _):
-                for peer, t in ((B, b), (C, c), (E, e)):
-                    await a.connect(peer.public_key, t.listen_address, timeout=3)
-                await wait_until(lambda: a.has_link(F.public_key), what="configured link")
+                # protected from the start: a slow setup must not let them idle out early
                 a.protect(C.public_key)
+                a.protect(E.public_key)
+                for peer, t in ((B, b), (C, c), (E, e)):
+                    await a.connect(peer.public_key, t.listen_address, timeout=30)
+                await wait_until(lambda: a.has_link(F.public_key), what="configured link")
                 stop = asyncio.Event()
 
                 async def chatter() -> None:
+                    """A frame between any two idle checks, however slow the machine."""
                     while not stop.is_set():
                         a.send(E.public_key, b"still here")
-                        await asyncio.sleep(0.05)
+                        seen = a.idle_checks
+                        await wait_until(lambda n=seen: a.idle_checks > n or stop.is_set())
 
                 talker = asyncio.create_task(chatter())
+                a.unprotect(E.public_key)  # from now on only its traffic keeps it
+                loop = asyncio.get_running_loop()
+                quiet_enough = loop.time() + 2 * 0.3  # E would be closed by now if quiet
                 await wait_until(lambda: not a.has_link(B.public_key), what="idle link closed")
+                await wait_until(lambda: loop.time() >= quiet_enough, timeout=30)
+                checks = a.idle_checks
+                await wait_until(lambda: a.idle_checks > checks, what="a later idle check")
                 assert a.has_link(C.public_key), "protected"
                 assert a.has_link(E.public_key), "busy"
                 assert a.has_link(F.public_key), "configured"

@@ -29,6 +29,7 @@ from dagrider import (
     local_network,
     unary,
 )
+from p2p.testing import wait_until
 
 
 def test_public_names_resolve() -> None:
@@ -123,10 +124,9 @@ def test_documents(tmp_path: Path) -> None:
             await changes.aclose()
             assert b.documents.get("app/cart") == {"items": ["apple"], "count": 2}
             assert "app/cart" in a.documents.names()
-            for _ in range(200):  # the peer replicates too (it does not write)
-                if "app/cart" in peer.documents.names():
-                    break
-                await asyncio.sleep(0.05)
+            await wait_until(  # the peer replicates too (it does not write)
+                lambda: "app/cart" in peer.documents.names(), 60, "the peer replicated"
+            )
             assert peer.documents.get("app/cart")["count"] == 2
             with pytest.raises(InvalidArgument, match=r"writ|author|unauthor"):
                 peer.documents.update("app/cart", [Intent(("count",), "inc", "pncounter", 1)])

@@ -24,6 +24,7 @@ from dagrider import (
     unary,
 )
 from dagrider.sdk.services import WIRE_METHODS, ServiceLimits, unpack
+from p2p.testing import wait_until
 
 
 class Calc(Service):
@@ -31,6 +32,8 @@ class Calc(Service):
 
     def __init__(self) -> None:
         self.cancelled = asyncio.Event()
+        self.started = asyncio.Event()
+        """``slow`` is running: the call reached the handler (tests wait on it)."""
         self.callers: list[bytes] = []
 
     @unary
@@ -48,6 +51,7 @@ class Calc(Service):
 
     @unary
     async def slow(self) -> None:
+        self.started.set()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -143,23 +147,20 @@ def test_deadlines_and_cancellation_reach_the_server(tmp_path: Path) -> None:
             b.services.register(calc)
             with pytest.raises(ServiceTimeout):
                 await a.services.client(b.key, Calc, timeout=0.2).slow()
-            await asyncio.wait_for(calc.cancelled.wait(), 5)  # the deadline travelled
+            await asyncio.wait_for(calc.cancelled.wait(), 30)  # the deadline travelled
             calc.cancelled.clear()
+            calc.started.clear()
             call = asyncio.create_task(a.services.client(b.key, Calc, timeout=30).slow())
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(calc.started.wait(), 30)  # the call is being served
             call.cancel()
-            await asyncio.wait_for(calc.cancelled.wait(), 5)  # so did the cancel
+            await asyncio.wait_for(calc.cancelled.wait(), 30)  # so did the cancel
             calc.cancelled.clear()
             remote = a.services.client(b.key, Calc, timeout=30)
             stream = remote.forever()
             assert len(await anext(stream)) == 1000
             await stream.aclose()  # the reader stops: the producer is cancelled
-            await asyncio.wait_for(calc.cancelled.wait(), 5)
-            for _ in range(100):
-                if b.services.stats()["streams"] == 0:
-                    break
-                await asyncio.sleep(0.02)
-            assert b.services.stats()["streams"] == 0
+            await asyncio.wait_for(calc.cancelled.wait(), 30)
+            await wait_until(lambda: b.services.stats()["streams"] == 0, 30, "stream forgotten")
 
     asyncio.run(scenario())
 
@@ -257,13 +258,13 @@ def test_per_peer_limits_refuse_at_once(tmp_path: Path) -> None:
             b.services.register(calc)
             b.services.limits = ServiceLimits(max_inflight_per_peer=1)
             slow = asyncio.ensure_future(a.services.client(b.key, Calc, timeout=30).slow())
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(calc.started.wait(), 30)  # it holds a's one slot
             with pytest.raises(RemoteError) as err:
                 await a.services.client(b.key, Calc).add(1)
             assert err.value.code == "overloaded"
             assert await c.services.client(b.key, Calc).add(1) == 1  # c has its own share
             slow.cancel()
-            await asyncio.wait_for(calc.cancelled.wait(), 5)
+            await asyncio.wait_for(calc.cancelled.wait(), 30)
             b.services.limits = ServiceLimits(requests_per_s=0.01, burst=2)
             remote = a.services.client(b.key, Calc)
             assert await remote.add(1) == 1
