@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import assert_never
 
 import pytest
 from dagbuilder import coin_keys, domain, faults, make_rounds, process_configs
@@ -15,11 +16,14 @@ from dagrider.coin import CoinShare, make_share
 from dagrider.effects import (
     AwaitBatch,
     Broadcast,
+    CheckpointReached,
     Commit,
     Delivered,
     Effect,
+    LeaderDecided,
     Misbehaviour,
     Proposed,
+    Requeued,
     RoundAdvanced,
     Send,
 )
@@ -34,6 +38,7 @@ from dagrider.messages import (
     VertexResponse,
 )
 from dagrider.params import Parameters
+from dagrider.persistence import GcRules, MemoryStore
 from dagrider.process import Process, ProcessConfig, Recovery
 
 TIMER = "timer"
@@ -45,25 +50,22 @@ class Cluster:
     Every message goes through the real codec (``encode`` then ``receive_bytes``).
     ``Broadcast`` goes to every other member, ``Send`` to one; ``AwaitBatch`` queues a
     timer that fires ``propose_now`` at a random later point. A crashed node loses the
-    messages queued for it.
+    messages queued for it. Each node's store is the shared projection
+    (:class:`dagrider.persistence.MemoryStore`) under its harshest rules: a GC step at
+    every rise of the floor and nothing kept for catch-up (the cluster has none), so a
+    restart has exactly what recovery needs and no more.
     """
 
-    def __init__(
-        self,
-        n: int = 4,
-        seed: int = 0,
-        params: Parameters | None = None,
-        snapshots: bool = False,
-    ) -> None:
+    def __init__(self, n: int = 4, seed: int = 0, params: Parameters | None = None) -> None:
         self.n = n
-        self.snapshots = snapshots  # keep the store GC'd with an ordering snapshot
         self.cfgs = process_configs(n, params=params)
         self.procs = [Process(c) for c in self.cfgs]
         self.rng = random.Random(seed)
         self.queue: list[tuple[int, int, Message | int]] = []
         self.effects: list[list[Effect]] = [[] for _ in range(n)]
         self.logs: list[list[Commit]] = [[] for _ in range(n)]
-        self.stores = [Recovery() for _ in range(n)]
+        rules = GcRules(self.cfgs[0].params.gc_depth, retain_rounds=0, step_rounds=1)
+        self.stores = [MemoryStore(rules) for _ in range(n)]
         self.down: set[int] = set()
         self.steps = 0
         self.on_effects: Callable[[int, list[Effect]], None] | None = None
@@ -72,35 +74,38 @@ class Cluster:
         for i in range(self.n):
             self.apply(i, self.procs[i].start())
 
-    def apply(self, i: int, effects: list[Effect]) -> None:
+    def apply(self, i: int, effects: list[Effect], received: Sequence[CoinShare] = ()) -> None:
+        """Store the batch (with the coin shares received in it), then perform it."""
         if self.on_effects is not None:
             self.on_effects(i, effects)
         self.effects[i] += effects
-        store = self.stores[i]
+        committed = False
         for e in effects:
-            if isinstance(e, Broadcast):
-                self.queue += [(i, dst, e.msg) for dst in range(self.n) if dst != i]
-                if isinstance(e.msg, Echo | Ready):
-                    store.votes.append(e.msg)
-            elif isinstance(e, Send):
-                self.queue.append((i, e.to, e.msg))
-            elif isinstance(e, AwaitBatch):
-                self.queue.append((i, i, e.round))
-            elif isinstance(e, Commit):
-                self.logs[i].append(e)
-                store.committed += 1
-            elif isinstance(e, Delivered):
-                store.delivered.append(e.vertex)
-            elif isinstance(e, Proposed):
-                store.own.append(e.vertex)
-        if self.snapshots and any(isinstance(e, Commit) for e in effects):
-            # As a daemon would: snapshot ordering with the commits, drop what is below
-            # the GC floor.
-            store.ordering = self.procs[i].ordering_state()
-            floor = self.procs[i].ordering.floor()
-            store.delivered = [v for v in store.delivered if v.round >= floor]
-            store.votes = [v for v in store.votes if v.round >= floor]
-            store.own = [v for v in store.own if v.round >= floor]
+            match e:
+                case Broadcast(msg):
+                    self.queue += [(i, dst, msg) for dst in range(self.n) if dst != i]
+                case Send(to, msg):
+                    self.queue.append((i, to, msg))
+                case AwaitBatch(rnd):
+                    self.queue.append((i, i, rnd))
+                case Commit():
+                    self.logs[i].append(e)
+                    committed = True
+                case (
+                    Delivered()
+                    | Proposed()
+                    | Requeued()
+                    | RoundAdvanced()
+                    | LeaderDecided()
+                    | CheckpointReached()
+                    | Misbehaviour()
+                ):
+                    pass  # stored below, or nothing for this cluster to do
+                case _:
+                    assert_never(e)
+        # As a daemon would: snapshot the ordering with the batch's commits.
+        ordering = self.procs[i].ordering_state() if committed else None
+        self.stores[i].apply(effects, ordering, received)
 
     def step(self) -> None:
         k = self.rng.randrange(len(self.queue))
@@ -113,11 +118,8 @@ class Cluster:
         if isinstance(item, int):
             self.apply(dst, p.propose_now(item))
             return
-        if isinstance(item, CoinShareMsg):
-            seen = {(s.wave, s.signer) for s in self.stores[dst].coin_shares}
-            if (item.share.wave, item.share.signer) not in seen:
-                self.stores[dst].coin_shares.append(item.share)
-        self.apply(dst, p.receive_bytes(src, encode(item)))
+        received = [item.share] if isinstance(item, CoinShareMsg) else []
+        self.apply(dst, p.receive_bytes(src, encode(item)), received)
 
     def run_until(self, done: Callable[[], bool], max_steps: int = 60_000) -> None:
         start = self.steps
@@ -138,7 +140,7 @@ class Cluster:
         fresh = Process(self.cfgs[i])
         self.procs[i] = fresh
         self.down.discard(i)
-        self.apply(i, fresh.recover(self.stores[i]))
+        self.apply(i, fresh.recover(self.stores[i].recovery()))
         for peer in range(self.n):
             if peer != i:
                 self.apply(peer, self.procs[peer].resync(i))
@@ -471,7 +473,7 @@ def test_recovered_process_keeps_its_promises_and_its_log(seed: int) -> None:
 @pytest.mark.parametrize("seed", [0, 5, 11])
 def test_recovery_from_a_garbage_collected_store(seed: int) -> None:
     gc = 8
-    c = Cluster(seed=seed, params=Parameters(gc_depth=gc), snapshots=True)
+    c = Cluster(seed=seed, params=Parameters(gc_depth=gc))
     c.start()
     victim = 3
     c.run_until(c.waves_done(6, [victim]))
@@ -517,7 +519,7 @@ def test_recovery_alone_rebuilds_the_same_state() -> None:
     c.run_until(c.waves_done(3))
     old = c.procs[2]
     fresh = Process(c.cfgs[2])
-    out = fresh.recover(c.stores[2])
+    out = fresh.recover(c.stores[2].recovery())
     assert not any(isinstance(e, Delivered) for e in out)
     assert not any(isinstance(e, Commit) for e in out)  # all were applied already
     assert fresh.round == old.round

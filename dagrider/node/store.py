@@ -15,15 +15,18 @@ restarted node can never send a conflicting one. Tables:
   inserts with a random 32-byte index took 45 % of a loaded node's time);
 * ``mempool_batches``: accepted client transactions not yet proposed, one row per
   ingest batch (its records as the client sent them and its ids), and
-  ``mempool_head``: how many of the first batch a proposal already took (proposals
-  take from the front); ``mempool`` is the older per-transaction table, moved into a
-  batch when the mempool is loaded;
+  ``mempool_head``: how many of a batch a proposal already took (proposals take
+  from the front; a row per partly taken batch); ``mempool`` is the older
+  per-transaction table, moved into a batch when the mempool is loaded;
 * ``meta``: the ordering snapshot that matches the log (with the log's hash chain);
 * ``checkpoints``: the ordering state at each recent checkpoint position and, once f+1
   members signed it, its certificate (see :mod:`dagrider.checkpoint`).
 
-Rows below the GC floor are deleted as the floor rises (vertices and votes only
-``retain_rounds`` below it, to serve catch-up). The log is kept in full unless
+What a batch writes and what a GC step deletes is decided by
+:func:`dagrider.persistence.write_set`, the projection the simulator and the tests use
+too (the rules and why are in :mod:`dagrider.persistence`): rows below the GC floor go
+as the floor rises, vertices and READY votes only ``retain_rounds`` below it, to serve
+catch-up. This module turns a write set into SQL. The log is kept in full unless
 ``keep_log_entries`` is set: then each GC step also deletes the log rows (and their
 ``tx_ids``) before the last ``keep_log_entries`` transactions, whole rows at a time, in
 the same transaction; :meth:`Store.first_log_index` says where the log now starts.
@@ -39,6 +42,7 @@ WAL holds at most what was written since the previous step.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -47,6 +51,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import assert_never
 
 import msgpack
 
@@ -54,15 +59,7 @@ from crdt.checkpoint import is_checkpoint
 from dagrider.checkpoint import CHAIN_GENESIS, Certificate, chain_next, entry_hash, pack_block
 from dagrider.codec import Codec, encode
 from dagrider.coin import CoinShare
-from dagrider.effects import (
-    Broadcast,
-    CheckpointReached,
-    Commit,
-    Delivered,
-    Effect,
-    Proposed,
-    Requeued,
-)
+from dagrider.effects import Commit, Effect, Requeued
 from dagrider.errors import DecodeError
 from dagrider.messages import CoinShareMsg, Echo, Ready, Val, Vertex
 from dagrider.node.batch import (
@@ -75,6 +72,14 @@ from dagrider.node.batch import (
 )
 from dagrider.node.service import StorageCorrupt, StorageUnavailable
 from dagrider.ordering import OrderingState
+from dagrider.persistence import (
+    GcRules,
+    GcStep,
+    TakeFromMempool,
+    WriteSet,
+    gc_floor,
+    write_set,
+)
 from dagrider.process import Recovery
 from dagrider.statesync import CertificateOffer, pack_ordering, unpack_ordering
 from dagrider.statesync import LogRow as SyncRow
@@ -263,6 +268,12 @@ class Store:
         self.crdt_cut_at: dict[int, bytes] = {}  # checkpoint position -> cut in force
         self.known_ids: dict[bytes, bytes] = {}  # vertex digest -> ids (remember_ids)
 
+    @property
+    def rules(self) -> GcRules:
+        """What GC may drop, and when (:mod:`dagrider.persistence`, shared with the
+        simulator and the tests)."""
+        return GcRules(self.gc_depth, self.retain_rounds)
+
     def close(self) -> None:
         self._db.close()
 
@@ -428,26 +439,32 @@ class Store:
     ) -> None:
         """Persist one batch of effects atomically (call before sending its messages).
 
+        What to write and what to drop is decided by :func:`dagrider.persistence.write_set`
+        (the rules the simulator and the tests use too); this method only turns it into
+        SQL, in one transaction.
+
         Raises :class:`StorageUnavailable` (disk full, I/O error) or
         :class:`StorageCorrupt`; then nothing of the batch was written and the store's
         in-memory view is as before, so the caller can keep the batch and retry it."""
         db = self._db
-        gc = False
-        saved = (self.crdt_cut, dict(self.crdt_cut_at), self.floor)
+        ws = write_set(effects, ordering, received_shares, self.rules, self.floor)
+        saved = (self.crdt_cut, dict(self.crdt_cut_at))
         try:
             db.execute("BEGIN")
-            self._apply(effects, received_shares, now)
-            if ordering is not None:
-                self._put_ordering(ordering)
-                gc = self._gc(ordering)
+            self._write(ws, now)
+            if ws.ordering is not None:
+                self._put_ordering(ws.ordering)
+            if ws.gc is not None:
+                self._gc(ws.gc)
             db.execute("COMMIT")
         except BaseException as exc:
             self._rollback()
-            self.crdt_cut, self.crdt_cut_at, self.floor = saved
+            self.crdt_cut, self.crdt_cut_at = saved
             if isinstance(exc, sqlite3.Error):
                 raise storage_error(exc, "writing to the store") from exc
             raise
-        if gc:
+        if ws.gc is not None:
+            self.floor = ws.gc.floor
             try:
                 self._compact()
             except sqlite3.Error as exc:  # housekeeping only: the batch is on disk
@@ -460,103 +477,110 @@ class Store:
             [("ordering", packed), ("ordering_sum", _blob_sum(packed))],
         )
 
-    def _apply(self, effects: Sequence[Effect], shares: Iterable[CoinShare], now: float) -> None:
+    def _write(self, ws: WriteSet, now: float) -> None:
+        """The rows of one write set, a few ``executemany`` per batch."""
         db = self._db
-        votes: list[tuple[int, int, int, bytes, bytes]] = []
+        if ws.votes:
+            db.executemany(
+                "INSERT OR IGNORE INTO votes VALUES (?,?,?,?,?)",
+                [
+                    (k, m.round, m.source, m.digest, vote_sum(k, *_slot(m)))
+                    for m in ws.votes
+                    for k in (_ECHO if type(m) is Echo else _READY,)
+                ],
+            )
+        if ws.delivered:
+            db.executemany(
+                "INSERT OR IGNORE INTO vertices(digest, round, source, body) VALUES (?,?,?,?)",
+                [(v.digest, v.round, v.source, encode(Val(v))) for v in ws.delivered],
+            )
+        if ws.own:
+            db.executemany(
+                "INSERT OR IGNORE INTO own VALUES (?, ?, ?)",
+                [(v.round, encode(Val(v)), v.digest) for v in ws.own],
+            )
+        for op in ws.mempool:
+            match op:
+                case TakeFromMempool(count):
+                    self._take_from_mempool(count)
+                case Requeued(txs):
+                    self._requeue(txs)
+                case _:
+                    assert_never(op)
+        cut_before = self.crdt_cut
+        cuts = self._write_log(ws.commits, now) if ws.commits else []
+        for state in ws.checkpoints:
+            # The CRDT cut in force at the checkpoint: after the batch's last commit
+            # below its position (the wave it ends), else the one before the batch.
+            at = bisect.bisect_right(cuts, state.next_index, key=lambda c: c[0])
+            self.crdt_cut_at[state.next_index] = cuts[at - 1][1] if at else cut_before
+            self.save_checkpoint(state)
+        rows = [(s.wave, s.signer, encode(CoinShareMsg(s))) for s in ws.coin_shares]
+        if rows:
+            db.executemany("INSERT OR IGNORE INTO coin_shares VALUES (?,?,?)", rows)
+
+    def _write_log(self, commits: Sequence[Commit], now: float) -> list[tuple[int, bytes]]:
+        """Log rows (hash-chained) and their ``tx_index`` entries for a batch's commits;
+        returns, per commit, the position after it and the CRDT cut in force there."""
+        db = self._db
+        cuts: list[tuple[int, bytes]] = []
         log_rows: list[tuple[int, int, int, int, int, int, float, bytes, bytes, bytes | None]] = []
+        id_rows: list[tuple[int, int, int]] = []
         chain: bytes | None = None
         chain_known = False
-        id_rows: list[tuple[int, int, int]] = []
-        for e in effects:
-            if isinstance(e, Broadcast):
-                msg = e.msg
-                if isinstance(msg, Echo):
-                    k = _ECHO
-                elif isinstance(msg, Ready):
-                    k = _READY
-                else:
-                    continue
-                votes.append((k, msg.round, msg.source, msg.digest, vote_sum(k, *_slot(msg))))
-            elif isinstance(e, Delivered):
-                v = e.vertex
-                db.execute(
-                    "INSERT OR IGNORE INTO vertices(digest, round, source, body) VALUES (?,?,?,?)",
-                    (v.digest, v.round, v.source, encode(Val(v))),
-                )
-            elif isinstance(e, Proposed):
-                v = e.vertex
-                db.execute(
-                    "INSERT OR IGNORE INTO own VALUES (?, ?, ?)",
-                    (v.round, encode(Val(v)), v.digest),
-                )
-                if v.block and e.fresh:
-                    self._take_from_mempool(len(v.block))
-            elif isinstance(e, Requeued):
-                self._requeue(e.txs)
-            elif isinstance(e, CheckpointReached):
-                self.crdt_cut_at[e.state.next_index] = self.crdt_cut
-                self.save_checkpoint(e.state)
-            elif isinstance(e, Commit):
-                v = e.vertex
-                if v.block:
-                    for tx in v.block:
-                        if is_checkpoint(tx):
-                            self.crdt_cut = hashlib.blake2b(tx, digest_size=32).digest()
-                            db.execute(
-                                "INSERT OR REPLACE INTO meta VALUES ('crdt_cut', ?)",
-                                (self.crdt_cut,),
-                            )
-                    block = e.packed or pack_block(v.block)
-                    entry = entry_hash(e.index, e.tx_index, v.round, v.source, e.wave, block)
-                    if not chain_known:
-                        chain, chain_known = self._chain_before_commit(e.index), True
-                    chain = None if chain is None else chain_next(chain, entry)
-                    log_rows.append(
-                        (
-                            e.index,
-                            e.tx_index,
-                            len(v.block),
-                            v.round,
-                            v.source,
-                            e.wave,
-                            now,
-                            block,
-                            entry,
-                            chain,
-                        )
+        for e in commits:
+            v = e.vertex
+            if not v.block:
+                cuts.append((e.index + 1, self.crdt_cut))
+                continue
+            for tx in v.block:
+                if is_checkpoint(tx):
+                    self.crdt_cut = hashlib.blake2b(tx, digest_size=32).digest()
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('crdt_cut', ?)", (self.crdt_cut,)
                     )
-                    id_rows += self._id_rows(v, e.tx_index)
-        if votes:
-            db.executemany("INSERT OR IGNORE INTO votes VALUES (?,?,?,?,?)", votes)
+            cuts.append((e.index + 1, self.crdt_cut))
+            block = e.packed or pack_block(v.block)
+            entry = entry_hash(e.index, e.tx_index, v.round, v.source, e.wave, block)
+            if not chain_known:
+                chain, chain_known = self._chain_before_commit(e.index), True
+            chain = None if chain is None else chain_next(chain, entry)
+            log_rows.append(
+                (
+                    e.index,
+                    e.tx_index,
+                    len(v.block),
+                    v.round,
+                    v.source,
+                    e.wave,
+                    now,
+                    block,
+                    entry,
+                    chain,
+                )
+            )
+            id_rows += self._id_rows(v, e.tx_index)
         if log_rows:
             db.executemany("INSERT OR IGNORE INTO log VALUES (?,?,?,?,?,?,?,?,?,?)", log_rows)
             id_rows.sort()  # in key order: one pass down the partition being filled
             db.executemany("INSERT OR IGNORE INTO tx_index VALUES (?,?,?)", id_rows)
-        rows = [(s.wave, s.signer, encode(CoinShareMsg(s))) for s in shares]
-        if rows:
-            db.executemany("INSERT OR IGNORE INTO coin_shares VALUES (?,?,?)", rows)
+        return cuts
 
-    def _gc(self, ordering: OrderingState) -> bool:
-        """Delete rows far below the GC floor, in steps of at least a few waves; whether
-        this was a step (the caller compacts the file after committing it).
-
-        Vertices and votes are kept ``retain_rounds`` below the floor so that peers
-        that were down can catch up from this store. With ``keep_log_entries``, the log
-        before the last that-many transactions goes in the same step.
+    def _gc(self, step: GcStep) -> None:
+        """Delete what :func:`dagrider.persistence.write_set` says may go (the rules and
+        why are in :mod:`dagrider.persistence`): own proposals and ECHO votes below the
+        floor, vertices and READY votes ``retain_rounds`` below it (catch-up serves
+        them), coin shares of decided waves. With ``keep_log_entries``, the log before
+        the last that-many transactions goes in the same step.
         """
-        floor = max(0, ordering.last_leader_round - self.gc_depth)
-        if floor <= self.floor + 16:
-            return False
-        self.floor = floor
-        keep = max(0, floor - self.retain_rounds)
         db = self._db
-        db.execute("DELETE FROM vertices WHERE round < ?", (keep,))
-        db.execute("DELETE FROM votes WHERE round < ?", (keep,))
-        db.execute("DELETE FROM own WHERE round < ?", (floor,))
-        db.execute("DELETE FROM coin_shares WHERE wave < ?", (ordering.next_wave,))
+        db.execute("DELETE FROM vertices WHERE round < ?", (step.keep,))
+        db.execute("DELETE FROM votes WHERE kind = ? AND round < ?", (_ECHO, step.floor))
+        db.execute("DELETE FROM votes WHERE kind = ? AND round < ?", (_READY, step.keep))
+        db.execute("DELETE FROM own WHERE round < ?", (step.floor,))
+        db.execute("DELETE FROM coin_shares WHERE wave < ?", (step.next_wave,))
         if self._prune_log():
             self._prune_checkpoints()
-        return True
 
     def _prune_log(self) -> bool:
         """Delete the log rows (and their ``tx_ids``) wholly before the last
@@ -792,10 +816,7 @@ class Store:
                 ],
             )
             self._put_ordering(state)
-            db.execute(
-                "DELETE FROM own WHERE round < ?",
-                (max(0, state.last_leader_round - self.gc_depth),),
-            )
+            db.execute("DELETE FROM own WHERE round < ?", (gc_floor(state, self.gc_depth),))
             db.execute(
                 "INSERT OR REPLACE INTO checkpoints(idx, state, certificate) VALUES (?, ?, ?)",
                 (cert.checkpoint.index, _pack_ordering(state), _pack_certificate(cert)),
@@ -808,7 +829,7 @@ class Store:
             if isinstance(exc, sqlite3.Error):
                 raise storage_error(exc, "installing a checkpoint") from exc
             raise
-        self.floor = max(0, state.last_leader_round - self.gc_depth)
+        self.floor = gc_floor(state, self.gc_depth)
 
     def probe(self) -> None:
         """One small write: whether the store takes writes again (after a full disk)."""
@@ -884,6 +905,8 @@ class Store:
         transaction: a row per transaction with an index on its id was a third of a
         loaded node's CPU (profiled, issue 13).
         """
+        if not txs:  # a row of no records would read back as a damaged batch
+            return []
         if ids is None:
             ids = batch_ids(txs)
         if records is None:
@@ -922,11 +945,16 @@ class Store:
         always takes from the front): delete the batches used up, and record in
         ``mempool_head`` how many of the next one were taken. Rewriting the batch row
         itself would copy its records (a partial take per proposal, profiled: 8 % of a
-        loaded node)."""
+        loaded node).
+
+        ``mempool_head`` has a row per partly taken batch: usually one, two when
+        transactions were requeued in front of a partly taken batch and a proposal then
+        took some of them (one row only lost the older take: found by the persistence
+        property test, the taken transactions came back at restart)."""
         if count <= 0:
             return
         db = self._db
-        head_seq, head_taken = self._mempool_head()
+        heads = self._mempool_heads()
         cursor = db.execute("SELECT seq, count FROM mempool_batches ORDER BY seq")
         used_up: int | None = None
         partial: tuple[int, int] | None = None
@@ -935,7 +963,7 @@ class Store:
             if not rows:
                 break
             for seq, size in rows:
-                taken = head_taken if seq == head_seq else 0
+                taken = heads.get(seq, 0)
                 left = size - taken
                 if count >= left:
                     count -= left
@@ -948,14 +976,14 @@ class Store:
         cursor.close()
         if used_up is not None:
             db.execute("DELETE FROM mempool_batches WHERE seq <= ?", (used_up,))
-        db.execute("DELETE FROM mempool_head")
+            db.execute("DELETE FROM mempool_head WHERE seq <= ?", (used_up,))
         if partial is not None:
-            db.execute("INSERT INTO mempool_head VALUES (?, ?)", partial)
+            db.execute("INSERT OR REPLACE INTO mempool_head VALUES (?, ?)", partial)
 
-    def _mempool_head(self) -> tuple[int | None, int]:
-        """(batch, transactions of it already taken), or (None, 0)."""
-        row = self._db.execute("SELECT seq, taken FROM mempool_head").fetchone()
-        return (None, 0) if row is None else (int(row[0]), int(row[1]))
+    def _mempool_heads(self) -> dict[int, int]:
+        """Batch -> transactions of it already taken, for the partly taken batches."""
+        rows = self._db.execute("SELECT seq, taken FROM mempool_head")
+        return {int(seq): int(taken) for seq, taken in rows}
 
     def _requeue(self, txs: Sequence[bytes]) -> None:
         """Transactions back at the *front* of the mempool (where the process puts them)."""
@@ -990,11 +1018,11 @@ class Store:
                 self._rollback()
                 raise storage_error(exc, "moving the mempool to batches") from exc
         out: list[bytes] = []
-        head_seq, head_taken = self._mempool_head()
+        heads = self._mempool_heads()
         for seq, count, ids, records in db.execute(
             "SELECT seq, count, ids, records FROM mempool_batches ORDER BY seq"
         ):
-            taken = head_taken if seq == head_seq else 0
+            taken = heads.get(seq, 0)
             try:
                 txs = parse_batch(bytes(records), 1 << 32)
             except BatchError as exc:
@@ -1019,7 +1047,9 @@ class Store:
             # that this node's checkpoints match its peers' (otherwise an upgraded
             # committee whose members restarted at different positions never certifies).
             ordering = replace(ordering, chain=self._chain_from_log(ordering.next_index))
-        floor = max(0, ordering.last_leader_round - self.gc_depth) if ordering else 0
+        # The rows at and above the current floor, in the order MemoryStore.recovery
+        # lists them (dagrider.persistence): what a restart needs, whatever GC kept.
+        floor = gc_floor(ordering, self.gc_depth)
         self.floor = floor
         delivered = [
             self._vertex(b, d, f"vertex at round {r} from {s}")
@@ -1036,7 +1066,8 @@ class Store:
         ]
         votes: list[Echo | Ready] = []
         for kind, rnd, source, digest, check in db.execute(
-            "SELECT kind, round, source, digest, sum FROM votes WHERE round >= ? ORDER BY round",
+            "SELECT kind, round, source, digest, sum FROM votes WHERE round >= ? "
+            "ORDER BY round, source, kind",
             (floor,),
         ):
             if check is None or bytes(check) != vote_sum(kind, rnd, source, bytes(digest)):
@@ -1047,7 +1078,10 @@ class Store:
             cls = Echo if kind == _ECHO else Ready
             votes.append(cls(rnd, source, bytes(digest)))
         shares: list[CoinShare] = []
-        for (b,) in db.execute("SELECT body FROM coin_shares ORDER BY wave, signer"):
+        for (b,) in db.execute(
+            "SELECT body FROM coin_shares WHERE wave >= ? ORDER BY wave, signer",
+            (ordering.next_wave if ordering else 0,),
+        ):
             msg = decode(bytes(b))
             if isinstance(msg, CoinShareMsg):
                 shares.append(msg.share)
@@ -1194,11 +1228,11 @@ class Store:
     def pending(self, tx_id: bytes) -> bool:
         """Whether a transaction with this id waits in the stored mempool (a scan of the
         batches' id lists; the node answers from memory first)."""
-        head_seq, head_taken = self._mempool_head()
+        heads = self._mempool_heads()
         for seq, ids in self._db.execute(
             "SELECT seq, ids FROM mempool_batches WHERE instr(ids, ?) > 0", (tx_id,)
         ):
-            taken = head_taken if seq == head_seq else 0
+            taken = heads.get(seq, 0)
             blob = bytes(ids)
             at = blob.find(tx_id)
             while at >= 0:
