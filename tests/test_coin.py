@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider import coin
 from dagrider.coin import (
@@ -91,7 +92,7 @@ def f_of(n: int) -> int:
     wave=st.integers(min_value=0, max_value=3),
     data=st.data(),
 )
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(1.2), deadline=None)
 def test_any_threshold_subset_gives_the_same_value(n: int, wave: int, data: st.DataObject) -> None:
     shares = honest_shares(n, wave)
     order = data.draw(st.permutations(range(n)))
@@ -100,7 +101,7 @@ def test_any_threshold_subset_gives_the_same_value(n: int, wave: int, data: st.D
 
 
 @given(n=st.sampled_from([4, 7, 10]), data=st.data())
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(0.8), deadline=None)
 def test_wave_coin_agrees_for_any_arrival_order(n: int, data: st.DataObject) -> None:
     pub = dealing(n)[0]
     order = data.draw(st.permutations(range(n)))
@@ -233,7 +234,7 @@ def test_f_shares_give_no_value(n: int) -> None:
 
 
 @given(n=st.sampled_from([4, 7, 10]), data=st.data())
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(0.8), deadline=None)
 def test_f_invalid_plus_f_plus_one_valid_gives_the_right_value(n: int, data: st.DataObject) -> None:
     f = f_of(n)
     pub, shares = dealing(n)[0], honest_shares(n, 3)

@@ -21,6 +21,7 @@ from dagbuilder import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider.dag import Dag, check_structure
 from dagrider.errors import InvalidVertex
@@ -65,7 +66,7 @@ def test_adding_twice_is_a_no_op() -> None:
     assert dag.buffered() == 1
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(2.4), deadline=None)
 @given(st.data())
 def test_insertion_in_any_arrival_order(data: st.DataObject) -> None:
     seed = data.draw(st.integers(0, 2**32), label="seed")
@@ -292,7 +293,7 @@ def build(p: dict[str, float], gc_depth: int = 50) -> tuple[Rounds, Dag]:
     return rounds, dag_of(int(p["n"]), rounds[1:], gc_depth=gc_depth)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(1.6), deadline=None)
 @given(dag_params)
 def test_path_and_strong_path_agree_with_dfs(p: dict[str, float]) -> None:
     rounds, dag = build(p)
@@ -322,7 +323,7 @@ def brute_weak_candidates(
     return out
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(1.6), deadline=None)
 @given(dag_params, st.data())
 def test_weak_candidates_are_exactly_the_unreachable(
     p: dict[str, float], data: st.DataObject

@@ -20,6 +20,7 @@ from dagbuilder import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider.dag import Dag
 from dagrider.effects import Commit, Effect, LeaderDecided
@@ -327,7 +328,7 @@ def reference_log(n: int, rounds: Rounds, leaders: Mapping[int, int], waves: int
     return log
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(3.2), deadline=None)
 @given(
     n=st.sampled_from([4, 7]),
     waves=st.integers(1, 4),

@@ -11,6 +11,7 @@ import pytest
 from dagbuilder import faults, make_vertex
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider.effects import Broadcast, Delivered, Effect, Misbehaviour, Send
 from dagrider.messages import (
@@ -227,7 +228,7 @@ def check_agreement_and_totality(pump: Pump) -> set[bytes]:
     return digests
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(2.4), deadline=None)
 @given(
     n=st.sampled_from([4, 7]),
     seed=st.integers(0, 2**32),

@@ -2,12 +2,19 @@
 liveness, whatever the committee size, seed, latency model, scheduler, partitions and
 faults (up to f).
 
-Each run is a pure function of (SimConfig, seed), so a failure is reported with
-``result.summary()``, which carries the ``dagrider sim ...`` command that replays it.
+The hypothesis tests draw each run's schedule through hypothesis
+(:mod:`sim_schedules`): the first few hundred random draws of a run (fault schedule,
+first message delays) are hypothesis's choices, so a failing run shrinks to a simple
+configuration and schedule. Hypothesis replays it (the ``ci`` profile is derandomized;
+otherwise the example database, or the ``@reproduce_failure`` blob it prints). The
+seeded sweep below and ``test_a_run_replays_exactly`` keep runs as a pure function of
+(SimConfig, seed), reported with the ``dagrider sim ...`` command that replays them.
 
-Budget: the ``ci`` profile (tests/conftest.py) bounds the examples; with it this file
-took 1 min 39 s on two cores (``-n 2``, 2026-12-06, with the liveness fixes of 961b309;
-the hypothesis tests now also draw the review's attacks, which cost more per run).
+Budget: the ``ci`` profile (tests/conftest.py) bounds the examples; with it the
+hypothesis tests of this file and test_sim_scale.py took 1 min 23 s on two cores
+(``-n 2``, 2026-12-06; which examples the derandomized profile picks decides most of it: four
+n = 10 long-tail runs of 25 s each were half of the time before schedules were drawn).
+The ``nightly`` profile (8x the examples, random) runs in about 15 minutes (README).
 Runs are kept small: 3-5 waves, n = 10 in roughly one example in eight.
 
 Every run must also show that its faults happened (the ``faults-happened`` verdict:
@@ -26,11 +33,15 @@ times the adversary's reordering could outlast the run (delays are now bounded).
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
+from sim_schedules import DrawnSchedule, schedules
 from test_sim_attacks import ATTACKS
 
 from sim.report import SimResult
@@ -38,12 +49,17 @@ from sim.runner import FAULT_KINDS, SimConfig, run
 
 LATENCIES = ("constant", "uniform", "longtail")
 
-# Shrinking is switched off: a run is driven by its seed, so "smaller" configurations are
-# unrelated runs, each costing a full simulation; the failing seed is the useful output.
-HEAVY = settings(
-    deadline=None,
-    phases=(Phase.explicit, Phase.reuse, Phase.generate),
-    suppress_health_check=[HealthCheck.too_slow],
+# Runs whose schedule hypothesis draws: a failure shrinks (hypothesis stops shrinking after
+# 5 minutes at most; each step is a full simulation).
+HEAVY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Runs driven by a seed: no shrinking, a "smaller" seed is an unrelated run; the failing
+# seed is the useful output.
+SEEDED = settings(HEAVY, phases=(Phase.explicit, Phase.reuse, Phase.generate))
+
+DRAWN_REPLAY = (
+    "the schedule was drawn by hypothesis: `dagrider sim --seed` does not replay it; "
+    "hypothesis does (re-run the test, or add the @reproduce_failure decorator it printed)"
 )
 
 
@@ -80,14 +96,17 @@ def configs(draw: st.DrawFn, sizes: tuple[int, ...] = SIZES) -> SimConfig:
 seeds = st.integers(0, 2**32 - 1)
 
 
-def check(result: SimResult, in_hypothesis: bool = True) -> None:
-    """Fail with the summary (verdicts, metrics and the replay command) and the seed."""
+def check(result: SimResult, in_hypothesis: bool = True, replay: str | None = None) -> None:
+    """Fail with the summary (verdicts, metrics and the replay command) and the seed.
+
+    ``replay``: how to replay the run, if not ``result.replay`` (the seed's command).
+    """
+    replay = result.replay if replay is None else replay
     if in_hypothesis:
         note(result.summary())
     failed = [v.name for v in result.verdicts if not v.ok]
     assert result.ok, (
-        f"invariants {failed} failed for seed {result.seed}\n{result.summary()}\n"
-        f"replay: {result.replay}"
+        f"invariants {failed} failed for seed {result.seed}\n{result.summary()}\nreplay: {replay}"
     )
     expected = result.config.faults if result.config.byzantine != "none" else 0
     assert len(result.node_kinds) == expected, (
@@ -95,16 +114,21 @@ def check(result: SimResult, in_hypothesis: bool = True) -> None:
         f"{result.summary()}"
     )
     faults = next(v for v in result.verdicts if v.name == "faults-happened")
-    assert faults.ok, f"seed {result.seed}: {faults.detail}\nreplay: {result.replay}"
+    assert faults.ok, f"seed {result.seed}: {faults.detail}\nreplay: {replay}"
     if result.config.byzantine == "crash":
         assert result.restarts >= len(result.node_kinds), result.summary()
 
 
+def run_drawn(cfg: SimConfig, schedule: DrawnSchedule) -> SimResult:
+    """One run on a schedule hypothesis draws (its tail seed names the committee)."""
+    note(DRAWN_REPLAY)
+    return run(cfg, schedule.tail_seed, rng=schedule)
+
+
 @HEAVY
-@given(cfg=configs(), seed=seeds)
-def test_every_run_keeps_all_invariants(cfg: SimConfig, seed: int) -> None:
-    note(f"replay: {cfg.replay_command(seed)}")
-    check(run(cfg, seed))
+@given(cfg=configs(), schedule=schedules())
+def test_every_run_keeps_all_invariants(cfg: SimConfig, schedule: DrawnSchedule) -> None:
+    check(run_drawn(cfg, schedule), replay=DRAWN_REPLAY)
 
 
 @HEAVY
@@ -112,24 +136,87 @@ def test_every_run_keeps_all_invariants(cfg: SimConfig, seed: int) -> None:
     kind=st.sampled_from(FAULT_KINDS),
     lat=st.sampled_from(LATENCIES),
     parts=st.integers(0, 2),
-    seed=seeds,
+    schedule=schedules(),
 )
 def test_adversarial_scheduler_with_f_faults_keeps_all_invariants(
-    kind: str, lat: str, parts: int, seed: int
+    kind: str, lat: str, parts: int, schedule: DrawnSchedule
 ) -> None:
     """The hardest corner at n = 7: f faulty nodes, f slowed nodes, reordering."""
     cfg = sim_config(7, kind, 3, lat, True, parts)
-    note(f"replay: {cfg.replay_command(seed)}")
-    check(run(cfg, seed))
+    check(run_drawn(cfg, schedule), replay=DRAWN_REPLAY)
 
 
-@HEAVY
+@SEEDED
 @given(cfg=configs(sizes=(4,)), seed=seeds)
 def test_a_run_replays_exactly(cfg: SimConfig, seed: int) -> None:
-    first, second = run(cfg, seed), run(cfg, seed)
+    """A seed replays its run (the CLI's contract), also when the same seeded
+    ``random.Random`` is passed in (the injection point of hypothesis's schedules)."""
+    first, second = run(cfg, seed), run(cfg, seed, rng=random.Random(seed))
     note(first.summary())
     assert first.trace_hash == second.trace_hash, f"seed {seed}: {first.replay}"
     assert first.to_dict() == second.to_dict(), f"seed {seed}: {first.replay}"
+
+
+@pytest.mark.parametrize("kind", ["crash", "equivocate", "bad-coin"])
+def test_a_schedule_past_its_budget_is_the_seeded_run(kind: str) -> None:
+    """With no draws left to hypothesis, a DrawnSchedule is ``random.Random(tail_seed)``
+    draw for draw (its overrides compute what Random computes), so the run is the seeded
+    run: the tail of every drawn schedule is an ordinary, replayable PRNG stream."""
+    cfg = sim_config(4, kind, 3, "longtail", True, 2)
+    drawn = DrawnSchedule(random.Random(0), tail_seed=11, budget=0)
+    assert run(cfg, 11, rng=drawn).trace_hash == run(cfg, 11).trace_hash
+    assert drawn.prefix == []
+
+
+@st.composite
+def short_configs(draw: st.DrawFn) -> SimConfig:
+    """n = 4 runs cut at 1 s of virtual time: cheap enough to shrink in a few seconds."""
+    cfg = sim_config(
+        4,
+        draw(st.sampled_from(("none", "silent"))),
+        draw(st.integers(1, 3)),
+        draw(st.sampled_from(LATENCIES)),
+        draw(st.booleans()),
+        draw(st.integers(0, 2)),
+    )
+    return dataclasses.replace(cfg, max_time=1_000.0)
+
+
+def test_a_failing_drawn_run_shrinks_to_a_small_example() -> None:
+    """An artificial bug, "a run fails when node 3 is faulty", must be reported as the
+    simplest such run: a silent node, 1 wave, the first latency model, no adversary, no
+    partition, tail seed 0, and every drawn value 0 but the one that picks node 3 (the
+    run's first draw: which nodes are faulty).
+
+    Hypothesis orders examples by the number of choices first, so the simplest schedule
+    is also the one with the fewest drawn values: kinds and settings that draw more
+    (crash's re-crash coin, the adversary) shrink away when the failure allows it.
+    """
+    failing: list[tuple[SimConfig, DrawnSchedule]] = []
+
+    # It stops at the first failure (an early example); examples() only caps the search.
+    @settings(HEAVY, max_examples=examples(4), derandomize=True, database=None, print_blob=False)
+    @given(cfg=short_configs(), schedule=schedules())
+    def node_3_must_not_be_faulty(cfg: SimConfig, schedule: DrawnSchedule) -> None:
+        result = run(cfg, schedule.tail_seed, rng=schedule)
+        if 3 in result.node_kinds:
+            failing.append((cfg, schedule))
+            raise AssertionError("node 3 is faulty")
+
+    with pytest.raises(AssertionError, match="node 3 is faulty"):
+        node_3_must_not_be_faulty()
+    assert len(failing) > 1  # found, then shrunk: more than one failing run
+    cfg, schedule = failing[-1]  # hypothesis runs the shrunk example last, to report it
+    assert (cfg.byzantine, cfg.waves, cfg.latency, cfg.adversarial, cfg.partitions) == (
+        "silent",
+        1,
+        LATENCIES[0],
+        False,
+        0,
+    ), cfg
+    assert schedule.tail_seed == 0, schedule
+    assert schedule.prefix[0] == 3, schedule  # sample(range(4), 1) picked node 3
+    assert not any(schedule.prefix[1:]), schedule  # start and load times all 0.0
 
 
 # --------------------------------------------------------------------------- slow sweep

@@ -11,6 +11,7 @@ import pytest
 from dagbuilder import faults, make_vertex
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider.codec import MAX_VOTES_PER_MESSAGE, T_ECHO, T_VOTES, VERSION, Codec, encode
 from dagrider.effects import Broadcast, Delivered, Effect, Misbehaviour, Proposed, Send
@@ -158,7 +159,7 @@ def lone(kind: str, source: int, tag: int) -> Echo | Ready:
     return cls(1, source, digest(tag))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(st.lists(vote_items, max_size=60), st.integers(1, 8), st.randoms(use_true_random=False))
 def test_votes_frames_and_lone_votes_give_the_same_effects_and_state(
     items: list[tuple[str, int, int, int]], chunk: int, rng: random.Random

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider.node.api import API_METRICS, build_app
 from dagrider.node.batch import BatchError, BatchParser, RecordBatch, encode_batch
@@ -355,7 +356,7 @@ batch_bodies = st.one_of(
 
 
 @given(body=batch_bodies, cut=st.lists(st.integers(1, 64), max_size=10))
-@settings(max_examples=200)
+@settings(max_examples=examples(8))
 def test_parser_agrees_with_the_reference_however_the_body_is_chunked(
     body: bytes, cut: list[int]
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from dagrider.codec import Codec
 from dagrider.effects import Commit, Proposed, Requeued
@@ -42,7 +43,7 @@ def _txs(prefix: str, n: int) -> list[bytes]:
 # -- record batches -----------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=8))
 def test_whole_body_parser_agrees_with_the_incremental_one(data: bytes, limit: int) -> None:
     try:
