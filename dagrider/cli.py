@@ -147,6 +147,28 @@ def _parser() -> argparse.ArgumentParser:
         "(0: one step per message)",
     )
     sm.add_argument(
+        "--down-ms",
+        type=float,
+        default=3_000.0,
+        metavar="MS",
+        help="longest crash of a crash node before it restarts from its store (with a "
+        "small --gc-depth, long crashes need catch-up to rejoin)",
+    )
+    sm.add_argument(
+        "--partition-ms",
+        type=float,
+        default=2_000.0,
+        metavar="MS",
+        help="longest partition episode",
+    )
+    sm.add_argument(
+        "--retain-rounds",
+        type=int,
+        default=200,
+        help="rounds a node's store keeps below its GC floor to serve catch-up "
+        "(the daemon's retain_rounds)",
+    )
+    sm.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -330,6 +352,9 @@ def _sim(args: argparse.Namespace) -> int:
         max_time=args.max_time,
         slow_node_delay=args.slow_node_delay,
         step_ms=args.step_ms,
+        down_ms=args.down_ms,
+        partition_ms=args.partition_ms,
+        retain_rounds=args.retain_rounds,
     )
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")

@@ -54,9 +54,13 @@ class Proposed:
 @dataclass(frozen=True)
 class Requeued:
     """Transactions of our own vertex that can no longer be ordered went back to the
-    mempool (persist them as pending again)."""
+    mempool (persist them as pending again). ``vertex`` is that vertex's digest: with
+    garbage collection, a vertex that reached too few peers before its round fell below
+    the floor is never ordered (the paper's validity assumes unbounded memory); its
+    transactions are, through a later vertex."""
 
     txs: tuple[bytes, ...]
+    vertex: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,8 @@ class Process:
         else:
             self._replayed_own = own
         for vote in state.votes:
+            if vote.round < floor:  # a store may keep more, to serve catch-up
+                continue
             kind = "echo" if isinstance(vote, Echo) else "ready"
             self.rbc.restore_vote(kind, vote.source, vote.round, vote.digest)
         out: list[Effect] = []
@@ -478,9 +480,10 @@ class Process:
         out: list[Effect] = []
         for rnd in sorted(self._own, reverse=True):
             v = self._own[rnd]
-            if rnd < floor and v.block and not self.ordering.is_ordered(v.digest):
+            # Empty ones too: the effect also says which vertex was orphaned.
+            if rnd < floor and not self.ordering.is_ordered(v.digest):
                 self.mempool.extendleft(reversed(v.block))
-                out.append(Requeued(v.block))
+                out.append(Requeued(v.block, v.digest))
         return out
 
     def _suppressed(self, e: Effect) -> bool:

@@ -28,6 +28,7 @@ from dagrider.coin import CoinShare
 from dagrider.effects import Broadcast, Delivered, Effect, Proposed, RoundAdvanced, Send
 from dagrider.messages import (
     DIGEST_BYTES,
+    CatchupRequest,
     CoinShareMsg,
     Echo,
     Message,
@@ -491,6 +492,33 @@ class MaxWeakEdges:
         return replace(v, weak_edges=(*v.weak_edges, *extra))
 
 
+@dataclass
+class CatchupFlood:
+    """Honest, except that with every step it also asks every peer to replay
+    ``rounds`` rounds from its store (a CatchupRequest from round 0 or a random round
+    at or below its own, the largest count the codec allows): a member that turns small
+    requests into other members' whole stores. Correct members answer a peer at most
+    once per catch-up period after a burst (:class:`dagrider.catchup.CatchupServer`),
+    cover at most ``chunk_rounds`` rounds and 16 MiB per answer, and report the excess.
+    """
+
+    rounds: int = 100_000
+    round: int = 0
+    sent: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out = honest(me, n, effects, rng)
+        self.round = _own_round(effects, self.round)
+        start = 0 if rng.random() < 0.5 else rng.randint(0, max(0, self.round))
+        out.append(_out(_others(me, n), CatchupRequest(start, self.rounds), attack=True))
+        self.sent += 1
+        self.detail = f"{self.sent} catch-up request broadcasts"
+        return out
+
+
 def _stateless(strategy: Strategy) -> StrategyFactory:
     return lambda params, rng: strategy
 
@@ -506,6 +534,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "flood": lambda params, rng: Flood(limits=params.limits),
     "request-amplification": lambda params, rng: RequestAmplification(),
     "max-weak-edges": lambda params, rng: MaxWeakEdges(params.limits, params.gc_depth),
+    "catchup-flood": lambda params, rng: CatchupFlood(),
 }
 
 

@@ -57,6 +57,16 @@ class SimResult:
     # time the goal was reached that every correct node ordered; None: none submitted.
     tx_ordered_share: float | None = None
     slow_node_tx_ordered_share: float | None = None
+    # Catch-up (dagrider.catchup) by correct and crash nodes: requests by reason, answers
+    # served, and periods in which a node was so far behind that it would have sought a
+    # certified checkpoint (the daemon's state sync; the simulator has none, so a run
+    # must keep such nodes within its peers' retained rounds).
+    catchup_asks: dict[str, int] = field(default_factory=dict)
+    catchup_served: int = 0
+    state_sync_wanted: int = 0
+    # Lowest in-memory GC floor among correct nodes at the end: 0 means no correct node
+    # garbage-collected anything (a run shorter than gc_depth rounds past a commit).
+    gc_floor: int = 0
 
     @property
     def ok(self) -> bool:
@@ -100,6 +110,10 @@ class SimResult:
             "slow_node": self.slow_node,
             "tx_ordered_share": self.tx_ordered_share,
             "slow_node_tx_ordered_share": self.slow_node_tx_ordered_share,
+            "catchup_asks": self.catchup_asks,
+            "catchup_served": self.catchup_served,
+            "state_sync_wanted": self.state_sync_wanted,
+            "gc_floor": self.gc_floor,
             "trace_hash": self.trace_hash,
             "replay": self.replay,
         }
@@ -133,6 +147,16 @@ class SimResult:
             f"  tx ordered        {_share(self.tx_ordered_share)} of those submitted to correct "
             "nodes by the goal (or the end)",
         ]
+        if self.catchup_asks or self.catchup_served:
+            asks = ", ".join(f"{n} {reason}" for reason, n in self.catchup_asks.items())
+            lines.append(
+                f"  catch-up          {asks or 'no'} requests, {self.catchup_served} served"
+                + (
+                    f"; {self.state_sync_wanted} periods past the peers' retained rounds"
+                    if self.state_sync_wanted
+                    else ""
+                )
+            )
         if self.slow_node is not None:
             lines.append(
                 f"  slow node         node {self.slow_node} (+{c.slow_node_delay:g} ms out): "

@@ -928,7 +928,7 @@ def test_report_json_round_trips_and_has_the_metrics() -> None:
     assert doc["tx_ordered_share"] == 1.0
     assert doc["slow_node"] is None and doc["slow_node_tx_ordered_share"] is None
     names = [v["name"] for v in doc["verdicts"]]
-    assert names == ["agreement", "integrity", "validity", "liveness", "faults-happened"]
+    assert names == ["agreement", "integrity", "validity", "liveness", "rejoin", "faults-happened"]
 
 
 # --------------------------------------------------------------------------- latency

@@ -8,7 +8,9 @@ Each Byzantine strategy below is one attack by f members (see ``sim/byzantine.py
   every source, coin shares for future waves;
 * ``request-amplification``: every large delivered vertex requested 20 times from
   every peer;
-* ``max-weak-edges``: proposals padded with as many weak edges as the limit allows.
+* ``max-weak-edges``: proposals padded with as many weak edges as the limit allows;
+* ``catchup-flood``: with every step, a request to every peer to replay 100 000 rounds
+  from its store (correct members answer a burst, then one per period, and report it).
 
 Every run must keep all verdicts: agreement, integrity, validity, liveness (the goal
 reached *and* leaders committed, see ``sim.invariants.LIVENESS_SHARE``) and
@@ -32,7 +34,7 @@ from sim import byzantine
 from sim.report import SimResult
 from sim.runner import SimConfig, _Run, run
 
-ATTACKS = ("future-vertex", "flood", "request-amplification", "max-weak-edges")
+ATTACKS = ("future-vertex", "flood", "request-amplification", "max-weak-edges", "catchup-flood")
 LATENCIES = ("uniform", "constant", "longtail")
 SEEDS_PER_SIZE = {4: 4, 7: 3, 10: 2}
 
@@ -98,6 +100,8 @@ def check(result: SimResult) -> None:
     for i in result.node_kinds:
         exercised = result.attack_frames[i] + result.withheld_frames[i]
         assert exercised > 0, f"node {i} never attacked (seed {result.seed})"
+    if result.config.byzantine == "catchup-flood":  # detectable: correct members report it
+        assert result.misbehaviour_reports > 0, result.summary()
 
 
 def test_the_sweep_meets_every_future_offset() -> None:

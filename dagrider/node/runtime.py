@@ -15,8 +15,9 @@ import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, assert_never
 
+from dagrider.catchup import CatchupRequester, CatchupServer, Refuse
 from dagrider.codec import encode
 from dagrider.coin import CoinSecretShare, CoinShare
 from dagrider.committee import Committee, NodeSecret
@@ -77,11 +78,7 @@ from p2p.nat.manager import PeerInfo
 from p2p.nat_service import NatService
 from p2p.transport import PeerTransport
 
-CATCHUP_CHUNK_ROUNDS = 64
 MISBEHAVIOUR_LOG_PERIOD = 1.0  # seconds: one log line per misbehaving peer at most
-CATCHUP_PERIOD = 1.0  # seconds between checks for rounds we cannot complete alone
-CATCHUP_BURST = 3  # catch-up answers a peer may have in hand at once
-CATCHUP_MAX_BYTES = 16 * 1024 * 1024  # vertex bytes in one catch-up answer
 STORAGE_RETRY = 1.0  # seconds between write attempts while the store refuses writes
 
 
@@ -165,7 +162,8 @@ class Node:
         # (dagrider.node.mempool), and admission from the measured drain rate.
         self.ledger = Ledger()
         self.admission = Admission(floor=2 * self.params.batch_size, hard_cap=cfg.max_pending)
-        self._catchup_tokens: dict[int, tuple[float, float]] = {}  # peer -> (when, tokens)
+        self.catchup = CatchupRequester(self.me, c.n, c.f, self.params.gc_depth)
+        self.catchup_server = CatchupServer()
         self._misbehaviour_log: dict[int, tuple[float, int]] = {}  # peer -> (logged, quiet)
         self._catchup_task: asyncio.Task[None] | None = None
         self.last_leader: dict[str, Any] | None = None
@@ -346,68 +344,51 @@ class Node:
     # -- catch-up -----------------------------------------------------------------------
 
     async def _catchup_loop(self) -> None:
-        """Ask peers for rounds we cannot complete on our own.
-
-        Live rounds come back through ``resync`` on reconnect. Two cases need more: we
-        are far behind (peers have garbage-collected those rounds from memory), or a
-        buffered vertex has waited a whole period for a parent that nobody will resend
-        (delivered while we were down, below the peers' memory floor). Peers answer from
-        their stores, starting at the lowest round we are missing.
-        """
-        previous_round = self.process.round
-        stalled = 0
+        """Every period, ask peers for rounds we cannot complete on our own
+        (the policy: :class:`dagrider.catchup.CatchupRequester`)."""
         while True:
-            await asyncio.sleep(CATCHUP_PERIOD)
-            rnd = self.process.round
-            missing = self.process.dag.lowest_missing_round(rnd)
-            # "Behind" needs f+1 distinct members' word (see Process._advance): one
-            # Byzantine frame claiming round 2**48 must not make us ask forever.
-            proven = self.process.rbc.proven_round()
-            behind = proven - rnd > self.params.gc_depth // 2
-            # Stuck: a parent is missing and we made no progress for a whole period. A
-            # vertex whose parents never existed (a Byzantine source's invention) waits
-            # in the buffer while rounds go on, and must not make us ask every second.
-            progressed = rnd != previous_round
-            stuck = missing is not None and not progressed
-            previous_round = rnd
-            # No round for a while and nothing missing that we know of: messages for
-            # rounds beyond our window may have been dropped before we could take them
-            # (a restart, a state transfer). Ask again, backing off: 2, 4, 8... periods.
-            stalled = 0 if progressed else stalled + 1
-            ask_stalled = stalled >= 2 and stalled & (stalled - 1) == 0
-            # Far behind and getting nowhere: peers may no longer hold those rounds, so
-            # a certified checkpoint is the way back (dagrider.node.state_sync).
-            self.state_sync.seek(behind and not progressed)
-            if not (behind or stuck or ask_stalled):
-                continue
-            start = self.process.round if missing is None else min(missing, self.process.round)
-            data = encode(CatchupRequest(start, CATCHUP_CHUNK_ROUNDS))
-            for peer in self.peers:
-                self.transport.send(self.key_of[peer], data)
-            self.m_catchup_requests.inc()
-            self.logger.info(
-                "catch-up requested", extra={"from_round": start, "round": self.process.round}
-            )
+            await asyncio.sleep(self.catchup.policy.period)
+            self._catchup_tick()
+
+    def _catchup_tick(self) -> None:
+        process = self.process
+        rnd = process.round
+        tick = self.catchup.tick(
+            rnd, process.dag.lowest_missing_round(rnd), process.rbc.proven_round()
+        )
+        self.state_sync.seek(tick.seek_state_sync)
+        ask = tick.ask
+        if ask is None:
+            return
+        data = encode(ask.request)
+        for peer in ask.peers:
+            self.transport.send(self.key_of[peer], data)
+        self.m_catchup_requests.inc()
+        self.logger.info(
+            "catch-up requested",
+            extra={
+                "from_round": ask.request.round,
+                "round": rnd,
+                "reason": ask.reason,
+                "peers": list(ask.peers),
+            },
+        )
 
     def _serve_catchup(self, peer: int, req: CatchupRequest) -> None:
-        """Resend, from the store, our READY votes, the vertices and our coin shares.
-
-        A lagging peer asks at most once per ``CATCHUP_PERIOD``; answering more often
-        would let one member turn small requests into our whole store, again and again.
-        """
-        now = time.monotonic()
-        # A token bucket of CATCHUP_BURST answers, one back per period: a correct peer
-        # asks once per period (timer jitter included); more is counted against it.
-        stamp, tokens = self._catchup_tokens.get(peer, (now, float(CATCHUP_BURST)))
-        tokens = min(float(CATCHUP_BURST), tokens + (now - stamp) / CATCHUP_PERIOD)
-        if tokens < 1.0:
-            self._catchup_tokens[peer] = (now, tokens)
-            self._misbehaviour(peer, "catch-up requests faster than one per period")
+        """Resend, from the store, what :class:`dagrider.catchup.CatchupServer` decides:
+        our READY votes, the vertices, our coin shares, and perhaps our live rounds."""
+        decision = self.catchup_server.serve(
+            peer,
+            req,
+            time.monotonic(),
+            completed_wave=self.process.completed_wave,
+            memory_floor=self.process.dag.floor,
+        )
+        if isinstance(decision, Refuse):
+            self._misbehaviour(peer, decision.reason)
             return
-        self._catchup_tokens[peer] = (now, tokens - 1.0)
-        last = req.round + min(req.rounds, CATCHUP_CHUNK_ROUNDS)
         try:
-            answer = self.store.catchup(req.round, last, CATCHUP_MAX_BYTES)
+            answer = self.store.catchup(decision.first, decision.last, decision.max_bytes)
         except StorageCorrupt as exc:
             self._corrupt(exc)
             return
@@ -416,13 +397,9 @@ class Node:
             self._send(peer, encode(Ready(vote.round, vote.source, vote.digest)))
             if vertex is not None:
                 self._send(peer, encode(VertexResponse(vertex)))
-        for wave in range(max(1, req.round // 4), last // 4 + 1):
-            if wave <= self.process.completed_wave:
-                share = self.process.own_share(wave)
-                self._send(peer, encode(CoinShareMsg(share)))
-        if last >= self.process.dag.floor:
-            # The asked rounds reach what we hold in memory: resend our live rounds too
-            # (our VALs and votes), which the asker may have dropped as too far ahead.
+        for wave in decision.waves:
+            self._send(peer, encode(CoinShareMsg(self.process.own_share(wave))))
+        if decision.resync:
             self._emit(self.process.resync(peer))
 
     # -- effects ------------------------------------------------------------------------
@@ -463,36 +440,42 @@ class Node:
             self._storage_up()
         encoded: dict[int, bytes] = {}
         # Stored vote by vote above; on the wire the flush's votes go as one Votes frame.
+        # Every effect kind is named (mypy checks it: assert_never), so a new kind is an
+        # error here until this shell decides what to do with it.
         for e in coalesce_votes(effects):
-            if isinstance(e, Broadcast):
-                data = encoded.get(id(e.msg)) or encode(e.msg)
-                encoded[id(e.msg)] = data
-                for peer in self.peers:
-                    self._send(peer, data)
-            elif isinstance(e, Send):
-                self._send(e.to, encode(e.msg))
-            elif isinstance(e, Commit):
-                self._on_commit(e, now)
-            elif isinstance(e, Proposed):
-                self._on_proposed(e)
-            elif isinstance(e, Delivered):
-                self._on_delivered(e, now)
-            elif isinstance(e, Requeued):
-                self.ledger.requeued(e.txs, now)
-                self.m_requeued.inc(len(e.txs))
-            elif isinstance(e, AwaitBatch):
-                delay = self.cfg.batch_delay
-                if e.idle:  # an idle committee rests at least as long as a busy one
-                    delay = max(delay, self.cfg.idle_round_interval)
-                asyncio.get_running_loop().call_later(delay, self._propose_timer, e.round)
-            elif isinstance(e, RoundAdvanced):
-                self.m_round.set(e.round)
-            elif isinstance(e, LeaderDecided):
-                self._on_leader(e)
-            elif isinstance(e, Misbehaviour):
-                self._misbehaviour(e.peer, e.reason)
-            elif isinstance(e, CheckpointReached):
-                self.state_sync.on_checkpoint(e.state)
+            match e:
+                case Broadcast(msg):
+                    data = encoded.get(id(msg)) or encode(msg)
+                    encoded[id(msg)] = data
+                    for peer in self.peers:
+                        self._send(peer, data)
+                case Send(to, msg):
+                    self._send(to, encode(msg))
+                case Commit():
+                    self._on_commit(e, now)
+                case Proposed():
+                    self._on_proposed(e)
+                case Delivered():
+                    self._on_delivered(e, now)
+                case Requeued(txs):
+                    if txs:  # an empty orphan only tells which vertex it was
+                        self.ledger.requeued(txs, now)
+                        self.m_requeued.inc(len(txs))
+                case AwaitBatch(rnd, idle):
+                    delay = self.cfg.batch_delay
+                    if idle:  # an idle committee rests at least as long as a busy one
+                        delay = max(delay, self.cfg.idle_round_interval)
+                    asyncio.get_running_loop().call_later(delay, self._propose_timer, rnd)
+                case RoundAdvanced(rnd):
+                    self.m_round.set(rnd)
+                case LeaderDecided():
+                    self._on_leader(e)
+                case Misbehaviour(peer, reason):
+                    self._misbehaviour(peer, reason)
+                case CheckpointReached(state):
+                    self.state_sync.on_checkpoint(state)
+                case _:
+                    assert_never(e)
         if committed:
             self._log_changed.set()
             self._log_changed = asyncio.Event()
