@@ -69,7 +69,7 @@ def test_upnp_peer_is_dialled_directly(lab: Lab, tmp_path: Path) -> None:
         cid = mesh.put("up", blob)
         mesh.start("p2")
         addrs = mesh.wait(
-            lambda: mesh.providers("p2", cid, "up"), 15, "p2 to find up's provider record"
+            lambda: mesh.providers("p2", cid, "up"), 60, "p2 to find up's provider record"
         )
         assert addrs == [f"{wan[0]}:{wan[1]}"], addrs  # the mapping, nothing private
         mesh.fetch("p2", cid, 20)
