@@ -7,15 +7,22 @@ and consensus (transactions), the CRDT store (a document that must replicate), t
 and the content layer (a blob put on the peer and fetched by a member). The NAT
 families need a relay and a punched link, so they are driven on loopback NAT services
 (the shape of tests/p2p/test_p2p_nat_service.py).
+
+Nothing here races the daemons: the mempool backlog is scraped while two members are
+paused (SIGSTOP), so that no round can take it; the gauges are compared with a
+``/v1/status`` read just before and just after the same scrape that agree with each
+other; every wait is a hang limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -99,16 +106,103 @@ def _parse(text: str) -> tuple[dict[str, str], dict[str, Samples]]:
     return kinds, samples
 
 
-def _scrape(cluster: LocalCluster) -> tuple[dict[str, str], dict[str, Samples]]:
+HANG_S = 120.0
+"""Hang limit of every wait for something that must happen (a run, a commit, a round
+trip): generous, so that only a real stall reaches it on a loaded 2-core machine."""
+
+
+def _scrape_node(cluster: LocalCluster, i: int) -> tuple[dict[str, str], dict[str, Samples]]:
+    """Node ``i``'s families, its series named ``node<i>:<series>``."""
+    with urllib.request.urlopen(cluster.api_url(i) + "/metrics", timeout=30) as r:
+        kinds, samples = _parse(r.read().decode())
+    return kinds, {
+        family: {f"node{i}:{n}": v for n, v in series.items()} for family, series in samples.items()
+    }
+
+
+def _merge(
+    scrapes: list[tuple[dict[str, str], dict[str, Samples]]],
+) -> tuple[dict[str, str], dict[str, Samples]]:
     kinds: dict[str, str] = {}
     merged: dict[str, Samples] = {}
-    for i in range(cluster.n):
-        with urllib.request.urlopen(cluster.api_url(i) + "/metrics", timeout=10) as r:
-            k, s = _parse(r.read().decode())
+    for k, s in scrapes:
         kinds.update(k)
         for family, series in s.items():
-            merged.setdefault(family, {}).update({f"node{i}:{n}": v for n, v in series.items()})
+            merged.setdefault(family, {}).update(series)
     return kinds, merged
+
+
+def _scrape(cluster: LocalCluster) -> tuple[dict[str, str], dict[str, Samples]]:
+    return _merge([_scrape_node(cluster, i) for i in range(cluster.n)])
+
+
+def _view(status: dict[str, object]) -> object:
+    """What ``test_state_gauges_read_the_real_values`` compares with the gauges."""
+    dht, content, nat = status["dht"], status["content"], status.get("nat") or {}
+    assert isinstance(dht, dict) and isinstance(content, dict) and isinstance(nat, dict)
+    peers = status.get("peers") or {}
+    assert isinstance(peers, dict)
+    return (
+        dht["routing_table"],
+        dht["providers"],
+        dht["stats"],
+        content["bytes_served"],
+        content["bytes_fetched"],
+        nat.get("reachability"),
+        sorted((k, p["path"]) for k, p in (nat.get("peers") or {}).items()),
+        sorted((k, p["rtt_ms"]) for k, p in peers.items()),
+    )
+
+
+def _scrape_with_status(
+    cluster: LocalCluster,
+) -> tuple[tuple[dict[str, str], dict[str, Samples]], dict[int, dict[str, object]]]:
+    """Every node's scrape with a ``/v1/status`` that agrees with it: a status read just
+    before and one just after the scrape must show the same values (DHT maintenance,
+    keep-alives and the like may move them at any time), else the node is read again."""
+    scrapes = []
+    status: dict[int, dict[str, object]] = {}
+    for i in range(cluster.n):
+        deadline = time.monotonic() + HANG_S
+        while True:
+            first = cluster.get_json(i, "/v1/status", timeout=30)
+            scrape = _scrape_node(cluster, i)
+            status[i] = cluster.get_json(i, "/v1/status", timeout=30)
+            if _view(first) == _view(status[i]):
+                break
+            assert time.monotonic() < deadline, f"node {i}'s status never held still"
+        scrapes.append(scrape)
+    return _merge(scrapes), status
+
+
+def _mempool_backlog(
+    cluster: LocalCluster, paused: tuple[int, ...] = (2, 3)
+) -> tuple[list[bytes], tuple[dict[str, str], dict[str, Samples]]]:
+    """Node 0's scrape while its mempool holds a backlog, and the transactions sent.
+
+    With members ``paused`` (SIGSTOP) no vertex can be delivered, so node 0 can propose
+    at most the vertex it was about to: a batch it took is followed by another until one
+    stays in the mempool. (A scrape right after one batch on a running committee would
+    race the next vertex for it.)"""
+    sent: list[bytes] = []
+    pids = [pid for pid in (cluster.pid(i) for i in paused) if pid is not None]
+    assert len(pids) == len(paused), "a member to pause is not running"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + HANG_S
+        while True:
+            txs = [f"metrics-{len(sent) + k}".encode() for k in range(1_500)]
+            submit_batch(cluster.api_url(0), txs)
+            sent += txs
+            scrape = _scrape_node(cluster, 0)
+            if scrape[1]["dagrider_mempool_transactions"]["node0:dagrider_mempool_transactions"]:
+                return sent, scrape
+            assert time.monotonic() < deadline, "node 0's mempool never held a backlog"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 async def _ws_ingest(api: str, txs: list[bytes]) -> None:
@@ -119,7 +213,7 @@ async def _ws_ingest(api: str, txs: list[bytes]) -> None:
     url = api.replace("http", "ws", 1) + "/v1/ingest"
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         await ws.send_bytes(encode_batch(txs))
-        reply = await ws.receive_json(timeout=10)
+        reply = await ws.receive_json(timeout=60)
         assert reply == {"accepted": len(txs)}, reply
 
 
@@ -150,22 +244,21 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
         cluster.wait_ready(60)
         _wait(
             lambda: (
-                all(cluster.get_json(i, "/v1/status")["round"] >= 2 for i in range(4))
-                and cluster.get_json(4, "/v1/status")["dht"]["routing_table"] >= 1
+                all(cluster.get_json(i, "/v1/status", timeout=30)["round"] >= 2 for i in range(4))
+                and cluster.get_json(4, "/v1/status", timeout=30)["dht"]["routing_table"] >= 1
             ),
-            60,
+            HANG_S,
             "the committee to run and the peer to join the mesh",
         )
         before = _scrape(cluster)
         # API + consensus: a backlog (scraped while the mempool holds it), one batch
         # over the WebSocket ingest, one bad request (the error counter).
-        txs = [f"metrics-{k}".encode() for k in range(1_500)]
-        submit_batch(cluster.api_url(0), txs)
-        mid = _scrape(cluster)
+        txs, backlog = _mempool_backlog(cluster)
+        mid = _merge([backlog, *(_scrape_node(cluster, i) for i in range(1, cluster.n))])
         asyncio.run(_ws_ingest(cluster.api_url(1), [b"ws-1", b"ws-2"]))
         _wait(
-            lambda: cluster.get_json(1, "/v1/status")["log_head"] >= len(txs) + 1,
-            90,
+            lambda: cluster.get_json(1, "/v1/status", timeout=30)["log_head"] >= len(txs) + 1,
+            HANG_S,
             "commits",
         )
         assert len(get_log(cluster.api_url(0), -1, 10)) == 10  # a client reads the log
@@ -181,7 +274,7 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             except ApiError:
                 return False
 
-        _wait(replicated, 60, "the CRDT document on node 1")
+        _wait(replicated, HANG_S, "the CRDT document on node 1")
         # DHT + content: a blob on the peer, fetched by member 2.
         blob = tmp / "blob"
         blob.write_bytes(os.urandom(300_000))
@@ -191,14 +284,22 @@ def driven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             lambda: all(
                 p["rtt_ms"] is not None
                 for i in range(4)
-                for p in cluster.get_json(i, "/v1/status")["peers"].values()
+                for p in cluster.get_json(i, "/v1/status", timeout=30)["peers"].values()
             ),
-            30,
+            HANG_S,
             "a keep-alive round trip on every link",
         )
-        after = _scrape(cluster)
-        status = {i: cluster.get_json(i, "/v1/status") for i in range(cluster.n)}
-        yield {"before": before, "mid": mid, "after": after, "status": status, "cid": cid}
+        after, status = _scrape_with_status(cluster)
+        assert cluster.committee is not None
+        keys = {cluster.committee.member(j).identity_key.hex(): j for j in range(4)}
+        yield {
+            "before": before,
+            "mid": mid,
+            "after": after,
+            "status": status,
+            "cid": cid,
+            "members": keys,
+        }
 
 
 def test_every_family_changes_when_its_thing_happens(driven: dict[str, object]) -> None:
@@ -224,6 +325,7 @@ def test_every_family_changes_when_its_thing_happens(driven: dict[str, object]) 
 def test_state_gauges_read_the_real_values(driven: dict[str, object]) -> None:
     _, after = driven["after"]  # type: ignore[misc]
     status: dict[int, dict[str, object]] = driven["status"]  # type: ignore[assignment]
+    members: dict[str, int] = driven["members"]  # type: ignore[assignment]
 
     def value(family: str, node: int) -> float:
         (v,) = [v for s, v in after[family].items() if s.startswith(f"node{node}:")]
@@ -256,12 +358,25 @@ def test_state_gauges_read_the_real_values(driven: dict[str, object]) -> None:
             v for s, v in after["dagrider_nat_peer_relayed"].items() if s.startswith(f"node{i}:")
         ]
         assert relayed == [0.0, 0.0, 0.0], relayed
-        rtts = [
-            v
+        # The RTT gauge is the link's keep-alive RTT in seconds: what /v1/status shows in
+        # milliseconds (read around the same scrape). No bound on its size: that would
+        # time the machine, not check the gauge.
+        rtts = {
+            s: v
             for s, v in after["dagrider_nat_peer_rtt_seconds"].items()
             if s.startswith(f"node{i}:")
-        ]
-        assert len(rtts) == 3 and all(0.0 <= v < 1.0 for v in rtts), rtts
+        }
+        peers = status[i]["peers"]
+        assert isinstance(peers, dict)
+        shown = {
+            f'node{i}:dagrider_nat_peer_rtt_seconds{{peer="{members[k]}"}}': p["rtt_ms"] / 1000
+            for k, p in peers.items()
+            if k in members
+        }
+        assert len(rtts) == 3 and rtts == shown and all(v >= 0 for v in rtts.values()), (
+            rtts,
+            shown,
+        )
     assert value("dagrider_content_blobs", 4) == 1  # the peer holds the blob it was given
     assert value("dagrider_content_blobs", 2) == 1  # and member 2 fetched it
     assert value("dagrider_content_bytes_fetched_total", 2) >= 300_000
@@ -342,7 +457,7 @@ def test_nat_families_change_with_a_relayed_then_punched_link() -> None:
             start = {id(n): n.values() for n in nodes}
             await wait_until(
                 lambda: all(n.nat.reservations.active(n.nat.now) for n in (a, b)),
-                timeout=10,
+                timeout=HANG_S,
                 what="reservations",
             )
 
@@ -359,7 +474,7 @@ def test_nat_families_change_with_a_relayed_then_punched_link() -> None:
             b.nat.want(a_id.public_key, PeerInfo((), False, (r_id.public_key,)))
             await wait_until(
                 lambda: relay.values()["dagrider_nat_relay_bytes_total"] > 0,
-                timeout=15,
+                timeout=HANG_S,
                 what="bytes through the relay",
             )
             await wait_until(
@@ -368,7 +483,7 @@ def test_nat_families_change_with_a_relayed_then_punched_link() -> None:
                     + b.values()["dagrider_nat_punches_succeeded_total"]
                     > 0
                 ),
-                timeout=20,
+                timeout=HANG_S,
                 what="a punched direct link",
             )
             watcher.cancel()
@@ -380,5 +495,5 @@ def test_nat_families_change_with_a_relayed_then_punched_link() -> None:
                 await node.nat.close()
                 await node.transport.close()
 
-    run(main(), timeout=60)
+    run(main(), timeout=4 * HANG_S)  # the waits inside end a hang first
     assert seen["circuits"] >= 1

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from natlab.lab import Host
-from natlab.test_mesh_nat import API_PORT, CHUNK_KIB, PEER_PORT, Api
+from natlab.test_mesh_nat import API_PORT, API_TIMEOUT, CHUNK_KIB, HANG_S, PEER_PORT, Api
 
 from dagrider.node.peer_key import PeerKey
 
 T = TypeVar("T")
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = HANG_S
+"""Hang limit from a daemon's start until its API answers (a second or two when idle)."""
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Daemon:
         return f'"{self.key.hex()}@{self.addr}"'
 
     def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = self.api.get_json("/v1/status", timeout=5)
+        doc: dict[str, Any] = self.api.get_json("/v1/status")
         return doc
 
 
@@ -136,7 +137,7 @@ class Daemons:
                 assert d.proc is not None
                 if d.proc.poll() is not None:
                     raise AssertionError(f"{d.name} exited:\n{self.log_tail(d.name)}")
-                return d.api.call("GET", "/healthz", timeout=2).status == 200
+                return d.api.call("GET", "/healthz", timeout=10).status == 200
 
             self.wait(ready, READY_TIMEOUT, f"{name}'s API")
 
@@ -191,14 +192,16 @@ class Daemons:
     # -- content ------------------------------------------------------------------------
 
     def put(self, name: str, blob: bytes) -> str:
-        reply = self.peers[name].api.call("PUT", "/v1/content", blob, timeout=20)
+        reply = self.peers[name].api.call("PUT", "/v1/content", blob, timeout=60)
         assert reply.status == 201, f"PUT on {name}: {reply}"
         cid: str = reply.json()["cid"]
         return cid
 
     def providers(self, name: str, cid: str, provider: str) -> list[str] | None:
         """The addresses in ``provider``'s record for ``cid`` as ``name`` finds it."""
-        found = self.peers[name].api.get_json(f"/v1/content/{cid}/providers", timeout=15)
+        found = self.peers[name].api.get_json(
+            f"/v1/content/{cid}/providers", timeout=2 * API_TIMEOUT
+        )
         key = self.peers[provider].key.hex()
         mine = [p["addrs"] for p in found["providers"] if p["key"] == key]
         return list(mine[0]) if mine else None
@@ -217,6 +220,6 @@ class Daemons:
         self.wait(held, timeout, f"{name} to hold {cid[:16]}")
 
     def read(self, name: str, cid: str) -> bytes:
-        reply = self.peers[name].api.call("GET", f"/v1/content/{cid}", timeout=20)
+        reply = self.peers[name].api.call("GET", f"/v1/content/{cid}", timeout=60)
         assert reply.status == 200, f"GET on {name}: {reply}"
         return reply.body

@@ -207,11 +207,17 @@ class Host:
         return self.run([sys.executable, "-c", code, *args], timeout=timeout, check=check)
 
 
+READ_HANG_S = 60.0
+"""How long :meth:`JsonLinesProcess.read` waits for a line by default: a hang limit for a
+result that must come (a loaded machine may take seconds to start a Python process),
+never the observation window of a test; the scripts bound their own waits."""
+
+
 class JsonLinesProcess:
     """A Python script run inside a host's namespace that talks JSON lines on stdin and
     stdout, read with deadlines (the probes and punch peers of the lab tests)."""
 
-    def __init__(self, host: Host, *argv: str, read_timeout: float = 10.0) -> None:
+    def __init__(self, host: Host, *argv: str, read_timeout: float = READ_HANG_S) -> None:
         self.host = host
         self.read_timeout = read_timeout
         self.proc = host.popen(
@@ -265,6 +271,31 @@ class Network:
         """Add a host behind the router, default route via the router's LAN address."""
         return self.lab._private_host(self, name)
 
+    def count_drops(self, chain: str, source: str, dport: int | None = None) -> DropCounter:
+        """Count the TCP SYNs from ``source`` (to ``dport``, if given) that arrive on the
+        WAN and that the router's firewall drops in ``chain`` (``INPUT``: addressed to the
+        router and matching no mapping; ``FORWARD``: routed to the inside).
+
+        A rule without a target is inserted just before the chain's final ``-i WAN -j
+        DROP``: it changes nothing, and every packet it counts is dropped next. Tests use
+        it as positive evidence that a connection failed because the NAT dropped its SYN,
+        instead of inferring the drop from a connect() timing out within some window.
+        """
+        rules = [r for r in self.router.run(["iptables", "-S", chain]).stdout.splitlines()
+                 if r.startswith(f"-A {chain} ")]  # fmt: skip
+        if not rules or rules[-1] != f"-A {chain} -i {self.wan} -j DROP":
+            raise LabError(f"{self.name} ({self.nat}) drops nothing in {chain}: {rules}")
+        self.lab._counters += 1
+        comment = f"natlab-drops-{self.lab._counters}"
+        match = ["-i", self.wan, "-s", source, "-p", "tcp", "--syn"]
+        if dport is not None:
+            match += ["--dport", str(dport)]
+        self.router.run(
+            ["iptables", "-I", chain, str(len(rules)), *match, "-m", "comment",
+             "--comment", comment]
+        )  # fmt: skip
+        return DropCounter(self.router, chain, comment)
+
     def start_upnp(self, workdir: Path) -> subprocess.Popen[str]:
         """Run a real ``miniupnpd`` (UPnP IGD + NAT-PMP) on the router, serving the LAN.
 
@@ -315,6 +346,35 @@ class Network:
             log.close()
 
 
+@dataclass(frozen=True)
+class DropCounter:
+    """SYNs that a router's firewall dropped, counted by a rule of its own
+    (:meth:`Network.count_drops`)."""
+
+    router: Host
+    chain: str
+    comment: str
+
+    def count(self) -> int:
+        """Packets counted so far (read back from the kernel's rule counters)."""
+        saved = self.router.run(["iptables-save", "-c", "-t", "filter"]).stdout
+        pattern = rf'^\[(\d+):\d+\] -A {self.chain} .*--comment "?{re.escape(self.comment)}"?$'
+        found = re.search(pattern, saved, re.M)
+        if found is None:
+            raise LabError(f"counter {self.comment} is gone from {self.router.name}: {saved}")
+        return int(found.group(1))
+
+
+@dataclass(frozen=True)
+class _Attachment:
+    """Where a namespace meets the internet: its WAN interface and, with veth links, the
+    internet-side end of the pair."""
+
+    netns: str
+    wan: str
+    port: str
+
+
 class Lab:
     """One isolated internet with public hosts and NATed private networks.
 
@@ -352,6 +412,8 @@ class Lab:
         self._links = 0  # interface name counter
         self._public = 1  # last public address used: 198.51.100.<n>
         self._switch: subprocess.Popen[str] | None = None
+        self._attachments: dict[str, _Attachment] = {}  # public address -> attachment
+        self._counters = 0  # drop counters made (their rules' comments are numbered)
         self._closed = False
         atexit.register(self.close)
         try:
@@ -507,10 +569,29 @@ class Lab:
             _ip_batch(self.internet, [f"link add {bridge} type bridge", f"link set {bridge} up"])
 
     def _switch_reply(self, expected: str) -> None:
-        assert self._switch is not None and self._switch.stdout is not None
-        line = self._switch.stdout.readline().strip()
+        line = self._switch_line()
         if line != expected:
             raise LabError(f"internet switch answered {line!r}, expected {expected!r}")
+
+    def _switch_line(self) -> str:
+        assert self._switch is not None and self._switch.stdout is not None
+        return self._switch.stdout.readline().strip()
+
+    def path_delay_ms(self, a: Host, b: Host) -> float:
+        """The one-way delay configured on the internet path from ``a`` to ``b``, read
+        back from where it is applied (not measured, so not subject to machine load):
+        the ``netem`` qdiscs on ``a``'s WAN interface and on ``b``'s internet-side port
+        (veth backends: none is 0), or the switch's frame delay (``tap``)."""
+        if self.backend == "tap":
+            assert self._switch is not None and self._switch.stdin is not None
+            self._switch.stdin.write("delay\n")
+            self._switch.stdin.flush()
+            words = self._switch_line().split()
+            if len(words) != 2 or words[0] != "delay":
+                raise LabError(f"internet switch answered {' '.join(words)!r} to delay")
+            return float(words[1])
+        src, dst = self._attachments[a.public_address], self._attachments[b.public_address]
+        return _netem_delay_ms(src.netns, src.wan) + _netem_delay_ms(self.internet, dst.port)
 
     def _attach(self, netns: str) -> str:
         """Connect ``netns`` to the internet; returns its public address."""
@@ -536,12 +617,24 @@ class Lab:
                 ],
             )
         _ip_batch(netns, [f"addr add {address}/24 dev {wan}", f"link set {wan} up"])
+        self._attachments[address] = _Attachment(netns, wan, port)
         if self.backend == "netem":
             delay = f"{self.delay_ms}ms"
             _run(["tc", "-n", self.internet, "qdisc", "add", "dev", port, "root", "netem",
                   "delay", delay])  # fmt: skip
             _run(["tc", "-n", netns, "qdisc", "add", "dev", wan, "root", "netem", "delay", delay])
         return address
+
+
+_NETEM_DELAY = re.compile(r"\bnetem\b.*?\bdelay (\d+(?:\.\d+)?)(s|ms|us)\b")
+_MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 0.001}
+
+
+def _netem_delay_ms(netns: str, dev: str) -> float:
+    """The delay of ``dev``'s netem qdisc in ``netns`` (0 when it has none)."""
+    shown = _run(["tc", "-n", netns, "qdisc", "show", "dev", dev])
+    found = _NETEM_DELAY.search(shown)
+    return float(found.group(1)) * _MS_PER_UNIT[found.group(2)] if found else 0.0
 
 
 # -- command line -----------------------------------------------------------------------

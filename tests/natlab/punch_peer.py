@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import socket
 import sys
@@ -82,20 +83,45 @@ async def main(args: argparse.Namespace) -> None:
             )
             return reader, writer
 
+    async def reissued_dial(period: float) -> Streams:
+        """The strategy we do not use: close a pending connect and issue it again every
+        ``period`` s. Only the connect is on the timer; once the 4-tuple is connected the
+        TLS handshake gets the whole deadline, so a slow machine does not abort a
+        handshake the strategy itself would finish (which left the 4-tuple in TIME_WAIT
+        and the next connect with EADDRNOTAVAIL)."""
+        while True:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(bound)
+            window_end = min(deadline, loop.time() + period)
+            try:
+                async with asyncio.timeout_at(window_end):
+                    await loop.sock_connect(sock, addr)
+            except TimeoutError:
+                sock.close()
+                if loop.time() >= deadline:
+                    raise PunchTimeout(f"reissued connects to {addr} until the deadline") from None
+                continue
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
+                    raise TupleBusyError(exc.errno, str(exc)) from exc
+                await asyncio.sleep(max(0.0, window_end - loop.time()))  # refused: next period
+                continue
+            reader, writer, _ = await punched_tls(
+                sock, role, client_ctx, server_ctx, {peer.public_key}, deadline
+            )
+            return reader, writer
+
     async def dial() -> Streams:
         nonlocal dial_error, dial_seconds
         try:
             if reissue is None:
                 return await punch_dial(bound, addr, socket.AF_INET, role, client_ctx,
                                         server_ctx, peer.public_key, deadline)  # fmt: skip
-            while True:  # the strategy we do not use: close and reconnect on a timer
-                try:
-                    return await punch_dial(bound, addr, socket.AF_INET, role, client_ctx,
-                                            server_ctx, peer.public_key,
-                                            min(deadline, loop.time() + reissue))  # fmt: skip
-                except PunchTimeout:
-                    if loop.time() >= deadline:
-                        raise
+            return await reissued_dial(reissue)
         except TupleBusyError:
             dial_error = "EADDRNOTAVAIL"
             await asyncio.sleep(deadline - loop.time())

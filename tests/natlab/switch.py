@@ -11,7 +11,8 @@ Control protocol on stdin, one command a line, each answered on stdout:
 
 * ``add NAME`` -- create TAP device NAME in this namespace (the lab then moves it into
   the node's namespace; the file descriptor stays attached) -> ``ok NAME``;
-* ``linger`` -- keep forwarding after stdin closes (``lab.py up --detach``) -> ``ok``.
+* ``linger`` -- keep forwarding after stdin closes (``lab.py up --detach``) -> ``ok``;
+* ``delay`` -- the delay it holds every frame, read back by tests -> ``delay MS``.
 
 Without ``linger`` the switch exits when stdin closes, so it never outlives its lab.
 """
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif words == ["linger"]:
                     linger = True
                     print("ok", flush=True)
+                elif words == ["delay"]:
+                    print(f"delay {switch.delay_s * 1000}", flush=True)
                 else:
                     print(f"error unknown command {line!r}", flush=True)
         switch.deliver(time.monotonic())

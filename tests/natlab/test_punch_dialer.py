@@ -23,6 +23,7 @@ PROBE = str(HERE / "probe.py")
 RENDEZVOUS_PORT = 7000
 NODE_PORT = 9000
 TIMEOUT = 5.0  # PunchConfig.dial_timeout
+HANG_LIMIT = 2.0  # how late a dial may report its deadline before we call it hung
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,10 @@ def test_punch_dial_matrix(natlab: Lab, loop: str, capsys: pytest.CaptureFixture
             failures.append(cell.label)
         if not cell.works:  # both dials give up at the deadline, cleanly
             for r in (ra, rb):
+                # not before the deadline; the upper bound is a hang limit (a loaded
+                # machine runs the timeout's callback late), not a speed requirement
                 late = r.get("dial_seconds", 0) - TIMEOUT
-                if r["ok"] or r["dial"] != "timeout" or not 0 <= late < 0.1:
+                if r["ok"] or r["dial"] != "timeout" or not 0 <= late < HANG_LIMIT:
                     failures.append(f"{cell.label}: {r}")
     table = "\n".join([f"punch_dial + TLS on {loop} (time from each side's start):", *rows])
     with capsys.disabled():
