@@ -21,7 +21,11 @@ the stored ordering snapshot, :meth:`dagrider.ordering.Ordering.floor`):
   leaders of undecided waves and their causal histories above the floor).
 * **Coin shares received** from peers, for waves at and above the snapshot's
   ``next_wave``: the coins of undecided waves may be unrecoverable once peers move on.
-  Our own share is derived from our key again, never stored.
+  Our own share is derived from our key again, never stored. A shell hands over only
+  the shares its process accepted (:meth:`~dagrider.process.Process.accepts_coin_share`:
+  the process's window, up to ``future_rounds`` above proven progress), so a peer
+  cannot make a store hold more than it can make the process hold; GC drops waves
+  below ``next_wave``, and nothing ever lands far above it.
 * **The ordering snapshot**, taken with the batch's commits (one atomic write), and the
   **commits** themselves with their log positions: the log is the product; a restart
   resumes at ``next_index`` and emits no commit twice.
@@ -165,7 +169,8 @@ def write_set(
 
     ``ordering`` is the process's snapshot taken after the batch (a shell passes it
     when the batch commits); ``received_shares`` the coin shares peers sent during
-    the batch; ``last_gc`` the floor of the store's previous GC step. The step, if
+    the batch that the process accepted (``Process.accepts_coin_share``, asked before
+    each was received); ``last_gc`` the floor of the store's previous GC step. The step, if
     this batch makes one, is in :attr:`WriteSet.gc`: the store remembers its floor.
     """
     delivered: list[Vertex] = []

@@ -101,6 +101,9 @@ class Process:
         self._coins: dict[int, WaveCoin] = {}
         self._own: dict[int, Vertex] = {}  # our proposals still above the GC floor
         self._replayed_own: dict[int, Vertex] = {}  # proposals reloaded after a restart
+        # Rounds below our highest reloaded proposal: an earlier incarnation went past
+        # them, so one without a reloaded proposal of ours gets none now (see recover).
+        self._passed_round = 0
         # Rounds up to here may hold messages an earlier incarnation sent and its store
         # lost (see :meth:`fence`): no new vote or vertex of ours for them.
         self.fence_round = 0
@@ -247,7 +250,12 @@ class Process:
             self.completed_wave = (self.round - 1) // 4
             self._own = own
         else:
+            # Walking up from genesis, re-proposing what we proposed. A round below our
+            # last proposal that has none of ours was passed without one: skipped, or,
+            # by an incarnation fenced there, maybe proposed in by the one before it
+            # (whose store was lost), so a new vertex now could equivocate.
             self._replayed_own = own
+            self._passed_round = max(own, default=1) - 1
         for vote in state.votes:
             if vote.round < floor:  # a store may keep more, to serve catch-up
                 continue
@@ -330,10 +338,11 @@ class Process:
             # of them correct): a single Byzantine claim of round 10**9 moves nothing.
             behind = self.rbc.proven_round() - nxt
             # f+1 peers voted on a vertex of ours for this round that we do not hold:
-            # an earlier incarnation (its store lost) proposed here. A new vertex would
-            # equivocate, so this round goes by without one.
+            # an earlier incarnation (its store lost) proposed here, or it may have (the
+            # fence, or a round an earlier incarnation passed: see recover). A new vertex
+            # would equivocate, so this round goes by without one.
             forgotten = (
-                nxt <= max(self.rbc.proven_own_round(), self.fence_round)
+                nxt <= max(self.rbc.proven_own_round(), self.fence_round, self._passed_round)
                 and nxt not in self._own
                 and nxt not in self._replayed_own
             )
@@ -431,14 +440,27 @@ class Process:
         out += self._on_coin_share(self.me, share)
         return out + self._order()
 
+    def coin_share_window(self) -> tuple[int, int]:
+        """The waves whose coin shares this process takes now, lowest and highest: from
+        the first undecided wave up to ``future_rounds`` above its proven progress (the
+        f+1-th highest round members showed, so one Byzantine claim moves nothing)."""
+        progress = max(self.round, self.rbc.proven_round())
+        return self.ordering.next_wave, (progress + self.cfg.params.future_rounds) // 4 + 1
+
+    def accepts_coin_share(self, sender: NodeId, share: CoinShare) -> bool:
+        """Whether a share from ``sender`` is one this process takes: signed by its
+        sender, for a wave in :meth:`coin_share_window`. A shell stores exactly these
+        (ask before :meth:`receive`), so what a peer can make the store hold is bounded
+        as what it can make this process hold: a share for wave 2**40 is neither held
+        nor stored. (Shares for a coin already known are kept too: after a restart our
+        own share of a completed wave is not derived again, and peers' may be needed.)"""
+        low, high = self.coin_share_window()
+        return share.signer == sender and low <= share.wave <= high
+
     def _on_coin_share(self, sender: NodeId, share: CoinShare) -> list[Effect]:
         if share.signer != sender:
             return [Misbehaviour(sender, f"coin share signed by {share.signer}")]
-        progress = max(self.round, self.rbc.proven_round())
-        if (
-            share.wave < self.ordering.next_wave
-            or share.wave > (progress + self.cfg.params.future_rounds) // 4 + 1
-        ):
+        if not self.accepts_coin_share(sender, share):
             return []
         coin = self._coin(share.wave)
         if coin.value is not None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from p2p.errors import P2PError
 from p2p.framing import HEADER, FrameKind
@@ -29,6 +31,7 @@ from p2p.nat.manager import (
     CloseRelayed,
     ConnectionManager,
     ManagerConfig,
+    ManagerEffect,
     Path,
     PathChanged,
     PeerInfo,
@@ -57,17 +60,21 @@ from p2p.nat.messages import (
     decode,
     encode,
 )
-from p2p.nat.observed import AddressesChanged, MappingChanged, ObservedAddresses
+from p2p.nat.observed import AddressesChanged, MappingChanged, ObservedAddresses, ObservedEffect
 from p2p.nat.punch import CancelDials, PunchFailed, PunchSucceeded
+from p2p.nat.reachability import ClientEffect as ReachEffect
 from p2p.nat.reachability import (
     DialBackTo,
     ReachabilityChanged,
     ReachabilityClient,
     ReachabilityConfig,
     ReachabilityServer,
+    ServerEffect,
 )
+from p2p.nat.relay import ClientEffect as ReservationEffect
 from p2p.nat.relay import (
     RelayConfig,
+    RelayEffect,
     RelayService,
     ReservationChanged,
     ReservationClient,
@@ -77,6 +84,14 @@ from p2p.nat_dialer import ExpectTable, dial_back, punch_dial
 from p2p.relayed import RelayedStream, open_relayed_tls
 from p2p.transport import PeerTransport
 from p2p.upnp import UpnpConfig, UpnpMapper
+
+PATH_CHANGES_KEPT = 256  # recent path changes kept for status and tests
+
+NatEffect = (
+    ManagerEffect | ObservedEffect | ReachEffect | ServerEffect | RelayEffect | ReservationEffect
+)
+"""Every effect the NAT machines return (each module's own union): :meth:`NatService.perform`
+names each kind, so mypy reports one it does not handle."""
 
 DIRECT = Path("direct")
 DIAL_BACK_READ_TIMEOUT = 5.0
@@ -123,8 +138,10 @@ class NatService:
         self.relayed_peer: dict[bytes, tuple[bytes, int]] = {}
         self.expects = ExpectTable()
         self.dials: dict[bytes, set[asyncio.Task[None]]] = {}
-        self.path_changes: list[tuple[float, bytes, str]] = []
-        self.punches: list[PunchSucceeded | PunchFailed] = []
+        # The recent path changes (a peer whose link flaps makes one per flap: the
+        # whole history grew for the daemon's lifetime) and punch outcomes as counts.
+        self.path_changes: deque[tuple[float, bytes, str]] = deque(maxlen=PATH_CHANGES_KEPT)
+        self.punch_counts = {"succeeded": 0, "failed": 0}
         self.faults = 0
         self._wanted: set[bytes] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -250,40 +267,50 @@ class NatService:
         self.receive(peer, msg)
 
     def receive(self, sender: bytes, msg: NatMessage) -> None:
+        """Hand a message to the machine it is for. Every kind is named (mypy checks
+        it: ``assert_never``), so a new message kind is an error here until routed."""
         now = self.now
-        if isinstance(msg, Identify):
-            addrs = self.transport.link_addresses(sender)
-            host = _addr(addrs[1])[0] if addrs is not None and _is_addr(addrs[1]) else "0.0.0.0"
-            self.perform(self.observed.observe(sender, host, msg.observed, now))
-            # Until two observers confirm an address, the latest observation is our best
-            # candidate for a punch (one rendezvous is enough to try).
-            if not self.observed.confirmed:
-                self.manager.set_own_addrs(self.observed.latest())
-        elif isinstance(msg, DialRequest):
-            if self.server is not None:
+        match msg:
+            case Identify():
                 addrs = self.transport.link_addresses(sender)
-                seen = _addr(addrs[1]) if addrs is not None and _is_addr(addrs[1]) else None
-                if self.transport.path_of(sender) != "direct":
-                    seen = None  # a relayed requester cannot be dialled back
-                self.perform(self.server.on_request(sender, seen, msg, now))
-        elif isinstance(msg, DialResponse):
-            self.perform(self.reach.on_response(sender, msg, now))
-        elif isinstance(msg, ReserveResponse):
-            self.perform(self.reservations.on_response(sender, msg, now))
-        elif isinstance(msg, CircuitData | CircuitClose) and (sender, msg.circuit) in self.circuits:
-            stream = self.circuits[(sender, msg.circuit)]
-            if isinstance(msg, CircuitData):
-                stream.feed(msg.data)
-            else:
+                seen = addrs is not None and _is_addr(addrs[1])
+                host = _addr(addrs[1])[0] if addrs is not None and seen else "0.0.0.0"
+                self.perform(self.observed.observe(sender, host, msg.observed, now))
+                # Until two observers confirm an address, the latest observation is our
+                # best candidate for a punch (one rendezvous is enough to try).
+                if not self.observed.confirmed:
+                    self.manager.set_own_addrs(self.observed.latest())
+            case DialRequest():
+                if self.server is not None:
+                    addrs = self.transport.link_addresses(sender)
+                    at = _addr(addrs[1]) if addrs is not None and _is_addr(addrs[1]) else None
+                    if self.transport.path_of(sender) != "direct":
+                        at = None  # a relayed requester cannot be dialled back
+                    self.perform(self.server.on_request(sender, at, msg, now))
+            case DialResponse():
+                self.perform(self.reach.on_response(sender, msg, now))
+            case ReserveResponse():
+                self.perform(self.reservations.on_response(sender, msg, now))
+            case CircuitData() if (sender, msg.circuit) in self.circuits:
+                self.circuits[(sender, msg.circuit)].feed(msg.data)
+            case CircuitClose() if (sender, msg.circuit) in self.circuits:
+                stream = self.circuits.pop((sender, msg.circuit))
                 stream.remote_closed(f"relay closed the circuit: {msg.status.name}")
-                del self.circuits[(sender, msg.circuit)]
                 self.perform(self.manager.on_message(sender, msg, now))
-        elif isinstance(
-            msg, ReserveRequest | ConnectRequest | StopResponse | CircuitData | CircuitClose
-        ):
-            self.perform(self.relay.on_message(sender, msg, now))
-        elif isinstance(msg, ConnectResponse | StopConnect | PunchConnect | PunchSync):
-            self.perform(self.manager.on_message(sender, msg, now))
+            case (
+                ReserveRequest()
+                | ConnectRequest()
+                | StopResponse()
+                | CircuitData()
+                | CircuitClose()
+            ):
+                self.perform(self.relay.on_message(sender, msg, now))  # we relay these
+            case ConnectResponse() | StopConnect() | PunchConnect() | PunchSync():
+                self.perform(self.manager.on_message(sender, msg, now))
+            case DialBack():
+                pass  # read on the dial-back connection itself; a late one means nothing
+            case _:
+                assert_never(msg)
 
     # -- effects -------------------------------------------------------------------------
 
@@ -295,7 +322,7 @@ class NatService:
             return
         self._timer = None
         now = self.now
-        machines: list[Callable[[float], Sequence[object]]] = [
+        machines: list[Callable[[float], Sequence[NatEffect]]] = [
             self.observed.tick,
             self.reach.tick,
             self.relay.tick,
@@ -324,51 +351,52 @@ class NatService:
         self._timer_at = at
         self._timer = asyncio.get_running_loop().call_at(at, self.tick)
 
-    def perform(self, effects: Iterable[object]) -> None:
+    def perform(self, effects: Iterable[NatEffect]) -> None:
+        """Carry out the machines' effects in order. Every kind is named (mypy checks
+        it: ``assert_never``), so a new effect kind is an error here until decided."""
         for e in effects:
-            if isinstance(e, Send):
-                self.send(e.peer, e.msg)
-            elif isinstance(e, StartTimer):
-                self._schedule(e.at)
-            elif isinstance(e, Dial):
-                self._spawn(e.peer, self._dial(e))
-            elif isinstance(e, DialBackTo):
-                self._spawn(e.peer, self._dial_back(e))
-            elif isinstance(e, Expect):
-                self.expects.add(e, self.now)
-            elif isinstance(e, CancelDials):
-                for task in self.dials.pop(e.peer, set()):
-                    task.cancel()
-            elif isinstance(e, RunRelayedTls):
-                # Registered now, not in the task: circuit data may arrive before it runs.
-                self.circuits[(e.relay, e.circuit)] = self._stream(e.relay, e.circuit)
-                self._spawn(e.peer, self._relayed(e))
-            elif isinstance(e, CloseRelayed):
-                stream = self.circuits.pop((e.relay, e.circuit), None)
-                if stream is not None:
-                    stream.close()
-            elif isinstance(e, PathChanged):
-                self._path_changed(e)
-            elif isinstance(e, PunchSucceeded | PunchFailed):
-                self.punches.append(e)
-                self.log.info(
-                    "hole punch " + ("succeeded" if isinstance(e, PunchSucceeded) else "failed"),
-                    extra={"peer": short_id(e.peer)},
-                )
-            elif isinstance(e, AddressesChanged | MappingChanged):
-                own = self.observed.confirmed or self.observed.latest()
-                self.manager.set_own_addrs(own)
-                self.perform(self.reach.set_candidates(self._candidates(own), self.now))
-                self._changed()
-            elif isinstance(e, ReachabilityChanged):
-                self._reachability(e)
-                self._changed()
-            elif isinstance(e, ReservationChanged):
-                self._changed()  # the mesh advertises it in our signed relay record
-            elif isinstance(e, UseRelay):
-                pass  # the manager's own bookkeeping; its ConnectRequest follows
-            else:
-                raise TypeError(f"unhandled NAT effect {e!r}")
+            match e:
+                case Send(peer, msg):
+                    self.send(peer, msg)
+                case StartTimer(_, at):
+                    self._schedule(at)
+                case Dial():
+                    self._spawn(e.peer, self._dial(e))
+                case DialBackTo():
+                    self._spawn(e.peer, self._dial_back(e))
+                case Expect():
+                    self.expects.add(e, self.now)
+                case CancelDials(peer):
+                    for task in self.dials.pop(peer, set()):
+                        task.cancel()
+                case RunRelayedTls():
+                    # Registered now, not in the task: circuit data may arrive before it runs.
+                    self.circuits[(e.relay, e.circuit)] = self._stream(e.relay, e.circuit)
+                    self._spawn(e.peer, self._relayed(e))
+                case CloseRelayed():
+                    stream = self.circuits.pop((e.relay, e.circuit), None)
+                    if stream is not None:
+                        stream.close()
+                case PathChanged():
+                    self._path_changed(e)
+                case PunchSucceeded() | PunchFailed():
+                    outcome = "succeeded" if type(e) is PunchSucceeded else "failed"
+                    self.punch_counts[outcome] += 1
+                    self.log.info("hole punch " + outcome, extra={"peer": short_id(e.peer)})
+                case AddressesChanged() | MappingChanged():
+                    own = self.observed.confirmed or self.observed.latest()
+                    self.manager.set_own_addrs(own)
+                    self.perform(self.reach.set_candidates(self._candidates(own), self.now))
+                    self._changed()
+                case ReachabilityChanged():
+                    self._reachability(e)
+                    self._changed()
+                case ReservationChanged():
+                    self._changed()  # the mesh advertises it in our signed relay record
+                case UseRelay():
+                    pass  # the manager's own bookkeeping; its ConnectRequest follows
+                case _:
+                    assert_never(e)
 
     # -- port mapping, advertisement, relays found in the DHT -----------------------------
 
@@ -483,7 +511,16 @@ class NatService:
         self._tasks.add(task)
         self.dials.setdefault(peer, set()).add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda t: self.dials.get(peer, set()).discard(t))
+        task.add_done_callback(functools.partial(self._dial_done, peer))
+
+    def _dial_done(self, peer: bytes, task: asyncio.Task[None]) -> None:
+        """Forget a finished dial, and the peer once it has none (every peer that asks
+        for a dial-back gets an entry: kept, they would pile up with new identities)."""
+        tasks = self.dials.get(peer)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self.dials[peer]
 
     def _path_changed(self, e: PathChanged) -> None:
         name = e.new.kind if e.new.relay is None else f"relayed:{e.new.relay.hex()[:16]}"
@@ -640,10 +677,10 @@ class NatService:
         return None if rtt < 0 else round(rtt * 1000, 1)
 
     def punches_succeeded(self) -> float:
-        return float(sum(isinstance(p, PunchSucceeded) for p in self.punches))
+        return float(self.punch_counts["succeeded"])
 
     def punches_failed(self) -> float:
-        return float(sum(isinstance(p, PunchFailed) for p in self.punches))
+        return float(self.punch_counts["failed"])
 
     def relay_circuits(self) -> float:
         return float(self.relay.stats().circuits)
@@ -681,10 +718,7 @@ class NatService:
                 **{k: v for k, v in vars(rs).items() if isinstance(v, int | float)},
             },
             "peers": peers,
-            "punches": {
-                "succeeded": sum(isinstance(p, PunchSucceeded) for p in self.punches),
-                "failed": sum(isinstance(p, PunchFailed) for p in self.punches),
-            },
+            "punches": dict(self.punch_counts),
             "faults": self.faults,
         }
 

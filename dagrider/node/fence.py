@@ -13,12 +13,25 @@ store that is behind its fence tells the process which rounds to stay silent in
 The file is 8 bytes of round and a 16-byte BLAKE2b check, replaced atomically (write a
 temporary file, fsync it when the node fsyncs its store, rename). A damaged fence is a
 damaged store (exit code 3), never a silently reset one.
+
+A store behind its fence lost proposals too, and with them the fact that their
+transactions left the mempool: the transactions it still lists as pending may already
+ride in a vertex of the lost rounds, which the committee may order. Proposing them
+again would order them twice. They are held *in doubt* (:class:`Doubt`, kept by the
+store next to the mempool): not proposed until no vertex of the lost rounds can be
+ordered any more (the GC floor passed the fence, :meth:`Doubt.settled`), then put back
+at the front of the mempool, minus one copy of each transaction the lost vertices
+carried into the log (:meth:`Doubt.kept`). Transactions submitted after the restart are
+not in doubt and are proposed as usual.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagrider.node.service import StorageCorrupt, StorageUnavailable
@@ -75,3 +88,44 @@ class Fence:
         except OSError as exc:
             raise StorageUnavailable(f"writing {self.path}: {exc.strerror or exc}") from exc
         self.round = rnd
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """Transactions a restart behind the fence found pending, and where they may have
+    gone: into our own vertices of rounds ``since < round <= until`` (the store's last
+    own proposal, the fence), committed at vertex index ``first_index`` or later (the
+    store's log ended there). Pure data; the store keeps it, the runtime settles it."""
+
+    since: int
+    until: int
+    first_index: int
+    txs: tuple[bytes, ...]
+
+    def settled(self, floor: int) -> bool:
+        """Whether every vertex that could carry these transactions is decided: none of
+        rounds <= ``until`` can be ordered once the GC floor is above them."""
+        return floor > self.until
+
+    def kept(self, committed: Iterable[bytes]) -> list[bytes]:
+        """The transactions to propose again, in order: all but one copy of each that
+        our lost vertices carried into the log (``committed``). Counted, not matched by
+        id alone: a client that submitted the same bytes twice had two transactions."""
+        gone = Counter(committed)
+        out: list[bytes] = []
+        for tx in self.txs:
+            if gone[tx] > 0:
+                gone[tx] -= 1
+            else:
+                out.append(tx)
+        return out
+
+    def merged(self, since: int, until: int, first_index: int, txs: Iterable[bytes]) -> Doubt:
+        """A second restart behind the fence before this doubt settled: one doubt over
+        both windows (older transactions first)."""
+        return Doubt(
+            min(self.since, since),
+            max(self.until, until),
+            min(self.first_index, first_index),
+            self.txs + tuple(txs),
+        )

@@ -55,7 +55,7 @@ from dagrider.node.components import (
 )
 from dagrider.node.config import ConfigError, NodeConfig, is_dialable_ip, parse_address
 from dagrider.node.crdt_node import CrdtNode
-from dagrider.node.fence import Fence
+from dagrider.node.fence import Doubt, Fence
 from dagrider.node.mempool import Admission, Ledger
 from dagrider.node.mesh import Mesh
 from dagrider.node.metrics import Metrics
@@ -142,6 +142,9 @@ class Node:
             keep_log_entries=cfg.keep_log_entries,
         )
         self.fence = Fence(cfg.data_dir, cfg.fsync)
+        # Transactions a restart behind the fence found pending: maybe proposed already
+        # by the rounds the store lost, so held out of the mempool (see fence.py).
+        self.doubt: Doubt | None = None
         self.state_sync = StateSync(
             c,
             self.secret,
@@ -189,10 +192,22 @@ class Node:
             # The store lost messages we sent (its WAL deleted, an old backup restored):
             # stay silent in those rounds rather than risk a second, different value.
             self.process.fence(self.fence.round)
+            # It lost our proposals too: what it lists as pending may ride in one of
+            # them, which the committee may order. Not proposed again until that is
+            # known (a transaction is ordered at most once).
+            since = max([v.round for v in recovery.own] + [0])
+            self.doubt = self.store.hold_in_doubt(since, self.fence.round, recovery.committed)
             self.logger.warning(
                 "store is behind its fence: no vertex or vote of ours up to the fence round",
-                extra={"store_round": stored, "fence_round": self.fence.round},
+                extra={
+                    "store_round": stored,
+                    "fence_round": self.fence.round,
+                    "in_doubt": 0 if self.doubt is None else len(self.doubt.txs),
+                },
             )
+            mempool = []
+        else:
+            self.doubt = self.store.doubt()
         self.ledger.added(batch_ids(mempool), time.time())
         self.process.mempool.extend(mempool)
         self._emit(self.process.recover(recovery))
@@ -257,7 +272,9 @@ class Node:
         if isinstance(msg, CatchupRequest):
             self._serve_catchup(sender, msg)
             return
-        if isinstance(msg, CoinShareMsg) and msg.share.signer == sender:
+        if isinstance(msg, CoinShareMsg) and self.process.accepts_coin_share(sender, msg.share):
+            # Only what the process takes: a share outside its window (wave 2**40) would
+            # otherwise be a row on disk until that wave is decided, i.e. forever.
             self._shares.append(msg.share)
         self._emit(self.process.receive(sender, msg))
 
@@ -270,6 +287,10 @@ class Node:
         if peer is None:  # a relay or a mesh peer outside the committee
             return
         self.logger.info("peer connected", extra={"peer": peer})
+        if self.storage_error is not None:
+            # Nothing leaves until writes succeed, and _storage_up resyncs every peer:
+            # a resync per reconnect here would only pile up (a flapping peer, unbounded).
+            return
         self._emit(self.process.resync(peer))
 
     def _on_disconnected(self, peer_key: bytes) -> None:
@@ -479,6 +500,42 @@ class Node:
         if committed:
             self._log_changed.set()
             self._log_changed = asyncio.Event()
+        if self.doubt is not None and not self._effects:
+            # Only with nothing pending: a proposal not yet flushed took from the front
+            # of the process's mempool, and the store and ledger take with its flush.
+            self._settle_doubt(now)
+
+    def _settle_doubt(self, now: float) -> None:
+        """Once no vertex of the rounds the store lost can be ordered any more (the GC
+        floor passed the fence), put the transactions held in doubt back at the front of
+        the mempool, minus those our lost vertices carried into the log (see
+        :class:`dagrider.node.fence.Doubt`). Store first, then the process."""
+        doubt = self.doubt
+        if doubt is None or not doubt.settled(self.process.ordering.floor()):
+            return
+        try:
+            ordered = self.store.proposed_by(self.me, doubt.since, doubt.until, doubt.first_index)
+            kept = doubt.kept(ordered)
+            self.store.settle_doubt(kept)
+        except StorageUnavailable as exc:
+            self._storage_down(str(exc))  # tried again with the next flush
+            return
+        except StorageCorrupt as exc:
+            self._corrupt(exc)
+            return
+        self.doubt = None
+        if kept:
+            self.process.mempool.extendleft(reversed(kept))
+            self.ledger.requeued(kept, now)
+            self._emit(self.process.submit([]))  # a waiting batch may go now
+        self.logger.info(
+            "transactions in doubt settled",
+            extra={
+                "held": len(doubt.txs),
+                "already_ordered": len(doubt.txs) - len(kept),
+                "proposed_again": len(kept),
+            },
+        )
 
     def _storage_down(self, cause: str) -> None:
         """Writes fail: stop advancing (no frames, no submissions) and retry the pending
@@ -681,6 +738,7 @@ class Node:
             listen=f"{self.listen[0]}:{self.listen[1]}",
             last_committed_leader=self.last_leader,
             log_head=self.log_head(),
+            mempool_in_doubt=0 if self.doubt is None else len(self.doubt.txs),
             uptime_seconds=round(time.time() - self.started_at, 3),
             peers=self.transport.stats(),
             state_sync=self.state_sync.status(),

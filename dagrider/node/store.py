@@ -7,7 +7,8 @@ restarted node can never send a conflicting one. Tables:
 * ``vertices``: delivered vertices (the DAG above the GC floor), in delivery order;
 * ``votes``: the ECHO/READY this node sent, one per (kind, source, round);
 * ``own``: this node's proposals (re-used, never re-created, after a restart);
-* ``coin_shares``: shares received from peers, for waves not yet decided;
+* ``coin_shares``: shares received from peers that the process accepted (its window:
+  waves not yet decided, up to ``future_rounds`` above proven progress);
 * ``log``: the committed log, one row per ordered vertex with transactions (its first
   global transaction index, its block), and ``tx_ids``: an 8-byte id prefix -> global
   index table for lookups. One row per vertex instead of per transaction was the
@@ -18,6 +19,9 @@ restarted node can never send a conflicting one. Tables:
   ``mempool_head``: how many of a batch a proposal already took (proposals take
   from the front; a row per partly taken batch); ``mempool`` is the older
   per-transaction table, moved into a batch when the mempool is loaded;
+* ``mempool_doubt``: transactions a restart behind its fence found pending, held out
+  of the mempool until it is known which of them the lost rounds proposed (the
+  window in meta ``doubt``; see :class:`dagrider.node.fence.Doubt`);
 * ``meta``: the ordering snapshot that matches the log (with the log's hash chain);
 * ``checkpoints``: the ordering state at each recent checkpoint position and, once f+1
   members signed it, its certificate (see :mod:`dagrider.checkpoint`).
@@ -70,6 +74,7 @@ from dagrider.node.batch import (
     parse_batch,
     split_ids,
 )
+from dagrider.node.fence import Doubt
 from dagrider.node.service import StorageCorrupt, StorageUnavailable
 from dagrider.ordering import OrderingState
 from dagrider.persistence import (
@@ -121,6 +126,8 @@ CREATE INDEX IF NOT EXISTS mempool_tx_id ON mempool(tx_id);
 CREATE TABLE IF NOT EXISTS mempool_batches (
     seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, ids BLOB NOT NULL, records BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS mempool_head (seq INTEGER PRIMARY KEY, taken INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mempool_doubt (
+    seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, ids BLOB NOT NULL, records BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS staged_segments (
     first INTEGER PRIMARY KEY, until INTEGER NOT NULL, start_chain BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS staged_rows (
@@ -994,6 +1001,95 @@ class Store:
                 (len(txs), batch_ids(txs), encode_batch(txs)),
             )
 
+    # -- transactions in doubt (see dagrider.node.fence) --------------------------------
+
+    def hold_in_doubt(self, since: int, until: int, first_index: int) -> Doubt | None:
+        """A restart behind the fence: move every pending transaction into doubt, in one
+        transaction (merged with a doubt not yet settled); the doubt now held, if any.
+        Call before the mempool is handed to the process: it gets none of these."""
+        pending = self._load_mempool()
+        current = self.doubt()
+        if not pending:
+            return current
+        if current is None:
+            doubt = Doubt(since, until, first_index, tuple(pending))
+        else:
+            doubt = current.merged(since, until, first_index, pending)
+        window: bytes = msgpack.packb([doubt.since, doubt.until, doubt.first_index])
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM mempool_batches")
+            db.execute("DELETE FROM mempool_head")
+            db.execute(
+                "INSERT INTO mempool_doubt(count, ids, records) VALUES (?, ?, ?)",
+                (len(pending), batch_ids(pending), encode_batch(pending)),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("doubt", window), ("doubt_sum", _blob_sum(window))],
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise storage_error(exc, "holding the mempool in doubt") from exc
+        return doubt
+
+    def doubt(self) -> Doubt | None:
+        """The transactions held in doubt and their window, or None."""
+        db = self._db
+        row = db.execute("SELECT value FROM meta WHERE key='doubt'").fetchone()
+        if row is None:
+            return None
+        check = db.execute("SELECT value FROM meta WHERE key='doubt_sum'").fetchone()
+        window = bytes(row[0])
+        if check is None or bytes(check[0]) != _blob_sum(window):
+            raise StorageCorrupt("the doubt window does not match its hash: the store is damaged")
+        since, until, first_index = msgpack.unpackb(window)
+        txs: list[bytes] = []
+        for seq, count, ids, records in db.execute(
+            "SELECT seq, count, ids, records FROM mempool_doubt ORDER BY seq"
+        ):
+            try:
+                batch = parse_batch(bytes(records), 1 << 32)
+            except BatchError as exc:
+                raise StorageCorrupt(f"doubt batch {seq} is malformed: {exc}") from None
+            if batch_ids(batch) != bytes(ids) or count != len(batch):
+                raise StorageCorrupt(
+                    f"doubt batch {seq} does not match its ids: the store is damaged"
+                )
+            txs += batch
+        return Doubt(int(since), int(until), int(first_index), tuple(txs))
+
+    def proposed_by(self, source: int, since: int, until: int, first_index: int) -> list[bytes]:
+        """The transactions of the committed vertices of ``source`` from rounds
+        ``since < round <= until`` at vertex index ``first_index`` or later (what a
+        member's lost rounds carried into the log), in log order."""
+        out: list[bytes] = []
+        for index, tx_index, rnd, src, wave, block, entry in self._db.execute(
+            "SELECT vertex_index, tx_index, round, source, wave, block, entry FROM log "
+            "WHERE vertex_index >= ? AND source = ? AND round > ? AND round <= ? "
+            "ORDER BY vertex_index",
+            (first_index, source, since, until),
+        ):
+            _checked_row(index, tx_index, rnd, src, wave, bytes(block), entry)
+            out += msgpack.unpackb(block)
+        return out
+
+    def settle_doubt(self, kept: Sequence[bytes]) -> None:
+        """The doubt is settled: drop it and put ``kept`` back at the front of the
+        mempool, in one transaction (the process puts them at the front too)."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM mempool_doubt")
+            db.execute("DELETE FROM meta WHERE key IN ('doubt', 'doubt_sum')")
+            self._requeue(kept)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise storage_error(exc, "settling the transactions in doubt") from exc
+
     def _load_mempool(self) -> list[bytes]:
         """The pending transactions in order; each batch is checked against its ids.
 
@@ -1226,13 +1322,17 @@ class Store:
         return LogRow(index, tx_id, tx, rnd, source, wave, at)
 
     def pending(self, tx_id: bytes) -> bool:
-        """Whether a transaction with this id waits in the stored mempool (a scan of the
-        batches' id lists; the node answers from memory first)."""
+        """Whether a transaction with this id waits in the stored mempool, or in doubt
+        (a scan of the batches' id lists; the node answers from memory first)."""
         heads = self._mempool_heads()
-        for seq, ids in self._db.execute(
+        rows = self._db.execute(
             "SELECT seq, ids FROM mempool_batches WHERE instr(ids, ?) > 0", (tx_id,)
-        ):
-            taken = heads.get(seq, 0)
+        ).fetchall()
+        doubt = self._db.execute(
+            "SELECT NULL, ids FROM mempool_doubt WHERE instr(ids, ?) > 0", (tx_id,)
+        ).fetchall()
+        for seq, ids in rows + doubt:
+            taken = 0 if seq is None else heads.get(seq, 0)
             blob = bytes(ids)
             at = blob.find(tx_id)
             while at >= 0:

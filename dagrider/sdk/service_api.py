@@ -1,5 +1,15 @@
 """Declaring application services: the base class, the method decorators, errors,
-limits and the msgpack payload codec (see :mod:`dagrider.sdk.services`)."""
+limits and the wire codec of their bodies (see :mod:`dagrider.sdk.services`).
+
+Bodies from a peer are decoded by the shared strict envelope (:mod:`p2p.strictwire`),
+as every other codec of the project: limits on the frame, on every string, binary,
+array and map, and on nesting; then one schema per wire method (``app.call`` takes
+``[target, args, kwargs]``...). A body that does not fit is a :class:`BodyError`
+naming the part that was wrong (``frame``, ``target.service``, ``kwargs``,
+``deadline_ms``...), and the error text quotes at most
+:data:`~p2p.strictwire.VALUE_CHARS` characters of the peer's value, so one bad call
+never makes a long log line or error answer.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +27,15 @@ from dagrider.sdk.errors import (
     DagriderError,
     InvalidArgument,
 )
+from p2p import strictwire
 from p2p.rpc import RpcFailure
+from p2p.strictwire import Invalid, Limits, cut, describe, integer, text
 
 __all__ = [
+    "VALUE_DEPTH",
     "WIRE_METHODS",
+    "BodyError",
+    "Request",
     "Service",
     "ServiceError",
     "ServiceLimits",
@@ -161,7 +176,50 @@ class ServiceLimits:
             raise InvalidArgument("burst", "must be at least 1")
 
 
-# -- payloads -------------------------------------------------------------------------
+# -- payloads and bodies -----------------------------------------------------------------
+
+VALUE_DEPTH: Final = 32
+"""Deepest nesting of one argument, result or stream item (each list or map is a level).
+A deeper value is refused before any handler sees it: 60 KiB of nested lists would
+otherwise hand a handler (or its ``json.dumps``, its ``repr``) a thousand levels."""
+_BODY_LEVELS: Final = 2  # the body's own list, and the args, kwargs or items around a value
+NAME_CHARS: Final = 64
+"""Longest service, method or keyword-argument name a body may carry."""
+_SHAPES: Final = {
+    "app.call": ("target", "args", "kwargs"),
+    "app.open": ("target", "args", "kwargs", "deadline_ms"),
+    "app.next": ("stream",),
+    "app.push": ("stream", "items"),
+    "app.end": ("stream",),
+    "app.cancel": ("stream",),
+}
+"""The body of each wire method: a list of these parts, in this order."""
+_STREAM_ID = integer(1, 2**63 - 1)
+_DEADLINE_MS = integer(0, 2**64 - 1)
+_NAME_TEXT = text(NAME_CHARS, empty=False)
+
+
+class BodyError(ValueError):
+    """A body, argument or result that is not what its wire method takes. ``field``
+    names the part (``frame``, ``target.method``, ``kwargs``, ``items``...); the
+    ``detail`` quotes at most :data:`~p2p.strictwire.VALUE_CHARS` characters of the
+    peer's value and is at most :data:`~p2p.strictwire.DETAIL_CHARS` long."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        self.detail = cut(detail)
+        super().__init__(f"{field}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded ``app.call`` or ``app.open`` body (``deadline_ms`` only for ``open``)."""
+
+    service: str
+    method: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    deadline_ms: int | None = None
 
 
 def pack(value: object) -> bytes:
@@ -174,15 +232,111 @@ def pack(value: object) -> bytes:
     return data
 
 
+def _limits(limit: int, depth: int) -> Limits:
+    return Limits(
+        max_frame=limit,
+        max_bin=limit,
+        max_str=limit,
+        max_array=limit,
+        max_map=limit,
+        max_depth=depth,
+    )
+
+
 def unpack(data: bytes, limit: int) -> Any:
-    """Decode peer bytes strictly: plain msgpack only (no extension types, so never a
-    code object or pickle), string map keys, bounded sizes; ``ValueError`` otherwise."""
-    if len(data) > limit:
-        raise ValueError(f"{len(data)} bytes exceeds {limit}")
+    """One argument list, result or stream item from a peer, strictly: plain msgpack
+    only (no extension types, so never a code object or pickle), str or bytes map
+    keys, at most ``limit`` bytes and :data:`VALUE_DEPTH` levels, nothing after the
+    value; :class:`BodyError` (a ``ValueError``) naming what was wrong otherwise."""
+    return strictwire.unpack(data, BodyError, _limits(limit, VALUE_DEPTH))
+
+
+def _body(data: bytes, limit: int, method: str) -> list[Any]:
+    """The parts of a ``method`` body (see ``_SHAPES``), unpacked with limits."""
+    obj = strictwire.unpack(data, BodyError, _limits(limit, VALUE_DEPTH + _BODY_LEVELS))
+    parts = _SHAPES[method]
+    if type(obj) is not list or len(obj) != len(parts):
+        shape = ", ".join(parts)
+        raise BodyError("frame", f"{method} takes [{shape}], got {describe(obj)}")
+    return obj
+
+
+def _kwargs(value: object, name: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise Invalid(name, f"expected a map, got {type(value).__name__}")
+    for key in value:
+        if type(key) is not str or not key.isidentifier() or len(key) > NAME_CHARS:
+            raise Invalid(name, f"key {describe(key)} is not a keyword name")
+    return value
+
+
+def _list(value: object, name: str) -> list[Any]:
+    if type(value) is not list:
+        raise Invalid(name, f"expected an array, got {type(value).__name__}")
+    return value
+
+
+def decode_request(data: bytes, limit: int, method: str) -> Request:
+    """An ``app.call`` or ``app.open`` body: ``[[service, method], args, kwargs]``,
+    and ``deadline_ms`` last for ``open``. :class:`BodyError` naming the part."""
+    m = _body(data, limit, method)
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0, use_list=True)
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise ValueError(f"not valid msgpack ({type(exc).__name__})") from None
+        target = _list(m[0], "target")
+        if len(target) != 2:
+            raise Invalid("target", f"expected [service, method], got {len(target)} items")
+        service = _NAME_TEXT(target[0], "target.service")
+        name = _NAME_TEXT(target[1], "target.method")
+        args = _list(m[1], "args")
+        kwargs = _kwargs(m[2], "kwargs")
+        deadline = _DEADLINE_MS(m[3], "deadline_ms") if len(m) == 4 else None
+    except Invalid as exc:
+        raise BodyError(exc.field, exc.detail) from None
+    return Request(service, name, args, kwargs, deadline)
+
+
+def decode_stream(data: bytes, limit: int, method: str) -> int:
+    """The stream id of an ``app.next``, ``app.end`` or ``app.cancel`` body."""
+    m = _body(data, limit, method)
+    try:
+        return int(_STREAM_ID(m[0], "stream"))
+    except Invalid as exc:
+        raise BodyError(exc.field, exc.detail) from None
+
+
+def decode_push(data: bytes, limit: int) -> tuple[int, list[Any]]:
+    """An ``app.push`` body: ``[stream, items]``."""
+    m = _body(data, limit, "app.push")
+    try:
+        return int(_STREAM_ID(m[0], "stream")), _list(m[1], "items")
+    except Invalid as exc:
+        raise BodyError(exc.field, exc.detail) from None
+
+
+def decode_opened(data: bytes, limit: int) -> int:
+    """The answer to ``app.open``: the new stream's id."""
+    obj = strictwire.unpack(data, BodyError, _limits(limit, 1))
+    try:
+        return int(_STREAM_ID(obj, "stream"))
+    except Invalid as exc:
+        raise BodyError(exc.field, exc.detail) from None
+
+
+def decode_batch(data: bytes, limit: int) -> tuple[list[bytes], bool]:
+    """The answer to ``app.next``: ``[items, done]``, each item an encoded value (bin)
+    the caller unpacks with :func:`unpack` as it yields it."""
+    obj = strictwire.unpack(data, BodyError, _limits(limit, 2))
+    try:
+        m = _list(obj, "batch")
+        if len(m) != 2:
+            raise Invalid("batch", f"expected [items, done], got {len(m)} items")
+        items = _list(m[0], "items")
+        for i, item in enumerate(items):
+            if type(item) is not bytes:
+                raise Invalid(f"items[{i}]", f"expected bytes, got {type(item).__name__}")
+        done = strictwire.boolean(m[1], "done")
+    except Invalid as exc:
+        raise BodyError(exc.field, exc.detail) from None
+    return items, done
 
 
 def _failure(code: str, message: str) -> RpcFailure:

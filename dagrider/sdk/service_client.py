@@ -20,8 +20,11 @@ from dagrider.sdk.service_api import (
     BAD_REQUEST,
     UNKNOWN_METHOD,
     UNKNOWN_SERVICE,
+    BodyError,
     Kind,
     S,
+    decode_batch,
+    decode_opened,
     pack,
     unpack,
 )
@@ -43,7 +46,8 @@ class _Remote:
         self.service = service
         self.timeout = timeout
 
-    async def _rpc(self, method: str, payload: object, timeout: float) -> Any:
+    async def _rpc(self, method: str, payload: object, timeout: float) -> bytes:
+        """The answer's bytes (the caller decodes them as that method's answer)."""
         body = pack(payload)
         limit = self.services.payload_limit()
         if len(body) > limit + 1024:
@@ -66,24 +70,30 @@ class _Remote:
             raise PeerUnreachable(str(exc)) from None
         except RpcError as exc:
             raise DagriderError(str(exc)) from None
+        return answer
+
+    def _value(self, answer: bytes, what: str) -> Any:
+        """A result the peer sent, decoded strictly (the shared envelope)."""
         try:
-            return unpack(answer, limit + 1024)
-        except ValueError as exc:
-            raise RemoteError(BAD_REQUEST, f"undecodable answer: {exc}") from None
+            return unpack(answer, self.services.payload_limit() + 1024)
+        except BodyError as exc:
+            raise RemoteError(BAD_REQUEST, f"undecodable {what}: {exc}") from None
 
     async def unary(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self._rpc(
+        answer = await self._rpc(
             "app.call", [[self.service, method], list(args), kwargs], self.timeout
         )
+        return self._value(answer, "answer")
 
     async def _open(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         ms = int(self.timeout * 1000)
-        sid = await self._rpc(
+        answer = await self._rpc(
             "app.open", [[self.service, method], list(args), kwargs, ms], self.timeout
         )
-        if type(sid) is not int:
-            raise RemoteError(BAD_REQUEST, f"open answered {sid!r}, not a stream id")
-        return sid
+        try:
+            return decode_opened(answer, 64)
+        except BodyError as exc:
+            raise RemoteError(BAD_REQUEST, f"open answered no stream id: {exc}") from None
 
     async def server_stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -98,15 +108,14 @@ class _Remote:
                 if left <= 0:
                     raise ServiceTimeout(f"{self.service}.{method}: stream deadline passed")
                 answer = await self._rpc("app.next", [sid], left)
-                if not (isinstance(answer, list) and len(answer) == 2):
-                    raise RemoteError(BAD_REQUEST, "next answered a malformed batch")
-                items, done = answer
-                if not isinstance(items, list):
-                    raise RemoteError(BAD_REQUEST, "next answered a malformed batch")
+                try:
+                    items, done = decode_batch(answer, self.services.payload_limit() + 1024)
+                except BodyError as exc:
+                    raise RemoteError(BAD_REQUEST, f"next answered a bad batch: {exc}") from None
                 for raw in items:
                     try:
                         yield unpack(raw, self.services.payload_limit())
-                    except (ValueError, TypeError) as exc:
+                    except BodyError as exc:
                         raise RemoteError(BAD_REQUEST, f"undecodable item: {exc}") from None
         finally:
             if not done:
@@ -150,9 +159,9 @@ class _Remote:
                 size += encoded
             if batch:
                 await self._rpc("app.push", [sid, batch], deadline - loop.time())
-            result = await self._rpc("app.end", [sid], max(0.001, deadline - loop.time()))
+            answer = await self._rpc("app.end", [sid], max(0.001, deadline - loop.time()))
             finished = True
-            return result
+            return self._value(answer, "answer")
         finally:
             if not finished:
                 self._cancel_later(sid)

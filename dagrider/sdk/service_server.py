@@ -25,22 +25,31 @@ from dagrider.sdk.service_api import (
     UNKNOWN_SERVICE,
     UNKNOWN_STREAM,
     WIRE_METHODS,
+    BodyError,
     Kind,
+    Request,
     ServiceError,
     ServiceLimits,
     _failure,
     _methods,
     _peer,
+    decode_push,
+    decode_request,
+    decode_stream,
     pack,
-    unpack,
 )
 from p2p.ratelimit import TokenBucket
 from p2p.rpc import RpcFailure
+from p2p.strictwire import cut, describe
 
 if TYPE_CHECKING:
     from dagrider.sdk.services import Services
 
 # -- server side ---------------------------------------------------------------------
+
+MAX_STREAM_MS = 86_400_000
+"""Longest life of a stream, whatever deadline the caller sent (``Services.client``
+accepts timeouts up to a day)."""
 
 
 @dataclass(eq=False)
@@ -106,36 +115,41 @@ class _Server:
 
         return run
 
-    def _decode(self, body: bytes) -> Any:
-        try:
-            return unpack(body, self.services.payload_limit() + 1024)
-        except ValueError as exc:
-            raise _failure(BAD_REQUEST, str(exc)) from None
+    def _limit(self) -> int:
+        """Bytes a request body may have: an argument list and its envelope."""
+        return self.services.payload_limit() + 1024
 
-    def _target(self, head: object, want: tuple[Kind, ...]) -> tuple[Callable[..., Any], Kind]:
-        if not (
-            isinstance(head, list) and len(head) == 2 and all(isinstance(x, str) for x in head)
-        ):
-            raise _failure(BAD_REQUEST, "target: expected [service, method]")
-        svc_name, method = head
-        svc = self.services.registered.get(svc_name)
+    def _request(self, body: bytes, method: str) -> Request:
+        try:
+            return decode_request(body, self._limit(), method)
+        except BodyError as exc:
+            raise _failure(BAD_REQUEST, f"{method} {exc}") from None
+
+    def _stream_id(self, body: bytes, method: str) -> int:
+        try:
+            return decode_stream(body, self._limit(), method)
+        except BodyError as exc:
+            raise _failure(BAD_REQUEST, f"{method} {exc}") from None
+
+    def _target(self, req: Request, want: tuple[Kind, ...]) -> tuple[Callable[..., Any], Kind]:
+        svc = self.services.registered.get(req.service)
         if svc is None:
-            raise _failure(UNKNOWN_SERVICE, f"no service {svc_name[:64]!r}")
-        kind = _methods(type(svc)).get(method)
+            raise _failure(UNKNOWN_SERVICE, f"no service {describe(req.service)}")
+        kind = _methods(type(svc)).get(req.method)
         if kind is None:
-            raise _failure(UNKNOWN_METHOD, f"{svc_name} has no method {method[:64]!r}")
+            raise _failure(UNKNOWN_METHOD, f"{req.service} has no method {describe(req.method)}")
         if kind not in want:
-            raise _failure(BAD_REQUEST, f"{svc_name}.{method} is {kind}, not called that way")
-        return getattr(svc, method), kind
+            raise _failure(
+                BAD_REQUEST, f"{req.service}.{req.method} is {kind}, not called that way"
+            )
+        return getattr(svc, req.method), kind
 
     @staticmethod
-    def _bind(fn: Callable[..., Any], args: object, kwargs: object, lead: int = 0) -> None:
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise _failure(BAD_REQUEST, "arguments: expected [args, kwargs]")
+    def _bind(fn: Callable[..., Any], req: Request, lead: int = 0) -> None:
         try:
-            inspect.signature(fn).bind(*([None] * lead), *args, **kwargs)
-        except TypeError as exc:
-            raise _failure(BAD_REQUEST, f"arguments: {exc}") from None
+            inspect.signature(fn).bind(*([None] * lead), *req.args, **req.kwargs)
+        except TypeError as exc:  # names in it are keyword names of at most 64 chars
+            raise _failure(BAD_REQUEST, cut(f"arguments: {exc}")) from None
 
     def _result(self, value: object, share: int = 1) -> bytes:
         """``value`` encoded, within ``1/share`` of the payload limit (a stream item
@@ -150,24 +164,21 @@ class _Server:
         return data
 
     async def call(self, peer: bytes, body: bytes) -> bytes:
-        msg = self._decode(body)
-        if not (isinstance(msg, list) and len(msg) == 3):
-            raise _failure(BAD_REQUEST, "call: expected [target, args, kwargs]")
-        fn, _ = self._target(msg[0], ("unary",))
-        self._bind(fn, msg[1], msg[2])
+        req = self._request(body, "app.call")
+        fn, _ = self._target(req, ("unary",))
+        self._bind(fn, req)
         _peer.set(peer)
         try:
-            value = await fn(*msg[1], **msg[2])
+            value = await fn(*req.args, **req.kwargs)
         except ServiceError as exc:
             raise _failure(exc.code, exc.message) from None
         return self._result(value)
 
     async def open(self, peer: bytes, body: bytes) -> bytes:
-        msg = self._decode(body)
-        if not (isinstance(msg, list) and len(msg) == 4 and type(msg[3]) is int):
-            raise _failure(BAD_REQUEST, "open: expected [target, args, kwargs, deadline_ms]")
-        fn, kind = self._target(msg[0], ("server_stream", "client_stream"))
-        self._bind(fn, msg[1], msg[2], lead=1 if kind == "client_stream" else 0)
+        req = self._request(body, "app.open")
+        assert req.deadline_ms is not None  # decode_request: always there for open
+        fn, kind = self._target(req, ("server_stream", "client_stream"))
+        self._bind(fn, req, lead=1 if kind == "client_stream" else 0)
         if sum(s.peer == peer for s in self.streams.values()) >= self.limits.max_streams_per_peer:
             raise _failure(TOO_MANY_STREAMS, f"{self.limits.max_streams_per_peer} streams open")
         sid = next(self.ids)
@@ -176,14 +187,16 @@ class _Server:
         ctx.run(_peer.set, peer)
         coro: Coroutine[Any, Any, Any]
         if kind == "server_stream":
-            coro = self._produce(fn(*msg[1], **msg[2]), queue)
+            coro = self._produce(fn(*req.args, **req.kwargs), queue)
         else:
-            coro = self._consume(fn, queue, msg[1], msg[2])
+            coro = self._consume(fn, queue, req.args, req.kwargs)
         task = asyncio.get_running_loop().create_task(coro, name=f"svc-stream-{sid}", context=ctx)
         stream = _Stream(peer, kind, queue, task)
         self.streams[sid] = stream
         task.add_done_callback(lambda _t: self._finished(sid))
-        deadline = max(0.001, min(msg[3], 2**32 - 1) / 1000)
+        # At most a day (the longest timeout a client may set): a stream holds up to
+        # ``stream_window`` items, and a peer's 49-day deadline would keep them that long.
+        deadline = max(0.001, min(req.deadline_ms, MAX_STREAM_MS) / 1000)
         stream.expiry = asyncio.get_running_loop().call_later(deadline, self._drop, sid)
         return pack(sid)
 
@@ -242,18 +255,14 @@ class _Server:
         else:
             stream.task.cancel()
 
-    def _stream(self, peer: bytes, sid: object, kind: Kind) -> tuple[int, _Stream]:
-        stream = self.streams.get(sid) if type(sid) is int else None
+    def _stream(self, peer: bytes, sid: int, kind: Kind) -> tuple[int, _Stream]:
+        stream = self.streams.get(sid)
         if stream is None or stream.peer != peer or stream.kind != kind:
-            raise _failure(UNKNOWN_STREAM, f"no open {kind} {sid!r} of yours")
-        assert type(sid) is int
+            raise _failure(UNKNOWN_STREAM, f"no open {kind} {sid} of yours")
         return sid, stream
 
     async def next(self, peer: bytes, body: bytes) -> bytes:
-        msg = self._decode(body)
-        if not (isinstance(msg, list) and len(msg) == 1):
-            raise _failure(BAD_REQUEST, "next: expected [stream]")
-        sid, stream = self._stream(peer, msg[0], "server_stream")
+        sid, stream = self._stream(peer, self._stream_id(body, "app.next"), "server_stream")
         items: list[bytes] = []
         size = 0
         if stream.held is not None:
@@ -277,21 +286,19 @@ class _Server:
             tag, value = stream.queue.get_nowait()
 
     async def push(self, peer: bytes, body: bytes) -> bytes:
-        msg = self._decode(body)
-        if not (isinstance(msg, list) and len(msg) == 2 and isinstance(msg[1], list)):
-            raise _failure(BAD_REQUEST, "push: expected [stream, items]")
-        _, stream = self._stream(peer, msg[0], "client_stream")
-        for item in msg[1]:
+        try:
+            sid, items = decode_push(body, self._limit())
+        except BodyError as exc:
+            raise _failure(BAD_REQUEST, f"app.push {exc}") from None
+        _, stream = self._stream(peer, sid, "client_stream")
+        for item in items:
             if stream.task.done():
                 break  # the handler returned or failed early: ``end`` tells which
             await stream.queue.put(("item", item))
         return pack(None)
 
     async def end(self, peer: bytes, body: bytes) -> bytes:
-        msg = self._decode(body)
-        if not (isinstance(msg, list) and len(msg) == 1):
-            raise _failure(BAD_REQUEST, "end: expected [stream]")
-        sid, stream = self._stream(peer, msg[0], "client_stream")
+        sid, stream = self._stream(peer, self._stream_id(body, "app.end"), "client_stream")
         try:
             if not stream.task.done():
                 await stream.queue.put(("end", None))
@@ -301,13 +308,13 @@ class _Server:
             self._drop(sid)
 
     async def cancel(self, peer: bytes, body: bytes) -> bytes:
-        msg = self._decode(body)
-        if isinstance(msg, list) and len(msg) == 1:
+        """A malformed body is refused; a stream already gone is not an error (the
+        cancel of a caller that stopped reading races with the stream's end)."""
+        wanted = self._stream_id(body, "app.cancel")
+        kinds: tuple[Kind, ...] = ("server_stream", "client_stream")
+        for kind in kinds:
             with contextlib.suppress(RpcFailure):
-                sid, _ = self._stream(peer, msg[0], "server_stream")
-                self._drop(sid)
-            with contextlib.suppress(RpcFailure):
-                sid, _ = self._stream(peer, msg[0], "client_stream")
+                sid, _ = self._stream(peer, wanted, kind)
                 self._drop(sid)
         return pack(None)
 

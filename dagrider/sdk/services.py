@@ -29,9 +29,12 @@ so no application name can collide with the node's own protocols. On top of the
 channel's limits, application calls have their own per-peer rate and concurrency
 limits (:class:`ServiceLimits`), so that they cannot use up the DHT's share. Arguments
 and results are msgpack (nil, bool, int, float, str, bytes, lists and string-keyed
-maps): nothing received is ever unpickled or turned into an object other than those.
-One call, stream batch or result carries at most ``max_payload_bytes`` (60 KiB by
-default, below the channel's 64 KiB messages); larger data goes as a stream.
+maps, nested at most 32 levels): nothing received is ever unpickled or turned into an
+object other than those. Bodies are decoded by the project's strict envelope
+(:mod:`p2p.strictwire`, one schema per wire method): a bad one is answered
+``bad-request`` naming the part that was wrong. One call, stream batch or result
+carries at most ``max_payload_bytes`` (60 KiB by default, below the channel's 64 KiB
+messages); larger data goes as a stream.
 
 Streams are pulled, so a slow reader is never flooded: server streaming is ``open``
 then ``next`` calls that each return the items the producer has ready (it runs at most
