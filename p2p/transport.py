@@ -62,6 +62,8 @@ STREAM_LIMIT: Final = 1024 * 1024
 SHUTDOWN_FLUSH_S: Final = 1.0
 ACCEPT_RETRY_S: Final = 0.5
 """Pause after a failed ``accept`` (e.g. out of file descriptors) before accepting again."""
+DROP_LOG_PERIOD_S: Final = 1.0
+"""At most one "inbound dropped" line per this many seconds (every drop is counted)."""
 
 _DATA: Final = int(FrameKind.DATA)
 
@@ -158,6 +160,10 @@ class PeerTransport:
         """Shared by strangers' links: the bytes their partial frames may hold at once."""
         self.idle_checks = 0
         """Idle checks done so far: a test keeps a link busy by sending between two."""
+        self.inbound_dropped = 0
+        """Inbound connections closed at once for want of a handshake slot."""
+        self._dropped_logged_at = -DROP_LOG_PERIOD_S
+        self._dropped_unlogged = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -518,7 +524,25 @@ class PeerTransport:
             task = self._admit(conn, addr)
             if task is None:
                 conn.close()
-                log_event(self._log, logging.INFO, "inbound dropped", addr=addr, reason="busy")
+                self._log_dropped(addr, loop.time())
+
+    def _log_dropped(self, addr: object, now: float) -> None:
+        """Count every drop; log at most one line per ``DROP_LOG_PERIOD_S`` with the number
+        left unsaid. A stranger opening sockets as fast as we close them would otherwise
+        write thousands of lines a second: our log would be its amplifier."""
+        self.inbound_dropped += 1
+        if now - self._dropped_logged_at < DROP_LOG_PERIOD_S:
+            self._dropped_unlogged += 1
+            return
+        log_event(
+            self._log,
+            logging.INFO,
+            "inbound dropped",
+            addr=addr,
+            reason="busy",
+            suppressed=self._dropped_unlogged,
+        )
+        self._dropped_logged_at, self._dropped_unlogged = now, 0
 
     def _admit(self, conn: socket.socket, addr: object) -> asyncio.Task[None] | None:
         """Start the handshake of an inbound connection, if it has a slot.

@@ -198,9 +198,12 @@ def test_idle_strangers_cannot_keep_a_configured_peer_out(
             def busy() -> list[logging.LogRecord]:
                 return [r for r in events(caplog, "inbound dropped") if r.reason == "busy"]
 
-            # Two hold this address's share; the other four were dropped at once.
-            await wait_until(lambda: len(busy()) >= 4 and lg.handshaking == 2, what="drops")
-            assert len(busy()) == 4
+            # Two hold this address's share; the other four were dropped at once, and
+            # logged as one line (one per second at most) that counts the rest.
+            await wait_until(lambda: lg.inbound_dropped >= 4 and lg.handshaking == 2, what="drops")
+            assert lg.inbound_dropped == 4
+            assert 1 <= len(busy()) <= 4
+            assert len(busy()) + sum(r.suppressed for r in busy()) <= 4
             async with running(
                 SMALL, peers={LARGE.public_key: lg.listen_address}, port=small_port
             ) as (_, small_rec):
@@ -211,3 +214,21 @@ def test_idle_strangers_cannot_keep_a_configured_peer_out(
 
     with caplog.at_level(logging.INFO, logger="p2p.transport"):
         run(main(), loop_factory=loop_factory)
+
+
+def test_dropped_connections_are_counted_and_logged_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flood of refused connections costs one log line per period, naming how many
+    drops it left unsaid; the counter has them all."""
+    from p2p.transport import DROP_LOG_PERIOD_S, PeerTransport, TransportConfig
+
+    t = PeerTransport(LARGE, TransportConfig("127.0.0.1", 0), {}, None, lambda key, data: None)
+    with caplog.at_level(logging.INFO, logger="p2p.transport"):
+        for i in range(1000):
+            t._log_dropped(("203.0.113.9", 1000 + i), now=10.0 + i * 0.001)  # within 1 s
+        t._log_dropped(("203.0.113.9", 1), now=10.0 + DROP_LOG_PERIOD_S)
+    lines = events(caplog, "inbound dropped")
+    assert t.inbound_dropped == 1001
+    assert len(lines) == 2
+    assert [r.suppressed for r in lines] == [0, 999]
