@@ -118,7 +118,12 @@ class Cluster:
         if isinstance(item, int):
             self.apply(dst, p.propose_now(item))
             return
-        received = [item.share] if isinstance(item, CoinShareMsg) else []
+        # stored only if the process takes it (asked before it receives), as the shells do
+        received = (
+            [item.share]
+            if isinstance(item, CoinShareMsg) and p.accepts_coin_share(src, item.share)
+            else []
+        )
         self.apply(dst, p.receive_bytes(src, encode(item)), received)
 
     def run_until(self, done: Callable[[], bool], max_steps: int = 60_000) -> None:
