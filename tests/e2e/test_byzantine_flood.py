@@ -560,7 +560,10 @@ class Monitor:
                 pid = self.cluster.pid(i)
                 if pid is None or not self.cluster.alive(i):
                     continue
-                rss = _rss(pid)
+                try:
+                    rss = _rss(pid)
+                except OSError:  # it exited since alive(): the test's own checks say so
+                    continue
                 head: int | None = None
                 rnd: int | None = None
                 try:
