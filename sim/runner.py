@@ -369,7 +369,7 @@ class _Run:
                 self.serve_catchup(i, node, src, msg)
                 return
             if msg is not None and isinstance(msg, CoinShareMsg):
-                self._remember_share(node, msg.share)
+                self._remember_share(node, src, msg.share)
             if msg is None:
                 effects = node.process.receive_bytes(src, data)
             else:
@@ -409,17 +409,19 @@ class _Run:
                 effects += process.receive_bytes(src, data)
                 continue
             if isinstance(msg, CoinShareMsg):
-                self._remember_share(node, msg.share)
+                self._remember_share(node, src, msg.share)
             elif isinstance(msg, CatchupRequest):
                 self.serve_catchup(i, node, src, msg)
                 continue
             effects += process.receive(src, msg)
         self.apply(i, effects)
 
-    def _remember_share(self, node: _Node, share: CoinShare) -> None:
+    def _remember_share(self, node: _Node, src: int, share: CoinShare) -> None:
         """Stored with the step's flush, as the daemon stores the shares of a loop
-        iteration with its effects."""
-        node.shares.append(share)
+        iteration with its effects: only those the process accepts (asked before it
+        receives the share), so a far-future share is not kept on "disk" either."""
+        if node.process.accepts_coin_share(src, share):
+            node.shares.append(share)
 
     def load(self, i: int) -> None:
         """Client load: a few transactions every 50 ms of virtual time, while running."""
