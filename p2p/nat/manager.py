@@ -20,6 +20,7 @@ results and NAT-channel messages, and performs the effects it returns.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -163,6 +164,7 @@ class PeerStatus:
     punch: HolePunch | None = None
     next_upgrade: float | None = None
     retry_at: float | None = None
+    retries: int = 0  # "no usable path" retries scheduled so far (they stretch: see below)
 
 
 class ConnectionManager:
@@ -182,6 +184,18 @@ class ConnectionManager:
         self._token = 0
         self._punches = 0
         self._dials: dict[int, bytes] = {}
+
+    def retry_delay(self, peer: bytes, attempt: int) -> float:
+        """``retry_after`` stretched by a factor in [1, 1.5) drawn from (our key, the
+        peer's key, ``attempt``). Two public peers that dial each other at once from their
+        listening ports collide (a TCP simultaneous open: both run TLS as the client) and
+        fail at the same instant; with a fixed period they retry in step and collide again
+        forever (seen in the NAT lab). The two sides draw different stretches, so one
+        dials while the other listens. A hash, not a random generator: the simulator stays
+        a pure function of its seed."""
+        seed = self.own + peer + attempt.to_bytes(8, "big")
+        draw = int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big") / 2**64
+        return self.config.retry_after * (1.0 + 0.5 * draw)
 
     def _peer(self, peer: bytes) -> PeerStatus:
         st = self.peers.get(peer)
@@ -239,7 +253,8 @@ class ConnectionManager:
                 StartTimer("path-relay", st.pending_deadline),
             ]
         st.pending = ""
-        st.retry_at = now + self.config.retry_after
+        st.retries += 1
+        st.retry_at = now + self.retry_delay(peer, st.retries)
         st.last_failure = "no usable path"
         return [StartTimer("path-retry", st.retry_at)]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2p.nat import Dial, Send
+from p2p.nat import Dial, Send, StartTimer
 from p2p.nat.manager import (
     DIRECT,
     NO_PATH,
@@ -132,3 +132,28 @@ def test_refuses_circuits_from_strangers_or_when_direct() -> None:
     assert mgr.on_message(R1, StopConnect(PEER, 2, 1, 1), 0.0) == [
         Send(R1, StopResponse(2, Status.TARGET_REFUSED))
     ]
+
+
+def test_two_public_peers_that_collide_retry_out_of_step() -> None:
+    """Both dial at once from their listening ports, collide (both TLS clients) and fail
+    at the same instant: their retries are stretched differently, so the next attempts
+    do not collide again (the NAT lab saw two peers fail in step every 5 s for a minute)."""
+    cfg = ManagerConfig(retry_after=5.0)
+    me, peer = ConnectionManager(ME, cfg), ConnectionManager(PEER, cfg)
+    retries: dict[bytes, list[float]] = {ME: [], PEER: []}
+    for mgr, other in ((me, PEER), (peer, ME)):
+        mgr.learn(other, PeerInfo((("203.0.113.5", 4000),), public=True), 0.0)
+        (dial,) = [e for e in mgr.want(other, 0.0) if isinstance(e, Dial)]
+        effects = mgr.dial_result(dial.token, False, 1.0)
+        for attempt in range(2, 6):
+            (timer,) = [e for e in effects if isinstance(e, StartTimer)]
+            retries[mgr.own].append(timer.at)
+            (dial,) = [e for e in mgr.tick(timer.at) if isinstance(e, Dial)]
+            effects = mgr.dial_result(dial.token, False, timer.at)
+            assert mgr.peers[other].retries == attempt
+    for times in retries.values():
+        gaps = [b - a for a, b in zip([1.0, *times], times, strict=False)]
+        assert all(5.0 <= g < 7.5 for g in gaps), gaps
+    assert all(abs(a - b) > 0.05 for a, b in zip(retries[ME], retries[PEER], strict=True))
+    # a pure function of the keys and the attempt: the simulator replays it
+    assert me.retry_delay(PEER, 3) == ConnectionManager(ME, cfg).retry_delay(PEER, 3)
