@@ -169,6 +169,33 @@ def _parser() -> argparse.ArgumentParser:
         "(the daemon's retain_rounds)",
     )
     sm.add_argument(
+        "--wal-loss",
+        action="store_true",
+        help="crash nodes restart from a copy of their store taken up to 1.5 s before the "
+        "crash (a deleted WAL, a database-only backup), fenced at the highest round they "
+        "sent for, as the daemon's fence file does",
+    )
+    sm.add_argument(
+        "--checkpoint-interval",
+        type=int,
+        default=0,
+        metavar="N",
+        help="committed vertices between certified checkpoints; a node that fell behind "
+        "its peers' retained rounds installs the latest one (state sync; 0: none)",
+    )
+    sm.add_argument(
+        "--peer-budget-mib",
+        type=int,
+        default=64,
+        help="vertex bytes one peer may make a member hold (the daemon's peer_budget_mib)",
+    )
+    sm.add_argument(
+        "--response-budget-mib",
+        type=int,
+        default=16,
+        help="vertex bytes a member answers one peer per 4 rounds (response_budget_mib)",
+    )
+    sm.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -355,6 +382,10 @@ def _sim(args: argparse.Namespace) -> int:
         down_ms=args.down_ms,
         partition_ms=args.partition_ms,
         retain_rounds=args.retain_rounds,
+        wal_loss=args.wal_loss,
+        checkpoint_interval=args.checkpoint_interval,
+        peer_budget_mib=args.peer_budget_mib,
+        response_budget_mib=args.response_budget_mib,
     )
     if args.seeds < 1:
         raise ValueError("--seeds must be >= 1")

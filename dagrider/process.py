@@ -165,7 +165,7 @@ class Process:
         """Handle one decoded message from authenticated peer ``sender``."""
         if not 0 <= sender < self.n or sender == self.me:
             return [Misbehaviour(sender, "message from outside the committee")]
-        if type(msg) is Votes:  # most frames at scale: skip the match below
+        if isinstance(msg, Votes):  # most frames at scale: skip the match below
             return self._after_rbc(self.rbc.on_votes(sender, msg))
         match msg:
             case Val(vertex):
@@ -181,8 +181,6 @@ class Process:
                 return self._after_rbc(self.rbc.on_echo(sender, msg))
             case Ready():
                 return self._after_rbc(self.rbc.on_ready(sender, msg))
-            case Votes():
-                return self._after_rbc(self.rbc.on_votes(sender, msg))
             case VertexRequest():
                 return self._answer_request(sender, msg)
             case VertexResponse(vertex):

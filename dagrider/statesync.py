@@ -20,6 +20,7 @@ from dagrider.checkpoint import Certificate, Checkpoint, chain_next, entry_hash
 from dagrider.errors import DecodeError
 from dagrider.messages import NodeId
 from dagrider.ordering import OrderingState
+from dagrider.params import Limits as BlockLimits
 from p2p.strictwire import Limits, describe, unpack
 
 VERSION = 2
@@ -56,6 +57,23 @@ class LogRequest:
     until: int
 
 
+_TX_HEADER = 5  # bytes of a msgpack bin32 header, the largest a transaction can have
+
+
+def _block_limits(limits: BlockLimits | None) -> Limits:
+    """What msgpack may allocate for one block: one flat array of binaries."""
+    if limits is None:
+        return Limits(MAX_FRAME, MAX_FRAME, 0, MAX_FRAME, 0, max_depth=1)
+    count = limits.max_txs_per_vertex
+    frame = _TX_HEADER + limits.max_block_bytes + count * _TX_HEADER
+    return Limits(frame, limits.max_tx_bytes, 0, count, 0, max_depth=1)
+
+
+def _block_error(field: str, detail: str) -> DecodeError:
+    """The envelope's errors (about the whole frame) as errors of the row's ``block``."""
+    return DecodeError("block", detail)
+
+
 @dataclass(frozen=True)
 class LogRow:
     """One committed vertex with transactions, as the store keeps it."""
@@ -70,10 +88,27 @@ class LogRow:
     def entry(self) -> bytes:
         return entry_hash(self.index, self.tx_index, self.round, self.source, self.wave, self.block)
 
-    def transactions(self) -> list[bytes]:
-        txs = msgpack.unpackb(self.block, raw=False)
-        if not isinstance(txs, list) or not all(type(t) is bytes for t in txs):
-            raise DecodeError("block", "expected a list of transactions")
+    def transactions(self, limits: BlockLimits | None = None) -> list[bytes]:
+        """The row's transactions, unpacked with limits: a peer's block is read before
+        its row is verified against the certificate's chain, so a crafted one (a 16 MiB
+        array of empty arrays would make a gigabyte of Python lists) must fail as a
+        :class:`DecodeError` on field ``block`` before msgpack builds it.
+
+        ``limits``: the committee's (a committed block obeys them: at most
+        ``max_txs_per_vertex`` transactions of at most ``max_tx_bytes``, at most
+        ``max_block_bytes`` in all); None bounds the block only by the frame it came
+        in (for rows already verified against a certificate).
+        """
+        wire = _block_limits(limits)
+        txs = unpack(self.block, _block_error, wire)
+        if type(txs) is not list or not all(type(t) is bytes for t in txs):
+            raise DecodeError("block", f"expected a list of transactions, got {describe(txs)}")
+        if limits is not None:
+            total = sum(map(len, txs))
+            if total > limits.max_block_bytes:
+                raise DecodeError(
+                    "block", f"{total} bytes of transactions exceeds {limits.max_block_bytes}"
+                )
         return txs
 
 
@@ -331,6 +366,8 @@ class Transfer:
     failure: str | None = None  # our own log disagrees with the certified one
     rebased: bool = False  # fetching a certified suffix: the log will have a gap
     span: int = SEGMENT_SPAN
+    # The committee's limits: a block over them is malformed before any chain check.
+    limits: BlockLimits | None = None
 
     def __post_init__(self) -> None:
         self._cut()
@@ -461,9 +498,9 @@ class Transfer:
             if s.tx_position is not None and r.tx_index != s.tx_position:
                 return f"log row {r.index} starts at transaction {r.tx_index}, not {s.tx_position}"
             try:
-                count = len(r.transactions())
-            except (DecodeError, ValueError, TypeError, RecursionError, msgpack.UnpackException):
-                return f"log row {r.index} has a malformed block"
+                count = len(r.transactions(self.limits))
+            except DecodeError as exc:
+                return f"log row {r.index} has a malformed block ({exc})"
             if count == 0:
                 return f"log row {r.index} has no transactions"
             if s.start_tx is None:

@@ -37,8 +37,10 @@ from dagrider.messages import (
     Vertex,
     VertexRef,
     VertexRequest,
+    VertexResponse,
 )
 from dagrider.params import Limits, Parameters
+from dagrider.rbc import pack_votes
 
 
 @dataclass(frozen=True)
@@ -519,6 +521,274 @@ class CatchupFlood:
         return out
 
 
+# ------------------------------------------------- one field at a time, its worst value
+
+
+def _fake_digest(rng: random.Random) -> bytes:
+    return rng.randbytes(DIGEST_BYTES)
+
+
+@dataclass
+class DoubleVote:
+    """Honest, except that every vote it casts also goes to every peer a second time
+    for a random digest: two ECHOs (or READYs) from one voter for one instance, which
+    Bracha counts once and reports. Every other step the votes go out packed as a
+    correct node's flush packs them (:func:`dagrider.rbc.pack_votes`: one
+    :class:`~dagrider.messages.Votes` frame for the real ones, one for the fakes; a
+    lone vote stays lone), else as lone frames, so both receiving paths meet them.
+    """
+
+    steps: int = 0
+    doubled: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out: list[Outbound] = []
+        real: list[Echo | Ready] = []
+        for e in effects:
+            if isinstance(e, Broadcast) and isinstance(e.msg, Echo | Ready):
+                real.append(e.msg)
+            else:
+                out += honest(me, n, [e], rng)
+        if not real:
+            return out
+        self.steps += 1
+        fake = [replace(v, digest=_fake_digest(rng)) for v in real]
+        others = _others(me, n)
+        if self.steps % 2:  # as a correct flush packs them (a lone vote stays lone)
+            out += [_out(others, m) for m in pack_votes(real)]
+            out += [_out(others, m, attack=True) for m in pack_votes(fake)]
+        else:
+            out += [_out(others, v) for v in real]
+            out += [_out(others, v, attack=True) for v in fake]
+        self.doubled += len(fake)
+        self.detail = f"{self.doubled} votes doubled with a random digest"
+        return out
+
+
+@dataclass
+class DoubleVal:
+    """Honest, plus three misuses of VAL, each to every peer:
+
+    * a second vertex for the round it just proposed in (another block), right after
+      the first: a peer that echoed the first reports a second VAL;
+    * one step later, that second vertex again: a peer that delivered the first by then
+      reports conflicting proposals for a delivered round;
+    * the last vertex another member proposed that its process delivered, sent as a VAL
+      of its own (only the source's VAL counts: reported, never echoed).
+    """
+
+    pending: list[Vertex] = field(default_factory=list)  # twins to send again next step
+    relay: Vertex | None = None
+    twins: int = 0
+    relayed: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out = honest(me, n, effects, rng)
+        others = _others(me, n)
+        again, self.pending = self.pending, []
+        out += [_out(others, Val(v), attack=True) for v in again]
+        for e in effects:
+            if isinstance(e, Delivered) and e.vertex.source != me:
+                self.relay = e.vertex
+            elif isinstance(e, Broadcast) and isinstance(e.msg, Val):
+                v = e.msg.vertex
+                twin = replace(v, block=(*v.block, b"twin-%d" % rng.randrange(1 << 30)))
+                out.append(_out(others, Val(twin), attack=True))
+                self.pending.append(twin)
+                self.twins += 1
+                if self.relay is not None:
+                    out.append(_out(others, Val(self.relay), attack=True))
+                    self.relay = None
+                    self.relayed += 1
+        self.detail = f"{self.twins} second VALs, {self.relayed} VALs of other sources"
+        return out
+
+
+EDGE_RULES = (
+    "strong edge into round r-2",
+    "weak edge beyond the GC depth",
+    "two weak edges to one slot",
+    "weak edge to a vertex its strong edges reach",
+)
+
+
+@dataclass
+class EdgeRules:
+    """Honest, except that its proposals each break one DAG rule that the codec cannot
+    see, in rotation (:data:`EDGE_RULES`): a strong edge into round r-2, a weak edge to
+    a round beyond the GC depth, two weak edges to one (round, source), and a weak edge
+    to a real vertex that its strong edges already reach. Peers refuse the first three
+    before echoing them; the last is delivered and inserted (a redundant edge changes
+    no path), and reported by every peer that inserts it.
+    """
+
+    gc_depth: int = 50
+    proposals: int = 0
+    broken: dict[str, int] = field(default_factory=dict)
+    delivered: dict[bytes, Vertex] = field(default_factory=dict)
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out: list[Outbound] = []
+        for e in effects:
+            if isinstance(e, Delivered):
+                self._remember(e.vertex)
+            if isinstance(e, Broadcast) and isinstance(e.msg, Val) and e.msg.vertex.round > 2:
+                v, rule = self._break(e.msg.vertex)
+                out.append(_out(_others(me, n), Val(v), attack=v is not e.msg.vertex))
+                if v is not e.msg.vertex:
+                    self.broken[rule] = self.broken.get(rule, 0) + 1
+            else:
+                out += honest(me, n, [e], rng)
+        self.detail = ", ".join(f"{k} x{c}" for k, c in sorted(self.broken.items()))
+        return out
+
+    def _remember(self, v: Vertex) -> None:
+        self.delivered[v.digest] = v
+        if len(self.delivered) > 64 * 4:  # a few rounds are enough: drop the oldest
+            low = min(u.round for u in self.delivered.values())
+            self.delivered = {d: u for d, u in self.delivered.items() if u.round > low}
+
+    def _break(self, v: Vertex) -> tuple[Vertex, str]:
+        rule = EDGE_RULES[self.proposals % len(EDGE_RULES)]
+        self.proposals += 1
+        strong = v.strong_edges
+        if rule == EDGE_RULES[0]:
+            low = replace(strong[-1], round=v.round - 2)
+            return replace(v, strong_edges=(*strong[:-1], low)), rule
+        if rule == EDGE_RULES[1]:
+            # Genesis while the window still reaches round 1, else one round past it.
+            rnd = max(0, v.round - self.gc_depth - 1)
+            far = VertexRef(rnd, 0, b"\x00" * DIGEST_BYTES)
+            return replace(v, weak_edges=(*v.weak_edges, far)), rule
+        if rule == EDGE_RULES[2]:
+            twice = VertexRef(v.round - 2, 0, b"\x01" * DIGEST_BYTES)
+            return replace(v, weak_edges=(*v.weak_edges, twice, twice)), rule
+        parent = self.delivered.get(strong[0].digest)
+        taken = {(e.round, e.source) for e in v.weak_edges}
+        if parent is None or (parent.strong_edges[0].round, parent.strong_edges[0].source) in taken:
+            return v, rule
+        redundant = parent.strong_edges[0]  # round r-2, reached through ``parent``
+        return replace(v, weak_edges=(*v.weak_edges, redundant)), rule
+
+
+@dataclass
+class BadFetch:
+    """The fetch path's worst values: it answers every ``VertexRequest`` with a forged
+    vertex of the asked (round, source) instead of the real one (the asker holds the
+    delivered digest and reports the mismatch), and withholds its own VAL from one peer
+    per round so that a peer has to fetch. For every vertex it delivers it also asks a
+    peer for that digest under a wrong round or source, and sends a random peer an
+    unasked vertex for an instance nobody delivered.
+    """
+
+    forged: int = 0
+    odd_requests: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out: list[Outbound] = []
+        others = _others(me, n)
+        for e in effects:
+            if isinstance(e, Send) and isinstance(e.msg, VertexResponse):
+                v = e.msg.vertex
+                fake = replace(v, block=(*v.block, b"forged-%d" % rng.randrange(1 << 30)))
+                out.append(_out((e.to,), VertexResponse(fake), attack=True))
+                self.forged += 1
+            elif isinstance(e, Broadcast) and isinstance(e.msg, Val):
+                skip = rng.choice(others)
+                out.append(_out(tuple(p for p in others if p != skip), e.msg))
+            else:
+                out += honest(me, n, [e], rng)
+            if isinstance(e, Delivered) and e.vertex.source != me:
+                v = e.vertex
+                to = (rng.choice(others),)
+                wrong = (
+                    VertexRequest(v.round + 1, v.source, v.digest)
+                    if rng.random() < 0.5
+                    else VertexRequest(v.round, (v.source + 1) % n, v.digest)
+                )
+                unasked = Vertex(v.round + 1, v.source, (b"unasked",), v.strong_edges, ())
+                out += [_out(to, wrong, attack=True), _out(to, VertexResponse(unasked), True)]
+                self.odd_requests += 1
+        self.detail = f"{self.forged} forged answers, {self.odd_requests} odd requests"
+        return out
+
+
+@dataclass
+class CoinMisuse:
+    """Honest, plus with every coin share it releases: the share signed by another
+    member (only a member's own share counts from it: reported before any curve work),
+    the share moved a thousand waves ahead (beyond any coin a process keeps), and its
+    last four earlier shares again (for waves decided by now, or nearly)."""
+
+    released: list[CoinShare] = field(default_factory=list)
+    misused: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        out = honest(me, n, effects, rng)
+        others = _others(me, n)
+        for e in effects:
+            if not (isinstance(e, Broadcast) and isinstance(e.msg, CoinShareMsg)):
+                continue
+            s = e.msg.share
+            forged = [replace(s, signer=rng.choice(others)), replace(s, wave=s.wave + 1000)]
+            forged += self.released[-4:]
+            out += [_out(others, CoinShareMsg(x), attack=True) for x in forged]
+            self.misused += len(forged)
+            self.released.append(s)
+        self.detail = f"{self.misused} misused coin shares"
+        return out
+
+
+@dataclass
+class Replay:
+    """Honest, plus two of its own earlier frames again with every step, drawn
+    uniformly from everything it sent so far (a reservoir of ``keep`` frames), to a
+    random peer, as raw bytes for its decoder: stale VALs and votes (for rounds the
+    peer may have collected), repeated requests and coin shares of decided waves. A
+    correct network may duplicate frames; a correct member does not repeat requests.
+    """
+
+    keep: int = 256
+    per_step: int = 2
+    seen: int = 0
+    frames: list[Outbound] = field(default_factory=list)
+    replayed: int = 0
+    detail: str = ""
+
+    def __call__(
+        self, me: int, n: int, effects: list[Effect], rng: random.Random
+    ) -> list[Outbound]:
+        fresh = honest(me, n, effects, rng)
+        again: list[Outbound] = []
+        for _ in range(self.per_step if self.frames else 0):
+            old = rng.choice(self.frames)  # as bytes: the peer's strict decoder reads them
+            again.append(Outbound((rng.choice(_others(me, n)),), old.data, None, True))
+        self.replayed += len(again)
+        for ob in fresh:  # reservoir sampling: every frame so far equally likely kept
+            self.seen += 1
+            if len(self.frames) < self.keep:
+                self.frames.append(ob)
+            elif (k := rng.randrange(self.seen)) < self.keep:
+                self.frames[k] = ob
+        self.detail = f"{self.replayed} frames replayed"
+        return fresh + again
+
+
 def _stateless(strategy: Strategy) -> StrategyFactory:
     return lambda params, rng: strategy
 
@@ -535,6 +805,12 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "request-amplification": lambda params, rng: RequestAmplification(),
     "max-weak-edges": lambda params, rng: MaxWeakEdges(params.limits, params.gc_depth),
     "catchup-flood": lambda params, rng: CatchupFlood(),
+    "double-vote": lambda params, rng: DoubleVote(),
+    "double-val": lambda params, rng: DoubleVal(),
+    "edge-rules": lambda params, rng: EdgeRules(params.gc_depth),
+    "bad-fetch": lambda params, rng: BadFetch(),
+    "coin-misuse": lambda params, rng: CoinMisuse(),
+    "replay": lambda params, rng: Replay(),
 }
 
 

@@ -58,15 +58,25 @@ class SimResult:
     tx_ordered_share: float | None = None
     slow_node_tx_ordered_share: float | None = None
     # Catch-up (dagrider.catchup) by correct and crash nodes: requests by reason, answers
-    # served, and periods in which a node was so far behind that it would have sought a
-    # certified checkpoint (the daemon's state sync; the simulator has none, so a run
-    # must keep such nodes within its peers' retained rounds).
+    # served, and periods in which a node was so far behind that it sought a certified
+    # checkpoint (state sync; without --checkpoint-interval there is none, so such a run
+    # must keep its nodes within their peers' retained rounds).
     catchup_asks: dict[str, int] = field(default_factory=dict)
     catchup_served: int = 0
     state_sync_wanted: int = 0
+    # Checkpoints installed through state sync (runs with --checkpoint-interval), crash
+    # restarts from a store that lost writes (--wal-loss), and restarts fenced at the
+    # highest round the node sent for (every restart after it sent anything).
+    state_sync_installs: int = 0
+    wal_losses: int = 0
+    fenced_restarts: int = 0
     # Lowest in-memory GC floor among correct nodes at the end: 0 means no correct node
     # garbage-collected anything (a run shorter than gc_depth rounds past a commit).
     gc_floor: int = 0
+    # Most delivered vertices a correct node still holds back at the end, waiting for
+    # parents (its status' buffered_vertices): a vertex naming parents that never
+    # existed waits until garbage collection drops its round.
+    buffered_vertices: int = 0
 
     @property
     def ok(self) -> bool:
@@ -113,7 +123,11 @@ class SimResult:
             "catchup_asks": self.catchup_asks,
             "catchup_served": self.catchup_served,
             "state_sync_wanted": self.state_sync_wanted,
+            "state_sync_installs": self.state_sync_installs,
+            "wal_losses": self.wal_losses,
+            "fenced_restarts": self.fenced_restarts,
             "gc_floor": self.gc_floor,
+            "buffered_vertices": self.buffered_vertices,
             "trace_hash": self.trace_hash,
             "replay": self.replay,
         }
@@ -156,6 +170,13 @@ class SimResult:
                     if self.state_sync_wanted
                     else ""
                 )
+            )
+        if self.state_sync_installs:
+            lines.append(f"  state sync        {self.state_sync_installs} checkpoints installed")
+        if self.wal_losses:
+            lines.append(
+                f"  store losses      {self.wal_losses} restarts from a store that lost "
+                f"writes; {self.fenced_restarts} restarts fenced"
             )
         if self.slow_node is not None:
             lines.append(

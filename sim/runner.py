@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import gc
 import hashlib
 import math
 import random
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import assert_never, cast
@@ -32,14 +34,20 @@ from dagrider.messages import (
     CatchupRequest,
     CoinShareMsg,
     Digest,
+    Echo,
     Message,
     Ready,
+    Val,
     VertexResponse,
+    Votes,
 )
 from dagrider.params import Parameters
 from dagrider.persistence import GcRules, MemoryStore
-from dagrider.process import Process, ProcessConfig
+from dagrider.process import Process, ProcessConfig, Recovery
 from dagrider.rbc import coalesce_votes
+from dagrider.statesync import StateMessage
+from dagrider.statesync import decode as decode_state
+from dagrider.statesync import encode as encode_state
 from sim import byzantine, latency
 from sim.invariants import (
     Verdict,
@@ -51,12 +59,17 @@ from sim.invariants import (
     validity,
 )
 from sim.report import SimResult, percentiles
-from sim.world import Adversary, World
+from sim.state_sync import STATE_TYPES, Install, Reaction, StateSync, SyncDisk, identity_key
+from sim.world import Adversary, Frame, World
 
 FAULT_KINDS = ("none", "crash", "mixed", *sorted(byzantine.STRATEGIES))
 
 SIM_CATCHUP = CatchupPolicy(period=1_000.0)
 """Catch-up in virtual ms: the daemon's policy (:mod:`dagrider.catchup`), period 1 s."""
+
+WAL_LAG_MS = 1_500.0
+"""With ``--wal-loss``, how much older than the crash (virtual ms, at most) the copy of
+the store a crash node restarts from is: the writes of that span are lost."""
 
 STALL_MS = 60_000.0
 """A run in which no correct node enters a new round for this long (virtual ms, plus the
@@ -106,6 +119,21 @@ class SimConfig:
     # Rounds a node's store keeps below its GC floor to serve catch-up (the daemon's
     # retain_rounds); the in-memory process keeps gc_depth rounds below the last commit.
     retain_rounds: int = 200
+    # Crash nodes restart from a copy of their store taken up to WAL_LAG_MS before the
+    # crash (a deleted WAL, a database-only backup restored): the writes after it are
+    # lost, and the node is fenced at the highest round it ever sent for, as the
+    # daemon's fence file does (dagrider/node/fence.py, Process.fence).
+    wal_loss: bool = False
+    # Committed vertices between certified checkpoints (the daemon's
+    # checkpoint_interval; 0: none). With checkpoints, a member that fell behind its
+    # peers' retained rounds installs the latest certificate's state (state sync, the
+    # daemon's sequence over the same pure parts: sim/state_sync.py).
+    checkpoint_interval: int = 0
+    # What one peer can make a member hold and answer (the daemon's peer_budget_mib and
+    # response_budget_mib; see dagrider.params.Parameters): smaller budgets make the
+    # flood and request-amplification attacks reach them within a short run.
+    peer_budget_mib: int = 64
+    response_budget_mib: int = 16
 
     def __post_init__(self) -> None:
         if self.nodes < 4 or (self.nodes - 1) % 3:
@@ -129,6 +157,16 @@ class SimConfig:
             )
         if self.retain_rounds < 0:
             raise ValueError(f"--retain-rounds must be >= 0, got {self.retain_rounds}")
+        if self.checkpoint_interval < 0:
+            raise ValueError(f"--checkpoint-interval must be >= 0, got {self.checkpoint_interval}")
+        for flag, mib in (
+            ("--peer-budget-mib", self.peer_budget_mib),
+            ("--response-budget-mib", self.response_budget_mib),
+        ):
+            if mib < 2:  # two maximal blocks (Parameters checks the bytes too)
+                raise ValueError(f"{flag} must be >= 2, got {mib}")
+        if self.wal_loss and self.byzantine != "crash":
+            raise ValueError("--wal-loss needs --byzantine crash (the nodes that restart)")
         latency.by_name(self.latency)
 
     @property
@@ -145,6 +183,8 @@ class SimConfig:
             cmd += " --adversarial"
         if self.partitions:
             cmd += f" --partitions {self.partitions}"
+        if self.wal_loss:
+            cmd += " --wal-loss"
         defaults = SimConfig()
         for flag, name in (
             ("--tx-rate", "tx_per_second"),
@@ -159,6 +199,9 @@ class SimConfig:
             ("--down-ms", "down_ms"),
             ("--partition-ms", "partition_ms"),
             ("--retain-rounds", "retain_rounds"),
+            ("--checkpoint-interval", "checkpoint_interval"),
+            ("--peer-budget-mib", "peer_budget_mib"),
+            ("--response-budget-mib", "response_budget_mib"),
         ):
             value = getattr(self, name)
             if value != getattr(defaults, name):
@@ -186,6 +229,24 @@ class _Node:
     catchup_asks: dict[str, int] = field(default_factory=dict)  # reason -> asks
     catchup_served: int = 0
     state_sync_wanted: int = 0  # periods in which the node would seek a checkpoint
+    # Crash nodes: the fence (the highest round of a vertex or vote the node ever sent,
+    # kept apart from the store, so a WAL loss does not lose it), the copy of the store
+    # a WAL loss restarts from, and what the node sent per slot, to catch a restarted
+    # node contradicting an earlier incarnation: (kind, round, source) -> digest, kind
+    # 0 for a VAL, 1 for an ECHO, 2 for a READY.
+    fence: int = 0
+    backup: MemoryStore | None = None
+    sent: dict[tuple[int, int, int], Digest] = field(default_factory=dict)
+    contradictions: list[str] = field(default_factory=list)
+    wal_losses: int = 0
+    fenced: int = 0  # restarts at which the store was behind the fence
+    # State sync (with checkpoints): the node's share of its store (log rows, checkpoint
+    # states, certificates; survives a crash, and a WAL loss takes it back with the
+    # store), a copy of it for a WAL loss, and the shell (made at each start).
+    disk: SyncDisk | None = None
+    backup_disk: SyncDisk | None = None
+    sync: StateSync | None = None
+    installs: int = 0
 
 
 class _Run:
@@ -208,7 +269,11 @@ class _Run:
             gc_depth=cfg.gc_depth,
             batch_size=cfg.batch_size,
             propose_empty=cfg.batch_delay == 0 and cfg.idle_delay == 0,
+            checkpoint_interval=cfg.checkpoint_interval,
+            peer_budget_bytes=cfg.peer_budget_mib * 1024 * 1024,
+            response_budget_bytes=cfg.response_budget_mib * 1024 * 1024,
         )
+        self.identities = {i: identity_key(self.domain, i).verify_key.encode() for i in range(n)}
         self.configs = [
             ProcessConfig(i, n, f, pub, secrets[i], self.domain, self.params) for i in range(n)
         ]
@@ -227,7 +292,12 @@ class _Run:
             elif i in faulty:
                 kind, strategy = byzantine.by_name(cfg.byzantine, self.rng, self.params)
             store = MemoryStore(GcRules(cfg.gc_depth, cfg.retain_rounds))
-            self.nodes.append(_Node(Process(self.configs[i]), kind, strategy, store))
+            node = _Node(Process(self.configs[i]), kind, strategy, store)
+            if cfg.checkpoint_interval and strategy is None:
+                node.disk = SyncDisk()  # Byzantine members take no part (their right)
+            self.nodes.append(node)
+        # Installed logs that differ from the committed one: (node, index) (see _install).
+        self.install_mismatches: list[tuple[int, int]] = []
         self.correct = [i for i, x in enumerate(self.nodes) if x.kind == "correct"]
         self.honest = [i for i, x in enumerate(self.nodes) if x.strategy is None]
         self.slow_node: int | None = None
@@ -275,7 +345,15 @@ class _Run:
         for i, node in enumerate(self.nodes):
             if node.kind == "crash":
                 t = self.rng.uniform(50, horizon / 2)
-                w.schedule(t, "crash", i, self.rng.uniform(300, self.cfg.down_ms))
+                self._schedule_crash(i, t, self.rng.uniform(300, self.cfg.down_ms))
+
+    def _schedule_crash(self, i: int, at: float, down: float) -> None:
+        """A crash at ``at`` for ``down`` ms; with ``wal_loss``, the copy of the store
+        the restart will use is taken up to :data:`WAL_LAG_MS` before it."""
+        w = self.world
+        w.schedule(at, "crash", i, down)
+        if self.cfg.wal_loss:
+            w.schedule(max(w.now, at - self.rng.uniform(0, WAL_LAG_MS)), "backup", i)
 
     def run(self) -> SimResult:
         """Phase 1: until every correct node evaluated ``waves`` waves and committed the
@@ -364,7 +442,10 @@ class _Run:
             if not self.world.alive[i]:
                 self.world.dropped += 1
                 return
-            src, data, msg = cast(tuple[int, bytes, Message | None], payload)
+            src, data, msg = cast(tuple[int, bytes, Frame | None], payload)
+            if isinstance(msg, STATE_TYPES):
+                self._on_state(i, node, src, msg)
+                return
             if isinstance(msg, CatchupRequest):
                 self.serve_catchup(i, node, src, msg)
                 return
@@ -376,9 +457,10 @@ class _Run:
                 effects = node.process.receive(src, msg)
             self.apply(i, effects)
         elif kind == "inbox":
-            self._step(i, node, cast(list[tuple[int, bytes, Message | None]], payload))
+            self._step(i, node, cast(list[tuple[int, bytes, Frame | None]], payload))
         elif kind == "start":
             self._new_asker(i, node)
+            self._new_sync(i, node)
             self.apply(i, node.process.start())
         elif kind == "catchup":
             self.catchup_tick(i, node)
@@ -396,17 +478,24 @@ class _Run:
             self.world.schedule(self.world.now + float(payload), "restart", i)  # type: ignore[arg-type]
         elif kind == "restart":
             self.restart(i)
+        elif kind == "backup":
+            node.backup = _copy_store(node.store)
+            node.backup_disk = None if node.disk is None else node.disk.copy()
 
-    def _step(self, i: int, node: _Node, inbox: list[tuple[int, bytes, Message | None]]) -> None:
+    def _step(self, i: int, node: _Node, inbox: list[tuple[int, bytes, Frame | None]]) -> None:
         """One step of node ``i``: every message of its inbox, then one flush."""
         if not self.world.alive[i]:
             self.world.dropped += len(inbox)
             return
         process = node.process
         effects: list[Effect] = []
+        state: list[tuple[int, StateMessage]] = []  # its own channel: handled after
         for src, data, msg in inbox:
             if msg is None:
                 effects += process.receive_bytes(src, data)
+                continue
+            if isinstance(msg, STATE_TYPES):
+                state.append((src, msg))
                 continue
             if isinstance(msg, CoinShareMsg):
                 self._remember_share(node, src, msg.share)
@@ -415,6 +504,8 @@ class _Run:
                 continue
             effects += process.receive(src, msg)
         self.apply(i, effects)
+        for src, msg in state:
+            self._on_state(i, node, src, msg)
 
     def _remember_share(self, node: _Node, src: int, share: CoinShare) -> None:
         """Stored with the step's flush, as the daemon stores the shares of a loop
@@ -445,21 +536,40 @@ class _Run:
         self.world.schedule(self.world.now + duration, "heal", -1)
 
     def restart(self, i: int) -> None:
-        """Rebuild the node from its store, as a restarted daemon would, and resync."""
+        """Rebuild the node from its store, as a restarted daemon would, and resync.
+
+        With ``wal_loss`` the store is the copy taken before the crash: what was written
+        after it is gone (the log too: its entries are committed again, and agreement
+        checks they come out the same). As the daemon does with its fence file, a store
+        behind the highest round the node sent for fences the process there."""
         old = self.nodes[i]
         fresh = Process(self.configs[i])
         old.process = fresh
         self.world.alive[i] = True
         old.server = CatchupServer(SIM_CATCHUP)  # a restarted daemon starts both afresh
         self._new_asker(i, old)
+        if old.backup is not None:
+            old.store, old.backup = old.backup, None
+            old.disk, old.backup_disk = old.backup_disk, None
+            old.wal_losses += 1
+            # The log is the store's: what it lost is committed again (the run's record
+            # of it goes back too; tx_count is only reported for correct nodes).
+            del old.log[old.store.committed :]
+            self.log_sets[i] = set(old.log)
+        self._new_sync(i, old)
+        recovery = old.store.recovery()
+        fence = fence_round(old.fence, recovery)
+        if fence:
+            fresh.fence(fence)
+            old.fenced += 1
         committed_before = len(old.log)
-        self.apply(i, fresh.recover(old.store.recovery()), replay=True)
+        self.apply(i, fresh.recover(recovery), replay=True)
         assert len(old.log) >= committed_before
         self.restarts += 1
         old.restarts += 1
         if self.rng.random() < 0.5:  # crash again later
             at = self.world.now + self.rng.uniform(500, self.crash_horizon / 2)
-            self.world.schedule(at, "crash", i, self.rng.uniform(300, self.cfg.down_ms))
+            self._schedule_crash(i, at, self.rng.uniform(300, self.cfg.down_ms))
         for peer in range(self.cfg.nodes):
             if peer != i and self.world.alive[peer]:
                 self.apply(peer, self.nodes[peer].process.resync(i))
@@ -485,6 +595,8 @@ class _Run:
             rnd, process.dag.lowest_missing_round(rnd), process.rbc.proven_round()
         )
         node.state_sync_wanted += tick.seek_state_sync
+        if node.sync is not None:
+            self._perform_sync(i, node, node.sync.seek(tick.seek_state_sync))
         if tick.ask is None:
             return
         node.catchup_asks[tick.ask.reason] = node.catchup_asks.get(tick.ask.reason, 0) + 1
@@ -523,6 +635,76 @@ class _Run:
         if decision.resync:
             self.apply(i, process.resync(src))
 
+    # -- state sync ---------------------------------------------------------------------
+
+    def _new_sync(self, i: int, node: _Node) -> None:
+        """A fresh state-sync shell over the node's disk (at start and each restart)."""
+        if node.disk is not None:
+            node.sync = StateSync(
+                i, self.cfg.nodes, self.cfg.f, self.domain, self.identities, self.params, node.disk
+            )
+
+    def _on_state(self, i: int, node: _Node, src: int, msg: StateMessage) -> None:
+        if node.sync is not None:
+            reaction = node.sync.on_message(src, msg, self.world.now, node.process)
+            self._perform_sync(i, node, reaction)
+
+    def _perform_sync(self, i: int, node: _Node, reaction: Reaction) -> None:
+        for peer, msg in reaction.sends:
+            data = encode_state(msg)
+            self.world.send(i, peer, data, decode_state(data))
+        node.misbehaviour += len(reaction.reports)
+        if reaction.install is not None:
+            self._install(i, node, reaction.install)
+
+    def _install(self, i: int, node: _Node, inst: Install) -> None:
+        """Install a verified transfer as the daemon's store and process do: rows and
+        state to the node's disk and store, then ``install_checkpoint``.
+
+        The run's record of the node's log (what agreement and rejoin check) gets the
+        installed range from a correct member's log, entry by entry where the installed
+        row says the same (index, transaction index, round, source, wave, block; an
+        entry without transactions has no row); an entry that differs is recorded as a
+        digest no log holds, so agreement fails there."""
+        assert node.disk is not None
+        state = inst.state
+        start = node.process.ordering.next_index
+        node.disk.install(inst.certificate, state, list(inst.rows))
+        node.store.apply([], state)
+        rows = {r.index: r for r in inst.rows}
+        committed = self._committed(start, state.next_index)
+        if len(node.log) != start or committed is None:
+            self.install_mismatches.append((i, start))
+        else:
+            for c in committed:
+                row = rows.get(c.index)
+                v = c.vertex
+                same = (
+                    row is not None
+                    and (row.tx_index, row.round, row.source, row.wave, row.block)
+                    == (c.tx_index, v.round, v.source, c.wave, c.packed)
+                    if v.block
+                    else row is None
+                )
+                if not same:
+                    self.install_mismatches.append((i, c.index))
+                digest = v.digest if same else b"installed-mismatch-%d" % c.index
+                node.log.append(digest)
+                self.log_sets[i].add(digest)
+        node.installs += 1
+        self.apply(i, node.process.install_checkpoint(state))
+
+    def _committed(self, first: int, stop: int) -> list[Commit] | None:
+        """The log entries [first, stop) as a correct member committed them (a member
+        that installed a checkpoint itself lacks the range it installed)."""
+        for k in self.correct:
+            log = self.nodes[k].store.log
+            at = bisect.bisect_left(log, first, key=lambda c: c.index)
+            part = log[at : at + stop - first]
+            if len(part) == stop - first and (not part or part[-1].index == stop - 1):
+                return part
+        return None
+
     # -- effects ------------------------------------------------------------------------
 
     def apply(self, i: int, effects: list[Effect], replay: bool = False) -> None:
@@ -531,6 +713,10 @@ class _Run:
         if node.strategy is not None:
             self._apply_strategy(i, node, node.strategy, effects)
             return
+        if node.sync is not None:
+            for e in effects:
+                if isinstance(e, CheckpointReached):
+                    self._perform_sync(i, node, node.sync.on_checkpoint(e.state))
         # Recorded (the store's votes) above from the plain effects; the wire carries
         # the step's votes in one Votes frame per peer, as the daemon's flush does.
         for e in coalesce_votes(effects):
@@ -603,6 +789,8 @@ class _Run:
             match e:
                 case Commit():
                     committed = True
+                    if node.disk is not None:
+                        node.disk.commit(e)
                     node.log.append(e.vertex.digest)
                     self.log_sets[i].add(e.vertex.digest)
                     node.tx_count += len(e.vertex.block)
@@ -621,7 +809,10 @@ class _Run:
                 case Requeued(_, vertex):
                     if node.kind == "correct" and not replay:
                         self.orphaned.add(vertex)
-                case Broadcast() | Send() | Delivered() | AwaitBatch() | CheckpointReached():
+                case Broadcast(msg) | Send(_, msg):
+                    if node.kind == "crash":
+                        self._sent(node, msg)
+                case Delivered() | AwaitBatch() | CheckpointReached():
                     pass  # stored below, or performed by apply
                 case _:
                     assert_never(e)
@@ -629,6 +820,32 @@ class _Run:
             ordering = node.process.ordering_state() if committed else None
             node.store.apply(effects, ordering, node.shares)
             node.shares = []
+
+    def _sent(self, node: _Node, msg: Message) -> None:
+        """A crash node is about to send ``msg``: raise its fence (before the send, as
+        the daemon writes its fence file) and note each vertex and vote it commits to;
+        a second, different one for a slot is a contradiction (an equivocation)."""
+        slots: list[tuple[int, int, int, Digest]] = []
+        match msg:
+            case Val(v):
+                slots.append((0, v.round, v.source, v.digest))
+            case Echo(rnd, source, d):
+                slots.append((1, rnd, source, d))
+            case Ready(rnd, source, d):
+                slots.append((2, rnd, source, d))
+            case Votes(echoes, readies):
+                slots += [(1, r, s, d) for r, s, d in echoes]
+                slots += [(2, r, s, d) for r, s, d in readies]
+            case _:
+                return  # requests, answers and coin shares commit to nothing new
+        for kind, rnd, source, d in slots:
+            node.fence = max(node.fence, rnd)
+            first = node.sent.setdefault((kind, rnd, source), d)
+            if first != d:
+                what = ("VAL", "ECHO", "READY")[kind]
+                node.contradictions.append(
+                    f"two {what}s for ({rnd}, {source}): {first.hex()[:12]}, {d.hex()[:12]}"
+                )
 
     def _on_commit(self, i: int, e: Commit, now: float) -> None:
         d = e.vertex.digest
@@ -676,7 +893,7 @@ class _Run:
         byz = [(i, x) for i, x in enumerate(self.nodes) if x.strategy is not None]
         attacks = {i: x.attack_frames + x.withheld_frames for i, x in byz}
         verdicts = [
-            agreement(logs),
+            self._agreement(logs),
             self._integrity(logs),
             self._validity(correct_logs)
             if self.goal_time is not None
@@ -735,13 +952,26 @@ class _Run:
             catchup_asks=self._catchup_asks(),
             catchup_served=sum(x.catchup_served for x in self.nodes),
             state_sync_wanted=sum(self.nodes[i].state_sync_wanted for i in self.honest),
+            state_sync_installs=sum(self.nodes[i].installs for i in self.honest),
+            wal_losses=sum(x.wal_losses for x in self.nodes),
+            fenced_restarts=sum(x.fenced for x in self.nodes),
             gc_floor=min(self.nodes[i].process.dag.floor for i in self.correct),
+            buffered_vertices=max(
+                self.nodes[i].process.status()["buffered_vertices"] for i in self.correct
+            ),
         )
 
     def _rejoin_verdict(self) -> Verdict:
+        """Every crash node is back, never contradicted what it sent before a restart
+        (also when its store lost writes: the fence), and ordered what validity needs."""
         crashed = [i for i, x in enumerate(self.nodes) if x.kind == "crash"]
         if not crashed:
             return Verdict("rejoin", True, "no crash nodes")
+        for i in crashed:
+            said = self.nodes[i].contradictions
+            if said:
+                detail = f"node {i} contradicted itself after a restart: {said[0]}"
+                return Verdict("rejoin", False, detail + f" ({len(said)} in all)")
         if self.goal_time is None:
             return Verdict("rejoin", True, "not checked: the goal was never reached (liveness)")
         down = [i for i in crashed if not self.world.alive[i]]
@@ -750,14 +980,54 @@ class _Run:
         v = validity(self._required_vertices(), {i: self.nodes[i].log for i in crashed})
         return Verdict("rejoin", v.ok, v.detail)
 
+    def _agreement(self, logs: dict[int, list[Digest]]) -> Verdict:
+        """Agreement, and every log a node installed from a certificate is the one the
+        committee committed (see ``_install``)."""
+        v = agreement(logs)
+        if v.ok and self.install_mismatches:
+            i, index = self.install_mismatches[0]
+            detail = f"node {i} installed a log that differs from the committed one at {index}"
+            return Verdict("agreement", False, detail)
+        return v
+
     def _integrity(self, logs: dict[int, list[Digest]]) -> Verdict:
         """No vertex ordered twice, and no transaction either (a requeued orphan's
-        transactions must not also come back with the orphan)."""
+        transactions must not also come back with the orphan); and every correct node's
+        DAG is whole (see ``_dag_flaw``)."""
         v = integrity(logs)
         if v.ok and self.tx_duplicates:
             detail = f"{self.tx_duplicates} transactions ordered twice by a correct node"
             return Verdict("integrity", False, detail)
+        flaw = self._dag_flaw() if v.ok else None
+        if flaw is not None:
+            return Verdict("integrity", False, flaw)
         return v
+
+    def _dag_flaw(self) -> str | None:
+        """The first correct node whose DAG, at the end, holds a vertex without one of
+        its parents above the GC floor, or whose reachability (the bitsets the commit
+        rule reads) does not follow an edge, strong ones strongly; None if none does.
+        Pruning renumbers the bitsets, so a long run with GC checks that too."""
+        for i in self.correct:
+            dag = self.nodes[i].process.dag
+            for v in dag.vertices():
+                for strong, edges in ((True, v.strong_edges), (False, v.weak_edges)):
+                    for e in edges:
+                        if e.round < dag.floor:
+                            continue  # pruned: counts as present
+                        parent = dag.get(e.digest) if e.digest in dag else None
+                        if parent is None:
+                            return (
+                                f"node {i} holds ({v.round}, {v.source}) without its parent "
+                                f"({e.round}, {e.source})"
+                            )
+                        if not dag.path(v, parent) or (strong and not dag.strong_path(v, parent)):
+                            kind = "strong edge" if strong else "edge"
+                            return (
+                                f"node {i}: no path along the {kind} ({v.round}, {v.source}) "
+                                f"-> ({e.round}, {e.source})"
+                            )
+        return None
 
     def _validity(self, logs: dict[int, list[Digest]]) -> Verdict:
         """Every correct proposal (but garbage-collected orphans) and every transaction
@@ -797,6 +1067,35 @@ class _Run:
                 total += 1
                 ordered += self.tx_ordered_by.get(tx, 0) == self.all_correct
         return ordered / total if total else None
+
+
+def fence_round(fence: int, recovery: Recovery) -> int:
+    """The round to fence a restarting process at (:meth:`Process.fence`), given the
+    highest round it ever sent for (``fence``, kept apart from its store) and what its
+    store kept: all of it, whatever the store holds.
+
+    A store that is behind its fence has lost messages we sent, but one that is not
+    behind may have lost some too, and the store cannot tell: losing the last writes
+    of a round whose other writes it kept (an ECHO for a peer's round-r VAL is written
+    before our own round-r proposal) leaves the highest stored round equal to the
+    fence; and a restart after a fenced restart finds proposals above the rounds the
+    fenced incarnation skipped, which a process walking up from genesis would then
+    propose in, anew. Both made a member equivocate in this simulator (seed 5 of
+    ``tests/test_sim_recovery.py``'s WAL-loss sweep) under the rule "fence only when
+    the fence is above every stored round". Fencing costs a restarted member only the
+    votes it had not cast yet in rounds it had already passed."""
+    return fence
+
+
+def _copy_store(store: MemoryStore) -> MemoryStore:
+    """A copy of ``store`` as it is now (a backup): its tables are containers of frozen
+    rows, so copying the containers is enough; later writes to either leave the other."""
+    copy = object.__new__(MemoryStore)
+    for name, value in vars(store).items():
+        if isinstance(value, dict | list | set | deque):
+            value = type(value)(value)
+        setattr(copy, name, value)
+    return copy
 
 
 GC_THRESHOLD0 = 100_000

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagrider.messages import Message
+from dagrider.statesync import StateMessage
 from sim.latency import LatencyModel, Uniform
 
 
@@ -32,6 +33,10 @@ class Adversary:
     slow_delay: float = 800.0
     epoch: float = 600.0
 
+
+Frame = Message | StateMessage
+"""A decoded frame in flight: consensus, or state sync (a channel of its own in the
+daemon, the same links here)."""
 
 MAX_DELAY = 10_000.0
 """Upper bound of any one message's delay (ms): the adversary controls timing, within a
@@ -87,7 +92,7 @@ class World:
         self._seq = 0
         self.alive = [True] * n
         self.partition: list[int] | None = None  # group id per node while partitioned
-        self.held: list[tuple[int, int, bytes, Message | None]] = []
+        self.held: list[tuple[int, int, bytes, Frame | None]] = []
         self.sent = Link()
         self.dropped = 0
         self._slow: set[int] = set()
@@ -97,7 +102,7 @@ class World:
         self.out_delay: dict[int, float] = dict(out_delay or {})
         self.step_ms = step_ms
         # (slot time, node) -> the inbox list already in the queue for that slot
-        self._inbox: dict[tuple[float, int], list[tuple[int, bytes, Message | None]]] = {}
+        self._inbox: dict[tuple[float, int], list[tuple[int, bytes, Frame | None]]] = {}
 
     def schedule(self, at: float, kind: str, node: int, payload: Any = None) -> None:
         self._seq += 1
@@ -115,7 +120,7 @@ class World:
     def pending(self) -> int:
         return len(self._queue)
 
-    def send(self, src: int, dst: int, data: bytes, msg: Message | None) -> None:
+    def send(self, src: int, dst: int, data: bytes, msg: Frame | None) -> None:
         """Put a message on the wire; partitions hold it back until they heal.
 
         A frame whose decoded form ``msg`` is known travels as that message: its bytes
@@ -131,7 +136,7 @@ class World:
             return
         self._arrive(self.now + self._delay(src, dst), src, dst, data, msg)
 
-    def broadcast(self, src: int, data: bytes, msg: Message | None) -> None:
+    def broadcast(self, src: int, data: bytes, msg: Frame | None) -> None:
         """:meth:`send` to every other node, in id order: the same random draws and the
         same schedule, with the per-message work inlined (at n = 64 the simulator sends
         millions of frames)."""
@@ -180,7 +185,7 @@ class World:
                 continue
             arrive(now + delay(src, dst), src, dst, data, msg)
 
-    def _arrive(self, at: float, src: int, dst: int, data: bytes, msg: Message | None) -> None:
+    def _arrive(self, at: float, src: int, dst: int, data: bytes, msg: Frame | None) -> None:
         step = self.step_ms
         if not step:
             self.schedule(at, "deliver", dst, (src, data, msg))

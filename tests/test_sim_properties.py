@@ -82,14 +82,27 @@ SIZES = (4, 4, 4, 4, 7, 7, 7, 10)
 
 @st.composite
 def configs(draw: st.DrawFn, sizes: tuple[int, ...] = SIZES) -> SimConfig:
+    """Also drawn: proposal pacing (the daemon's batch and idle timers, or none), no
+    client load at all in some runs (only empty vertices to order), certified
+    checkpoints (signed, certified and served; installed by a member that falls too
+    far behind), and for crash runs, restarts from a store that lost its last writes
+    (fenced)."""
     n = draw(st.sampled_from(sizes))
-    return sim_config(
+    cfg = sim_config(
         n,
         draw(st.sampled_from(FAULT_KINDS)),
         draw(st.integers(3, 5)),
         draw(st.sampled_from(LATENCIES)),
         draw(st.booleans()),
         draw(st.integers(0, 2)),
+    )
+    return dataclasses.replace(
+        cfg,
+        tx_per_second=draw(st.sampled_from((200.0, 200.0, 0.0))),
+        batch_delay=draw(st.sampled_from((0.0, 50.0))),
+        idle_delay=draw(st.sampled_from((0.0, 200.0))),
+        checkpoint_interval=draw(st.sampled_from((0, 8))),
+        wal_loss=cfg.byzantine == "crash" and draw(st.booleans()),
     )
 
 

@@ -277,7 +277,13 @@ class StateSync:
             return  # installing it would not move us forward: catch-up will do
         peers = [sender, *(p for p in self.peers if p != sender)]
         t = Transfer(
-            cert, state, ordering.next_index, ordering.next_tx_index, ordering.chain, peers
+            cert,
+            state,
+            ordering.next_index,
+            ordering.next_tx_index,
+            ordering.chain,
+            peers,
+            limits=self.process.cfg.params.limits,
         )
         self.transfer = t
         resumed = sum(
