@@ -173,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="crash nodes restart from a copy of their store taken up to 1.5 s before the "
         "crash (a deleted WAL, a database-only backup), fenced at the highest round they "
-        "sent for, as the daemon's fence file does",
+        "sent for when the copy lost a batch they sent, as the daemon's fence file does",
     )
     sm.add_argument(
         "--checkpoint-interval",

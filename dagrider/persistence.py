@@ -106,6 +106,46 @@ def gc_floor(ordering: OrderingState | None, gc_depth: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """How a process restarts from its store, given the shell's fence (see
+    :func:`restart_from`): the round to pass to :meth:`~dagrider.process.Process.fence`
+    (0: none), and whether the store lost writes whose messages had left (then its
+    pending transactions may ride in a lost proposal: the daemon holds them in doubt)."""
+
+    fence: int
+    lost: bool
+
+
+def restart_from(
+    sent_round: int,
+    sent_flushes: int | None,
+    store_flushes: int,
+    fenced_through: int,
+    stored_round: int,
+) -> Restart:
+    """Whether the store lost writes whose messages were sent, and where to fence.
+
+    A shell counts its store's flushes (one per batch, written in the batch's own
+    transaction) and, apart from the store, the highest round it sent a vertex or vote
+    for (``sent_round``) and the count of the last flush whose messages left
+    (``sent_flushes``), both recorded before the send. A store can only lose a suffix
+    of its flushes (a deleted WAL, an older backup), so it lost sent messages exactly
+    when ``store_flushes < sent_flushes``: then the process stays silent up to
+    ``sent_round``. Comparing rounds instead misses losses: a member that lags
+    votes for a peer's round r+1 before it proposes in round r, so losing the last
+    flush (the proposal) leaves the highest stored round equal to the highest sent one.
+
+    A loss is remembered by the store (``fenced_through``, written with the count
+    raised to ``sent_flushes``): the rounds a fenced process skipped stay fenced at
+    every later restart, since the votes sent in them before the loss are unknown for
+    good. A shell without a flush count (``sent_flushes`` None: a fence written by an
+    older version) falls back to comparing rounds with ``stored_round``, the highest
+    round of a stored proposal or vote."""
+    lost = sent_round > stored_round if sent_flushes is None else store_flushes < sent_flushes
+    return Restart(max(fenced_through, sent_round) if lost else fenced_through, lost)
+
+
+@dataclass(frozen=True, slots=True)
 class GcStep:
     """Rows a store deletes in this batch (in the same transaction as its writes)."""
 
@@ -243,6 +283,14 @@ class MemoryStore:
         self.log: list[Commit] = []  # every commit, in log order
         self.checkpoints: dict[int, OrderingState] = {}  # next_index -> state
         self.mempool: deque[bytes] = deque()
+        self.flushes = 0  # batches applied (the SQLite store's meta ``flushes``)
+        self.fenced_through = 0  # see :func:`restart_from`
+
+    def mark_lost(self, fenced_through: int, flushes: int) -> None:
+        """A restart found writes lost (:func:`restart_from`): remember the fence, and
+        count on from the last flush that was sent."""
+        self.fenced_through = max(self.fenced_through, fenced_through)
+        self.flushes = max(self.flushes, flushes)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -255,6 +303,7 @@ class MemoryStore:
         """Persist one batch (what a shell calls per flush); returns what was written."""
         ws = write_set(effects, ordering, received_shares, self.rules, self.gc_floor)
         self.write(ws)
+        self.flushes += 1
         return ws
 
     def submit(self, txs: Iterable[bytes]) -> None:

@@ -193,12 +193,12 @@ class Process:
 
     def fence(self, rnd: int) -> None:
         """Our store lost messages we sent, up to round ``rnd``: the shell's fence file
-        (written before each send) is ahead of the store, e.g. its WAL was deleted or a
-        database-only backup restored. We cannot know which vertex we proposed or which
-        digests we voted for in those rounds, so we propose no vertex there (unless the
-        store still has ours) and cast no new ECHO or READY: the committee counts us as
-        silent (crashed) in those rounds, never as two-faced. Call before
-        :meth:`recover`."""
+        (written before each sending batch) is ahead of the store, e.g. its WAL was
+        deleted or a database-only backup restored, now or at an earlier restart
+        (:func:`dagrider.persistence.restart_from`). We cannot know which vertex we proposed
+        or which digests we voted for in those rounds, so we propose no vertex there (unless
+        the store still has ours) and cast no new ECHO or READY: the committee counts us as
+        silent (crashed) in those rounds, never as two-faced. Call before :meth:`recover`."""
         self.fence_round = max(self.fence_round, rnd)
 
     def _fenced(self, e: Effect) -> bool:

@@ -42,8 +42,8 @@ from dagrider.messages import (
     Votes,
 )
 from dagrider.params import Parameters
-from dagrider.persistence import GcRules, MemoryStore
-from dagrider.process import Process, ProcessConfig, Recovery
+from dagrider.persistence import GcRules, MemoryStore, restart_from
+from dagrider.process import Process, ProcessConfig
 from dagrider.rbc import coalesce_votes
 from dagrider.statesync import StateMessage
 from dagrider.statesync import decode as decode_state
@@ -121,8 +121,9 @@ class SimConfig:
     retain_rounds: int = 200
     # Crash nodes restart from a copy of their store taken up to WAL_LAG_MS before the
     # crash (a deleted WAL, a database-only backup restored): the writes after it are
-    # lost, and the node is fenced at the highest round it ever sent for, as the
-    # daemon's fence file does (dagrider/node/fence.py, Process.fence).
+    # lost, and if they include a batch whose messages left, the node is fenced at the
+    # highest round it ever sent for, as the daemon's fence file does
+    # (dagrider/node/fence.py, dagrider.persistence.restart_from, Process.fence).
     wal_loss: bool = False
     # Committed vertices between certified checkpoints (the daemon's
     # checkpoint_interval; 0: none). With checkpoints, a member that fell behind its
@@ -235,11 +236,12 @@ class _Node:
     # node contradicting an earlier incarnation: (kind, round, source) -> digest, kind
     # 0 for a VAL, 1 for an ECHO, 2 for a READY.
     fence: int = 0
+    fence_flushes: int = 0  # the store's count of the last batch that sent (fence.py)
     backup: MemoryStore | None = None
     sent: dict[tuple[int, int, int], Digest] = field(default_factory=dict)
     contradictions: list[str] = field(default_factory=list)
     wal_losses: int = 0
-    fenced: int = 0  # restarts at which the store was behind the fence
+    fenced: int = 0  # restarts at which the store had lost sent writes
     # State sync (with checkpoints): the node's share of its store (log rows, checkpoint
     # states, certificates; survives a crash, and a WAL loss takes it back with the
     # store), a copy of it for a WAL loss, and the shell (made at each start).
@@ -541,7 +543,9 @@ class _Run:
         With ``wal_loss`` the store is the copy taken before the crash: what was written
         after it is gone (the log too: its entries are committed again, and agreement
         checks they come out the same). As the daemon does with its fence file, a store
-        behind the highest round the node sent for fences the process there."""
+        that lost a batch whose messages were sent fences the process at the highest
+        round the node sent for, at this restart and every later one
+        (:func:`dagrider.persistence.restart_from`, the daemon's rule)."""
         old = self.nodes[i]
         fresh = Process(self.configs[i])
         old.process = fresh
@@ -558,10 +562,16 @@ class _Run:
             self.log_sets[i] = set(old.log)
         self._new_sync(i, old)
         recovery = old.store.recovery()
-        fence = fence_round(old.fence, recovery)
-        if fence:
-            fresh.fence(fence)
+        stored = max([v.round for v in recovery.own] + [v.round for v in recovery.votes] + [0])
+        store = old.store
+        decision = restart_from(
+            old.fence, old.fence_flushes, store.flushes, store.fenced_through, stored
+        )
+        if decision.lost:
+            store.mark_lost(decision.fence, old.fence_flushes)
             old.fenced += 1
+        if decision.fence:
+            fresh.fence(decision.fence)
         committed_before = len(old.log)
         self.apply(i, fresh.recover(recovery), replay=True)
         assert len(old.log) >= committed_before
@@ -838,6 +848,7 @@ class _Run:
                 slots += [(2, r, s, d) for r, s, d in readies]
             case _:
                 return  # requests, answers and coin shares commit to nothing new
+        node.fence_flushes = node.store.flushes + 1  # the batch is stored after this
         for kind, rnd, source, d in slots:
             node.fence = max(node.fence, rnd)
             first = node.sent.setdefault((kind, rnd, source), d)
@@ -1067,24 +1078,6 @@ class _Run:
                 total += 1
                 ordered += self.tx_ordered_by.get(tx, 0) == self.all_correct
         return ordered / total if total else None
-
-
-def fence_round(fence: int, recovery: Recovery) -> int:
-    """The round to fence a restarting process at (:meth:`Process.fence`), given the
-    highest round it ever sent for (``fence``, kept apart from its store) and what its
-    store kept: all of it, whatever the store holds.
-
-    A store that is behind its fence has lost messages we sent, but one that is not
-    behind may have lost some too, and the store cannot tell: losing the last writes
-    of a round whose other writes it kept (an ECHO for a peer's round-r VAL is written
-    before our own round-r proposal) leaves the highest stored round equal to the
-    fence; and a restart after a fenced restart finds proposals above the rounds the
-    fenced incarnation skipped, which a process walking up from genesis would then
-    propose in, anew. Both made a member equivocate in this simulator (seed 5 of
-    ``tests/test_sim_recovery.py``'s WAL-loss sweep) under the rule "fence only when
-    the fence is above every stored round". Fencing costs a restarted member only the
-    votes it had not cast yet in rounds it had already passed."""
-    return fence
 
 
 def _copy_store(store: MemoryStore) -> MemoryStore:

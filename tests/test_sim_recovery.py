@@ -2,13 +2,15 @@
 
 * **A store that lost its last writes** (``--wal-loss``): a crash member restarts from
   a copy of its store taken up to 1.5 s before the crash, as after a deleted WAL or a
-  database-only backup. The highest round it ever sent for is kept apart (the daemon's
-  fence file, ``dagrider/node/fence.py``), and the process is fenced there
-  (``Process.fence``): no vertex or vote of its own up to that round, since it cannot
-  know which ones it sent. The ``rejoin`` verdict checks that no restarted member ever
-  sent two different VALs, ECHOs or READYs for one slot, besides coming back with
-  everything validity needs; agreement checks that the log it commits again is the
-  same.
+  database-only backup. The highest round it ever sent for and the store's count of
+  the last batch it sent are kept apart (the daemon's fence file,
+  ``dagrider/node/fence.py``); a store whose count is lower lost sent writes, and the
+  process is fenced at that round (``Process.fence``; the rule is
+  ``dagrider.persistence.restart_from``): no vertex or vote of its own up to that
+  round, since it cannot know which ones it sent. The ``rejoin`` verdict checks that
+  no restarted member ever sent two different VALs, ECHOs or READYs for one slot,
+  besides coming back with everything validity needs; agreement checks that the log
+  it commits again is the same.
 * **Falling behind the peers' retained rounds** (``--checkpoint-interval``, small
   ``--retain-rounds``): catch-up cannot serve rounds nobody keeps, so the member asks
   for the latest certified checkpoint and fetches the log up to it
@@ -35,7 +37,8 @@ from test_sim_properties import check
 
 import sim.runner
 import sim.state_sync
-from dagrider.process import Process, Recovery
+from dagrider.persistence import Restart, restart_from
+from dagrider.process import Process
 from sim.report import SimResult
 from sim.runner import SimConfig, run
 
@@ -101,11 +104,13 @@ def test_without_the_fence_a_member_whose_store_lost_writes_equivocates(
     assert "contradicted itself" in contradiction(result), result.summary()
 
 
-def daemon_fence_rule(fence: int, recovery: Recovery) -> int:
-    """The daemon's rule (dagrider/node/runtime.py, ``Node.start``): fence only when the
-    fence is above every round the store holds a proposal or vote for."""
-    stored = max([v.round for v in recovery.own] + [v.round for v in recovery.votes] + [0])
-    return fence if fence > stored else 0
+def round_rule(
+    sent_round: int, sent_flushes: int | None, store_flushes: int, fenced: int, stored: int
+) -> Restart:
+    """The rule before the flush count (still the one for a fence file written by an
+    older version): fence when the fence is above every round the store holds a
+    proposal or vote for, at that restart only."""
+    return restart_from(sent_round, None, store_flushes, 0, stored)
 
 
 @pytest.mark.parametrize(
@@ -114,32 +119,35 @@ def daemon_fence_rule(fence: int, recovery: Recovery) -> int:
 def test_a_restart_after_a_fenced_one_proposes_nothing_in_the_rounds_it_skipped(
     monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    """Under the daemon's fence rule, the member of these runs restarts twice: fenced
-    the first time (it skips the rounds its lost store may have proposed in), not the
-    second (its store is not behind the fence any more), at GC floor 0, where recovery
-    walks up from genesis. It used to propose in the skipped rounds then, contradicting
-    the first incarnation; ``Process.recover`` now passes a round below its last stored
+    """Under the round rule, the member of these runs restarts twice: fenced the first
+    time (it skips the rounds its lost store may have proposed in), not the second (its
+    store is not behind the fence any more), at GC floor 0, where recovery walks up
+    from genesis. It used to propose in the skipped rounds then, contradicting the
+    first incarnation; ``Process.recover`` now passes a round below its last stored
     proposal without one."""
-    monkeypatch.setattr(sim.runner, "fence_round", daemon_fence_rule)
+    monkeypatch.setattr(sim.runner, "restart_from", round_rule)
     result = run(wal_loss_config(4, 1), seed)
     assert not contradiction(result), result.summary()
     check_gc(result)
 
 
-def test_fencing_only_a_store_behind_its_fence_lets_a_member_equivocate(
+def test_comparing_rounds_misses_a_loss_and_lets_a_member_equivocate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Why the simulator fences at every restart (``sim.runner.fence_round``): under the
-    daemon's rule, the member of seed 37 restarts at GC floor 7 from a store whose
-    newest vote (round 27) is as high as its fence, but whose newest proposal is round
-    22; an earlier incarnation, fenced at 23, had not proposed in 23, the one before it
+    """Why the fence counts flushes (``dagrider.persistence.restart_from``): under the
+    round rule, the member of seed 37 restarts at GC floor 7 from a store whose newest
+    vote (round 27) is as high as its fence, but whose newest proposal is round 22;
+    an earlier incarnation, fenced at 23, had not proposed in 23, the one before it
     had, and its store was lost. Resuming after its last proposal, it proposes a new
-    vertex for round 23. With a fence at every restart, the same run holds."""
-    monkeypatch.setattr(sim.runner, "fence_round", daemon_fence_rule)
+    vertex for round 23. With the flush count (and the fence kept after a loss), the
+    same run holds."""
+    monkeypatch.setattr(sim.runner, "restart_from", round_rule)
     unsafe = run(wal_loss_config(4, 1), 37)
     assert "two VALs for (23, " in contradiction(unsafe), unsafe.summary()
     monkeypatch.undo()
-    check_gc(run(wal_loss_config(4, 1), 37))
+    safe = run(wal_loss_config(4, 1), 37)
+    check_gc(safe)
+    check_rejoined(safe)
 
 
 # A crash of up to 20 s with gc_depth 8 and 4 retained rounds: the member comes back far

@@ -6,15 +6,18 @@ and vote that left the node. Unless the store itself lost them: its ``-wal`` fil
 deleted after a crash, or a backup of only the ``.sqlite3`` file restored. A node that
 then proposed or voted again in those rounds could send a second, different value for
 one slot, which is equivocation. The fence survives such a loss (it is not in the
-SQLite files) and is written before each send that reaches a new round; at start-up a
-store that is behind its fence tells the process which rounds to stay silent in
-(:meth:`dagrider.process.Process.fence`).
+SQLite files). Before each batch with messages to send it records the highest round
+sent for and the store's count of that batch (the store raises its count in the
+batch's own transaction); at start-up a store whose count is below the fence's lost
+sent writes (a store can only lose a suffix of its batches), and the fence tells the
+process which rounds to stay silent in (:meth:`dagrider.process.Process.fence`; the
+rule is :func:`dagrider.persistence.restart_from`, shared with the simulator).
 
-The file is 8 bytes of round and a 16-byte BLAKE2b check, replaced atomically (write a
-temporary file, fsync it when the node fsyncs its store, rename). A damaged fence is a
-damaged store (exit code 3), never a silently reset one.
+The file holds two 32-byte slots (round, flush count, 16-byte BLAKE2b check) written in
+turn in place, fsynced when the node fsyncs its store. A damaged fence is a damaged
+store (exit code 3), never a silently reset one.
 
-A store behind its fence lost proposals too, and with them the fact that their
+A store behind its fence may have lost proposals too, and with them the fact that their
 transactions left the mempool: the transactions it still lists as pending may already
 ride in a vertex of the lost rounds, which the committee may order. Proposing them
 again would order them twice. They are held *in doubt* (:class:`Doubt`, kept by the
@@ -38,42 +41,71 @@ from dagrider.node.service import StorageCorrupt, StorageUnavailable
 
 FENCE_FILE = "fence"
 _PERSON = b"dagrider/fence"
+_SLOT = 32  # round (8 bytes), flush count (8), check (16)
+_LEGACY = 24  # round (8), check (16): the format before the flush count
 
 
-def _check(rnd: int) -> bytes:
+def _slot(rnd: int, flushes: int) -> bytes:
+    head = rnd.to_bytes(8, "big") + flushes.to_bytes(8, "big")
+    return head + hashlib.blake2b(head, digest_size=16, person=_PERSON).digest()
+
+
+def _legacy_check(rnd: int) -> bytes:
     return hashlib.blake2b(rnd.to_bytes(8, "big"), digest_size=16, person=_PERSON).digest()
 
 
 class Fence:
-    """Read once at start-up, then raised (never lowered) by the runtime before sends."""
+    """Read once at start-up, then raised (never lowered) by the runtime before sends.
+
+    ``round`` is the highest round a vertex or vote was sent for, ``flushes`` the
+    store's flush count of the last batch whose messages were sent (None when the file
+    predates the count: :func:`dagrider.persistence.restart_from` then compares
+    rounds). Two slots, written in turn in place (one ``pwrite`` per sending flush, no
+    rename): a write torn by a crash leaves the other slot, one flush older, which is
+    still a fence for every batch that was sent."""
 
     def __init__(self, data_dir: Path, fsync: bool) -> None:
         self.path = data_dir / FENCE_FILE
         self.fsync = fsync
-        self.round = self._load()
+        self.round = 0
+        self.flushes: int | None = 0
+        self._fd: int | None = None
+        self._load()
 
-    def _load(self) -> int:
+    def _load(self) -> None:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return 0
+            return
         except OSError as exc:
             raise StorageUnavailable(f"reading {self.path}: {exc.strerror or exc}") from exc
-        if len(data) != 24 or data[8:] != _check(int.from_bytes(data[:8], "big")):
-            raise StorageCorrupt(f"{self.path} is damaged ({len(data)} bytes)")
-        return int.from_bytes(data[:8], "big")
-
-    def raise_to(self, rnd: int) -> None:
-        """Record that a message for ``rnd`` is about to be sent (call before sending).
-        Raises :class:`StorageUnavailable` if the file cannot be written; then the
-        fence is unchanged and nothing may be sent."""
-        if rnd <= self.round:
+        if len(data) == _LEGACY:
+            rnd = int.from_bytes(data[:8], "big")
+            if data[8:] != _legacy_check(rnd):
+                raise StorageCorrupt(f"{self.path} is damaged ({len(data)} bytes)")
+            self.round, self.flushes = rnd, None
             return
+        slots = []
+        if len(data) == 2 * _SLOT:
+            for at in (0, _SLOT):
+                rnd = int.from_bytes(data[at : at + 8], "big")
+                flushes = int.from_bytes(data[at + 8 : at + 16], "big")
+                if data[at : at + _SLOT] == _slot(rnd, flushes):
+                    slots.append((flushes, rnd))
+        if not slots:
+            raise StorageCorrupt(f"{self.path} is damaged ({len(data)} bytes)")
+        self.flushes, self.round = max(slots)
+
+    def reset(self, flushes: int) -> None:
+        """Rewrite the file (atomically: a temporary file, renamed) at start-up, with the
+        store's flush count once the restart decision is made; converts an older file."""
+        self.close()
         tmp = self.path.with_name(FENCE_FILE + ".tmp")
+        data = _slot(self.round, flushes) * 2
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, rnd.to_bytes(8, "big") + _check(rnd))
+                os.write(fd, data)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -85,9 +117,33 @@ class Fence:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
+            self._fd = os.open(self.path, os.O_RDWR)
         except OSError as exc:
             raise StorageUnavailable(f"writing {self.path}: {exc.strerror or exc}") from exc
-        self.round = rnd
+        self.flushes = flushes
+
+    def record(self, rnd: int, flushes: int) -> None:
+        """Record that the messages of the store's flush number ``flushes`` are about
+        to be sent, the highest of them for round ``rnd`` (call before the store commits
+        it, so that a store that later loses it is seen behind). Raises
+        :class:`StorageUnavailable` if the file cannot be written; then the fence is
+        unchanged and nothing may be sent."""
+        rnd = max(rnd, self.round)
+        if self._fd is None:
+            self.reset(self.flushes or 0)
+        assert self._fd is not None
+        try:
+            os.pwrite(self._fd, _slot(rnd, flushes), (flushes % 2) * _SLOT)
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError as exc:
+            raise StorageUnavailable(f"writing {self.path}: {exc.strerror or exc}") from exc
+        self.round, self.flushes = rnd, flushes
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from dagrider.node.service import (
 )
 from dagrider.node.state_sync import StateSync
 from dagrider.node.store import Store
+from dagrider.persistence import restart_from
 from dagrider.process import Process, ProcessConfig
 from dagrider.rbc import coalesce_votes
 from p2p.config import TransportConfig
@@ -188,26 +189,39 @@ class Node:
         recovery, mempool = self.store.load_recovery()
         resumed = bool(recovery.delivered or recovery.own or recovery.ordering)
         stored = max([v.round for v in recovery.own] + [v.round for v in recovery.votes] + [0])
-        if self.fence.round > stored:
-            # The store lost messages we sent (its WAL deleted, an old backup restored):
-            # stay silent in those rounds rather than risk a second, different value.
-            self.process.fence(self.fence.round)
-            # It lost our proposals too: what it lists as pending may ride in one of
-            # them, which the committee may order. Not proposed again until that is
-            # known (a transaction is ordered at most once).
+        restart = restart_from(
+            self.fence.round,
+            self.fence.flushes,
+            self.store.flushes,
+            self.store.fenced_through,
+            stored,
+        )
+        if restart.lost:
+            # The store lost messages we sent (its WAL deleted, an old backup restored).
+            # It may have lost our proposals too: what it lists as pending may ride in
+            # one of them, which the committee may order. Not proposed again until that
+            # is known (a transaction is ordered at most once).
             since = max([v.round for v in recovery.own] + [0])
             self.doubt = self.store.hold_in_doubt(since, self.fence.round, recovery.committed)
             self.logger.warning(
                 "store is behind its fence: no vertex or vote of ours up to the fence round",
                 extra={
                     "store_round": stored,
+                    "store_flushes": self.store.flushes,
                     "fence_round": self.fence.round,
+                    "fence_flushes": self.fence.flushes,
                     "in_doubt": 0 if self.doubt is None else len(self.doubt.txs),
                 },
             )
+            self.store.mark_lost(restart.fence, self.fence.flushes or 0)
             mempool = []
         else:
             self.doubt = self.store.doubt()
+        self.fence.reset(self.store.flushes)
+        if restart.fence:
+            # Stay silent in the rounds whose votes are unknown for good, rather than
+            # risk a second, different value (at every restart after a loss).
+            self.process.fence(restart.fence)
         self.ledger.added(batch_ids(mempool), time.time())
         self.process.mempool.extend(mempool)
         self._emit(self.process.recover(recovery))
@@ -246,6 +260,7 @@ class Node:
         self._flush()
         self._stopped = True
         self.store.close()
+        self.fence.close()
         if self.crdt is not None:
             self.crdt.store.close()
         self.logger.info("node stopped", extra={"node": self.me, "round": self.process.round})
@@ -445,7 +460,9 @@ class Node:
         ordering = self.process.ordering_state() if committed else None
         now = time.time()
         try:
-            self.fence.raise_to(_sent_round(effects))  # before the store: see fence.py
+            sent = _sent_round(effects)
+            if sent:  # before the store commits the batch: see fence.py
+                self.fence.record(sent, self.store.flushes + 1)
             self.store.apply(effects, ordering, shares, now)
         except StorageUnavailable as exc:
             # Nothing of the batch is on disk, so none of it may leave the node: keep it,

@@ -23,6 +23,9 @@ restarted node can never send a conflicting one. Tables:
   of the mempool until it is known which of them the lost rounds proposed (the
   window in meta ``doubt``; see :class:`dagrider.node.fence.Doubt`);
 * ``meta``: the ordering snapshot that matches the log (with the log's hash chain);
+  ``flushes``, the count of batches applied (raised in each batch's transaction), and
+  ``fenced_through``, the rounds fenced for good after a restart found sent writes
+  lost (see :func:`dagrider.persistence.restart_from`);
 * ``checkpoints``: the ordering state at each recent checkpoint position and, once f+1
   members signed it, its certificate (see :mod:`dagrider.checkpoint`).
 
@@ -274,6 +277,37 @@ class Store:
         self.crdt_cut = bytes(row[0]) if row else bytes(32)
         self.crdt_cut_at: dict[int, bytes] = {}  # checkpoint position -> cut in force
         self.known_ids: dict[bytes, bytes] = {}  # vertex digest -> ids (remember_ids)
+        # Batches applied, and the rounds fenced after a loss: see restart_from in
+        # dagrider.persistence (the fence file records the count of the last sent flush).
+        self.flushes = self._meta_int("flushes")
+        self.fenced_through = self._meta_int("fenced_through")
+
+    def _meta_int(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return 0
+        if type(row[0]) is not int or row[0] < 0:
+            raise StorageCorrupt(f"meta {key!r} is not a count ({row[0]!r:.40}): damaged store")
+        return int(row[0])
+
+    def mark_lost(self, fenced_through: int, flushes: int) -> None:
+        """A restart found sent writes lost (:func:`dagrider.persistence.restart_from`):
+        remember the fence for every later restart, and count on from the last flush
+        that was sent, in one transaction."""
+        through = max(self.fenced_through, fenced_through)
+        count = max(self.flushes, flushes)
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("fenced_through", through), ("flushes", count)],
+            )
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise storage_error(exc, "recording the fence") from exc
+        self.fenced_through, self.flushes = through, count
 
     @property
     def rules(self) -> GcRules:
@@ -463,6 +497,7 @@ class Store:
                 self._put_ordering(ws.ordering)
             if ws.gc is not None:
                 self._gc(ws.gc)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('flushes', ?)", (self.flushes + 1,))
             db.execute("COMMIT")
         except BaseException as exc:
             self._rollback()
@@ -470,6 +505,7 @@ class Store:
             if isinstance(exc, sqlite3.Error):
                 raise storage_error(exc, "writing to the store") from exc
             raise
+        self.flushes += 1
         if ws.gc is not None:
             self.floor = ws.gc.floor
             try:
