@@ -10,13 +10,13 @@ a peer whose bytes do not match. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
-from dagrider.checkpoint import Certificate, Checkpoint, chain_next, entry_hash
+from dagrider.checkpoint import Certificate, CertificateError, Checkpoint, chain_next, entry_hash
 from dagrider.errors import DecodeError
 from dagrider.messages import NodeId
 from dagrider.ordering import OrderingState
@@ -551,3 +551,76 @@ class Transfer:
         for s in out:
             s.stored = True
         return out
+
+
+class LogPosition(Protocol):
+    """Where a log ends: :class:`~dagrider.ordering.Ordering` or its state."""
+
+    @property
+    def next_index(self) -> int: ...
+    @property
+    def next_tx_index(self) -> int: ...
+    @property
+    def chain(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class OfferTaken:
+    """What to make of a certificate offer (:func:`take_offer`): a fault to report
+    (the offer is refused), or a transfer to start, or neither (nothing to do)."""
+
+    fault: str | None = None
+    transfer: Transfer | None = None
+
+
+def take_offer(
+    sender: NodeId,
+    offer: CertificateOffer,
+    *,
+    committee: bytes,
+    keys: Mapping[NodeId, bytes],
+    f: int,
+    gc_depth: int,
+    position: LogPosition,
+    process_round: int,
+    busy: bool,
+    peers: Sequence[NodeId],
+    limits: BlockLimits,
+) -> OfferTaken:
+    """The decision both shells (the daemon's ``dagrider/node/state_sync.py`` and the
+    simulator's ``sim/state_sync.py``) make on an offer they asked for.
+
+    Every offer is checked, even one no longer needed, so a peer that offers a forged
+    certificate, or a state its certificate does not vouch for, is reported whether or
+    not it came first. A valid offer starts a transfer from our log's ``position`` (the
+    ordering's next index, transaction index and chain) only when we are not ``busy``
+    with one, it is ahead of our log, and installing it moves our process forward
+    (its GC floor is above our round; otherwise catch-up does the job). The sender
+    serves first, then the other ``peers``."""
+    cert, state = offer.certificate, offer.state
+    try:
+        cert.verify(committee, keys, f)
+    except CertificateError as exc:
+        return OfferTaken(fault=f"certificate refused: {exc}")
+    cp = cert.checkpoint
+    if state.digest(gc_depth) != cp.ordering or (
+        state.next_index,
+        state.next_tx_index,
+        state.chain,
+    ) != (cp.index, cp.tx_index, cp.chain):
+        return OfferTaken(fault="ordering state does not match its certificate")
+    if busy or cp.index <= position.next_index:
+        return OfferTaken()  # busy, or no newer than what we have
+    if max(0, state.last_leader_round - gc_depth) <= process_round:
+        return OfferTaken()  # installing it would not move us forward: catch-up will do
+    return OfferTaken(
+        transfer=Transfer(
+            cert,
+            state,
+            position.next_index,
+            position.next_tx_index,
+            position.chain,
+            [sender, *(p for p in peers if p != sender)],
+            limits=limits,
+        )
+    )

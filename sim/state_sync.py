@@ -37,7 +37,6 @@ import nacl.signing
 from dagrider.checkpoint import (
     CHAIN_GENESIS,
     Certificate,
-    CertificateError,
     Checkpoint,
     CheckpointCollector,
     chain_next,
@@ -58,6 +57,7 @@ from dagrider.statesync import (
     LogRows,
     StateMessage,
     Transfer,
+    take_offer,
 )
 
 SEEK_AFTER = 3
@@ -328,35 +328,25 @@ class StateSync:
         if sender not in self._asked:
             return
         self._asked.discard(sender)
-        cert, state = offer.certificate, offer.state
-        try:
-            cert.verify(self.committee, self.keys, self.f)
-        except CertificateError as exc:
-            out.reports.append((sender, f"certificate refused: {exc}"))
-            return
-        cp = cert.checkpoint
-        if state.digest(self.gc_depth) != cp.ordering or (
-            state.next_index,
-            state.next_tx_index,
-            state.chain,
-        ) != (cp.index, cp.tx_index, cp.chain):
-            out.reports.append((sender, "ordering state does not match its certificate"))
-            return
         ordering = p.ordering
-        if self.transfer is not None or cp.index <= ordering.next_index:
-            return
-        if max(0, state.last_leader_round - self.gc_depth) <= p.round:
-            return  # installing it would not move us forward: catch-up will do
-        peers = [sender, *(x for x in self.peers if x != sender)]
-        t = Transfer(
-            cert,
-            state,
-            ordering.next_index,
-            ordering.next_tx_index,
-            ordering.chain,
-            peers,
+        taken = take_offer(
+            sender,
+            offer,
+            committee=self.committee,
+            keys=self.keys,
+            f=self.f,
+            gc_depth=self.gc_depth,
+            position=ordering,
+            process_round=p.round,
+            busy=self.transfer is not None,
+            peers=self.peers,
             limits=self.limits,
         )
+        if taken.fault is not None:
+            out.reports.append((sender, taken.fault))
+        t = taken.transfer
+        if t is None:
+            return
         self.transfer = t
         for (first, until), (chain, rows) in sorted(self.disk.staged.items()):
             if first >= ordering.next_index:

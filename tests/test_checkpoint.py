@@ -29,7 +29,15 @@ from dagrider.effects import CheckpointReached, Commit
 from dagrider.ordering import OrderingState
 from dagrider.params import Parameters
 from dagrider.process import Process
-from dagrider.statesync import LogRequest, LogRow, LogRows, Transfer
+from dagrider.statesync import (
+    CertificateOffer,
+    LogRequest,
+    LogRow,
+    LogRows,
+    OfferTaken,
+    Transfer,
+    take_offer,
+)
 
 COMMITTEE = b"\x11" * 32
 KEYS = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(4)]
@@ -331,3 +339,41 @@ def test_a_transfer_rebased_on_a_certified_base_fetches_only_the_suffix(cluster:
     assert serve(t, 1, suffix, chain=lambda first: chain_before(rows, first)) == []
     assert t.finished and t.rows == suffix
     assert state.next_index == t.target.index
+
+
+def test_an_offer_is_checked_then_taken_only_when_it_moves_us_forward(cluster: Cluster) -> None:
+    """``take_offer``, the decision both shells make: a forged certificate or a state it
+    does not vouch for is a fault whatever we need; a valid one starts a transfer (the
+    sender serving first) only if it is ahead of our log and past our round."""
+    state = checkpoints_of(cluster, 0)[-1]
+    cp = Checkpoint(
+        COMMITTEE, state.next_index, state.next_tx_index, state.chain, state.digest(8), bytes(32)
+    )
+    fresh = Process(process_configs(4)[0])
+
+    def take(offer: CertificateOffer, **kw: object) -> OfferTaken:
+        args: dict[str, object] = dict(
+            committee=COMMITTEE,
+            keys=PUBLIC,
+            f=1,
+            gc_depth=8,  # the floor of the offered state is above round 0
+            position=fresh.ordering,
+            process_round=0,
+            busy=False,
+            peers=[1, 2, 3],
+            limits=Parameters().limits,
+        )
+        args.update(kw)
+        return take_offer(2, offer, **args)  # type: ignore[arg-type]
+
+    good = CertificateOffer(certify(cp, [0, 1]), state)
+    taken = take(good)
+    assert taken.fault is None and taken.transfer is not None
+    assert taken.transfer.peers == [2, 1, 3] and taken.transfer.start == 0
+    assert "certificate refused" in str(take(CertificateOffer(certify(cp, [0]), state)).fault)
+    other = checkpoints_of(cluster, 0)[-2]
+    lie = take(CertificateOffer(certify(cp, [0, 1]), other))
+    assert lie.fault == "ordering state does not match its certificate"
+    assert take(good, busy=True) == OfferTaken()
+    assert take(good, position=state) == OfferTaken()  # not ahead of our log
+    assert take(good, process_round=state.last_leader_round) == OfferTaken()  # catch-up will do

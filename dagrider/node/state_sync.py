@@ -39,6 +39,7 @@ from dagrider.statesync import (
     Transfer,
     decode,
     encode,
+    take_offer,
 )
 from p2p.framing import FrameKind
 from p2p.transport import PeerTransport
@@ -185,6 +186,13 @@ class StateSync:
                 if chain is None:
                     self._send(sender, encode(LogPruned(self.store.base_certificate())))
                     return
+                ordering = self.store.ordering_state()
+                if ordering is None or ordering.next_index < until:
+                    # Our log does not reach the asker's certificate yet (we lag it):
+                    # rows up to our head marked "done" would fail its chain check and
+                    # get us banned for no fault; "not held" moves its segment on.
+                    self._send(sender, encode(LogPruned(None)))
+                    return
                 rows, done = self.store.log_rows(first, until, LOG_CHUNK_BYTES)
                 self._send(sender, encode(LogRows(first, tuple(rows), done, chain)))
             case LogRows():
@@ -254,37 +262,26 @@ class StateSync:
         if sender not in self._asked:
             return  # unasked: nothing to do with it
         self._asked.discard(sender)
-        cert, state = offer.certificate, offer.state
-        # Every answer to our request is checked, even one we no longer need: a peer
-        # that offers a forged certificate is reported whether or not it was first.
-        try:
-            cert.verify(self.committee.committee_id, self.keys, self.committee.f)
-        except CertificateError as exc:
-            self.misbehaviour(sender, f"certificate refused: {exc}")
-            return
-        cp = cert.checkpoint
-        if state.digest(self.gc_depth) != cp.ordering or (
-            state.next_index,
-            state.next_tx_index,
-            state.chain,
-        ) != (cp.index, cp.tx_index, cp.chain):
-            self.misbehaviour(sender, "ordering state does not match its certificate")
-            return
         ordering = self.process.ordering
-        if self.transfer is not None or cp.index <= ordering.next_index:
-            return  # busy, or no newer than what we have
-        if max(0, state.last_leader_round - self.gc_depth) <= self.process.round:
-            return  # installing it would not move us forward: catch-up will do
-        peers = [sender, *(p for p in self.peers if p != sender)]
-        t = Transfer(
-            cert,
-            state,
-            ordering.next_index,
-            ordering.next_tx_index,
-            ordering.chain,
-            peers,
+        taken = take_offer(
+            sender,
+            offer,
+            committee=self.committee.committee_id,
+            keys=self.keys,
+            f=self.committee.f,
+            gc_depth=self.gc_depth,
+            position=ordering,
+            process_round=self.process.round,
+            busy=self.transfer is not None,
+            peers=self.peers,
             limits=self.process.cfg.params.limits,
         )
+        if taken.fault is not None:
+            self.misbehaviour(sender, taken.fault)
+        t = taken.transfer
+        if t is None:
+            return
+        cp = t.target
         self.transfer = t
         resumed = sum(
             t.restore(first, until, chain, rows)
