@@ -793,6 +793,10 @@ def _stateless(strategy: Strategy) -> StrategyFactory:
     return lambda params, rng: strategy
 
 
+# Strategies that act only on client transactions (request-amplification asks for
+# vertices with at least 1 KiB of them): a run without client load never meets them.
+NEEDS_CLIENT_LOAD = frozenset({"request-amplification"})
+
 STRATEGIES: dict[str, StrategyFactory] = {
     "silent": _stateless(silent),
     "equivocate": _stateless(equivocate),
@@ -815,12 +819,15 @@ STRATEGIES: dict[str, StrategyFactory] = {
 
 
 def by_name(
-    name: str, rng: random.Random, params: Parameters | None = None
+    name: str, rng: random.Random, params: Parameters | None = None, client_load: bool = True
 ) -> tuple[str, Strategy]:
-    """A new strategy instance by name; ``mixed`` draws one per node from the seeded RNG."""
+    """A new strategy instance by name; ``mixed`` draws one per node from the seeded RNG
+    (without client load, only among those that do not need it)."""
     params = params or Parameters()
     if name == "mixed":
-        pick = rng.choice(sorted(STRATEGIES))
+        pick = rng.choice(
+            sorted(s for s in STRATEGIES if client_load or s not in NEEDS_CLIENT_LOAD)
+        )
         return pick, STRATEGIES[pick](params, rng)
     if name == "none":
         return "honest", honest

@@ -168,6 +168,15 @@ class SimConfig:
                 raise ValueError(f"{flag} must be >= 2, got {mib}")
         if self.wal_loss and self.byzantine != "crash":
             raise ValueError("--wal-loss needs --byzantine crash (the nodes that restart)")
+        if (
+            self.byzantine in byzantine.NEEDS_CLIENT_LOAD
+            and self.faults
+            and not (self.tx_per_second > 0)
+        ):
+            raise ValueError(
+                f"--byzantine {self.byzantine} acts on client transactions: "
+                "it needs --tx-rate > 0 (it would never fire)"
+            )
         latency.by_name(self.latency)
 
     @property
@@ -292,7 +301,9 @@ class _Run:
             if i in faulty and cfg.byzantine == "crash":
                 kind = "crash"
             elif i in faulty:
-                kind, strategy = byzantine.by_name(cfg.byzantine, self.rng, self.params)
+                kind, strategy = byzantine.by_name(
+                    cfg.byzantine, self.rng, self.params, client_load=cfg.tx_per_second > 0
+                )
             store = MemoryStore(GcRules(cfg.gc_depth, cfg.retain_rounds))
             node = _Node(Process(self.configs[i]), kind, strategy, store)
             if cfg.checkpoint_interval and strategy is None:

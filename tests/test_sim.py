@@ -659,6 +659,16 @@ def test_mixed_draws_real_strategies_from_the_rng() -> None:
     assert byzantine.by_name("none", random.Random(0))[0] == "honest"
 
 
+def test_attacks_on_client_transactions_need_client_load() -> None:
+    """Found by the property sweep: request-amplification in a run without client load
+    never fired, and the faults-happened verdict failed. Refused as a config; ``mixed``
+    does not draw it then."""
+    with pytest.raises(ValueError, match="needs --tx-rate > 0"):
+        SimConfig(nodes=4, faults=1, byzantine="request-amplification", tx_per_second=0.0)
+    quiet = {byzantine.by_name("mixed", random.Random(s), client_load=False)[0] for s in range(60)}
+    assert quiet and not quiet & byzantine.NEEDS_CLIENT_LOAD
+
+
 def test_stateful_strategies_are_made_per_node() -> None:
     for name in ("future-vertex", "flood", "request-amplification", "max-weak-edges"):
         a = byzantine.by_name(name, random.Random(0))[1]

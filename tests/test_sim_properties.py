@@ -44,6 +44,7 @@ from hypothesis_budget import examples
 from sim_schedules import DrawnSchedule, schedules
 from test_sim_attacks import ATTACKS
 
+from sim.byzantine import NEEDS_CLIENT_LOAD
 from sim.report import SimResult
 from sim.runner import FAULT_KINDS, SimConfig, run
 
@@ -98,7 +99,10 @@ def configs(draw: st.DrawFn, sizes: tuple[int, ...] = SIZES) -> SimConfig:
     )
     return dataclasses.replace(
         cfg,
-        tx_per_second=draw(st.sampled_from((200.0, 200.0, 0.0))),
+        # No client load at all in some runs, except for attacks that act on it.
+        tx_per_second=draw(
+            st.sampled_from((200.0,) if cfg.byzantine in NEEDS_CLIENT_LOAD else (200.0, 200.0, 0.0))
+        ),
         batch_delay=draw(st.sampled_from((0.0, 50.0))),
         idle_delay=draw(st.sampled_from((0.0, 200.0))),
         checkpoint_interval=draw(st.sampled_from((0, 8))),
