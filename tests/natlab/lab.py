@@ -337,13 +337,37 @@ class Network:
             )
             + "\n"
         )
-        log = open(workdir / f"miniupnpd-{self.name}.log", "w")  # noqa: SIM115
+        log_path = workdir / f"miniupnpd-{self.name}.log"
+        # A pid file of its own: with the default (/var/run/miniupnpd.pid) a second
+        # miniupnpd on this machine (another lab, another test session) exits at once,
+        # "already running", and the peer behind this router finds no UPnP router.
+        pidfile = workdir / f"miniupnpd-{self.name}.pid"
+        log = open(log_path, "w")  # noqa: SIM115
         try:  # the child keeps its own copy of the descriptor
-            return self.router.popen(
-                [miniupnpd, "-d", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            proc = self.router.popen(
+                [miniupnpd, "-d", "-f", str(conf), "-P", str(pidfile)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         finally:
             log.close()
+        # Ready once it listens for SSDP searches (UDP 1900) and serves its description
+        # (TCP 5000): a peer started before that searches in vain and retries a minute
+        # later. A hang limit, not a verdict.
+        deadline = time.monotonic() + READ_HANG_S
+        while not self._upnp_listening():
+            if proc.poll() is not None:
+                text = log_path.read_text(errors="replace")[-400:]
+                raise LabError(f"miniupnpd on {self.name} exited ({proc.returncode}): {text}")
+            if time.monotonic() > deadline:
+                raise LabError(f"miniupnpd on {self.name} not listening after {READ_HANG_S:g} s")
+            time.sleep(0.05)
+        return proc
+
+    def _upnp_listening(self) -> bool:
+        tcp = self.router.run(["ss", "-ltnH", "sport = :5000"], check=False).stdout
+        udp = self.router.run(["ss", "-lunH", "sport = :1900"], check=False).stdout
+        return bool(tcp.strip() and udp.strip())
 
 
 @dataclass(frozen=True)
