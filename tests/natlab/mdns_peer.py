@@ -64,6 +64,12 @@ async def main(work: Path, ip: str, port: int) -> None:
                 blob = await peer.content.put(bytes.fromhex(cmd["put"]))
                 _say(cid=blob.cid)
             elif "get" in cmd:
+                # The mDNS link comes first; the DHT introduction (a Ping each way) may
+                # still be in flight on a loaded machine, and a lookup before it finds
+                # no provider. Wait until the DHT finds one (a hang limit), then fetch.
+                deadline = loop.time() + 30
+                while not await peer.content.providers(cmd["get"]) and loop.time() < deadline:
+                    await asyncio.sleep(0.2)
                 data = b"".join([p async for p in peer.content.read(cmd["get"])])
                 _say(data=data.hex())
             else:
