@@ -128,8 +128,11 @@ class _Remote:
             with contextlib.suppress(DagriderError):
                 await self._rpc("app.cancel", [sid], 5.0)
 
-        with contextlib.suppress(NotRunning, RuntimeError):
-            self.services.spawn(cancel())
+        coro = cancel()
+        try:
+            self.services.spawn(coro)
+        except (NotRunning, RuntimeError):  # stopping, or no loop: nothing to tell
+            coro.close()  # never started: close it, or Python warns it was never awaited
 
     async def client_stream(
         self,

@@ -4,6 +4,8 @@ deadlines, cancellation, limits; between two members of an in-process committee.
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from dagrider import (
     server_stream,
     unary,
 )
+from dagrider.sdk.errors import NotRunning
+from dagrider.sdk.service_client import _Remote
 from dagrider.sdk.services import WIRE_METHODS, ServiceLimits, unpack
 from p2p.testing import wait_until
 
@@ -304,3 +308,20 @@ def test_shared_endpoint_refuses_a_second_handler_for_a_method(tmp_path: Path) -
                 endpoint.remove_handler("test.echo")
 
     asyncio.run(scenario())
+
+
+def test_a_stream_cancel_that_cannot_be_sent_leaves_no_coroutine_behind() -> None:
+    """Found by a loaded run: a client stream ending while the node stopped made its
+    best-effort cancel coroutine, which nothing awaited ("coroutine ... was never
+    awaited" on the example's stderr)."""
+
+    class Stopped:
+        def spawn(self, coro: object) -> None:
+            raise NotRunning("the node stopped")
+
+    remote = _Remote(Stopped(), b"\x01" * 32, "notes", 1.0)  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        remote._cancel_later(7)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
