@@ -267,6 +267,7 @@ class Process:
                 continue
             self.rbc.mark_delivered(v)
             out += self._on_delivered(v)
+        out += self._own_shares_of_completed_waves()
         out += self._advance()
         return [e for e in out if not isinstance(e, Delivered)]
 
@@ -296,6 +297,7 @@ class Process:
             self.awaiting_batch = False
             self.completed_wave = max(self.completed_wave, (floor - 1) // 4)
             out += self._enter_round(floor)
+        out += self._own_shares_of_completed_waves()
         return out + self._advance()
 
     # -- reliable broadcast -> DAG ------------------------------------------------------
@@ -429,6 +431,19 @@ class Process:
         if coin is None:
             coin = self._coins[wave] = WaveCoin(self.cfg.coin_public, wave, self.cfg.domain)
         return coin
+
+    def _own_shares_of_completed_waves(self) -> list[Effect]:
+        """After a restart or an installed checkpoint that set ``completed_wave``
+        without walking through the waves: our share of each completed, undecided wave
+        goes into its coin (derived again, never stored; revealed already, or now
+        allowed to be). Peers resend their shares only for waves at or above their own
+        GC floor, so without ours such a coin could stay one share short for ever (a
+        member restarted after SIGKILL stopped ordering at its next wave: f shares
+        stored, f+1 needed)."""
+        out: list[Effect] = []
+        for wave in range(self.ordering.next_wave, self.completed_wave + 1):
+            out += self._on_coin_share(self.me, self.own_share(wave))
+        return out
 
     def _complete_wave(self, wave: int) -> list[Effect]:
         """We completed round 4 of ``wave``: only now may our coin share be revealed."""

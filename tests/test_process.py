@@ -3,6 +3,7 @@ refusal of garbage and impostors, coin-share timing, crash recovery, resync, bat
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -732,3 +733,25 @@ def test_a_second_vertex_for_a_delivered_round_is_reported() -> None:
     reports = [e.reason for e in out if isinstance(e, Misbehaviour) and e.peer == 3]
     assert reports and "conflicting proposals for round 1" in reports[0]
     assert not any(isinstance(e, Broadcast) for e in out)  # no vote for the second one
+
+
+def test_a_restart_past_the_floor_puts_its_own_share_into_undecided_coins() -> None:
+    """Regression (a loaded e2e run, ``test_each_node_killed_and_restarted_in_turn``):
+    a member killed after completing a wave but before its coin formed restarts with a
+    GC floor above 0, at its last proposal, without walking through the waves. Its own
+    share of that wave was missing from the coin; peers resend theirs only for waves at
+    or above their own floor, so with f peer shares stored the coin never formed and
+    the member stopped ordering while its rounds went on."""
+    c = Cluster(seed=5, params=Parameters(gc_depth=8))
+    c.start()
+    p = c.procs[1]
+    c.run_until(lambda: p.ordering.floor() > 0 and p.completed_wave >= p.ordering.next_wave)
+    state = c.stores[1].recovery()
+    assert state.ordering is not None
+    waiting = state.ordering.next_wave
+    # What the store holds of that wave's coin: f = 1 peer share, ours is derived.
+    shares = [c.procs[0].own_share(waiting)]
+    fresh = Process(c.cfgs[1])
+    fresh.recover(dataclasses.replace(state, coin_shares=shares))
+    assert fresh.completed_wave >= waiting
+    assert fresh.ordering.next_wave > waiting or fresh._coin(waiting).value is not None
