@@ -553,6 +553,18 @@ class Transfer:
         return out
 
 
+def checkpoint_of(committee: bytes, state: OrderingState, gc_depth: int, crdt: bytes) -> Checkpoint:
+    """The checkpoint a member signs when its ordering passes ``state`` (both shells)."""
+    return Checkpoint(
+        committee,
+        state.next_index,
+        state.next_tx_index,
+        state.chain,
+        state.digest(gc_depth),
+        crdt,
+    )
+
+
 class LogPosition(Protocol):
     """Where a log ends: :class:`~dagrider.ordering.Ordering` or its state."""
 

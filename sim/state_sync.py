@@ -57,6 +57,7 @@ from dagrider.statesync import (
     LogRows,
     StateMessage,
     Transfer,
+    checkpoint_of,
     take_offer,
 )
 
@@ -223,14 +224,7 @@ class StateSync:
     def on_checkpoint(self, state: OrderingState) -> Reaction:
         """The ordering passed a checkpoint: keep its state, sign it, tell the others."""
         self.disk.states.setdefault(state.next_index, state)
-        cp = Checkpoint(
-            self.committee,
-            state.next_index,
-            state.next_tx_index,
-            state.chain,
-            state.digest(self.gc_depth),
-            NO_CRDT,
-        )
+        cp = checkpoint_of(self.committee, state, self.gc_depth, NO_CRDT)
         sig = cp.sign(self.signing_key)
         self.collector.position = state.next_index
         out = Reaction([(p, CheckpointVote(cp, sig)) for p in self.peers])

@@ -37,6 +37,7 @@ from dagrider.statesync import (
     LogRows,
     StateMessage,
     Transfer,
+    checkpoint_of,
     decode,
     encode,
     take_offer,
@@ -129,14 +130,7 @@ class StateSync:
     def on_checkpoint(self, state: OrderingState) -> None:
         """The ordering passed a checkpoint (already stored): sign it, tell the others."""
         cut = self.store.crdt_cut_at.pop(state.next_index, self.store.crdt_cut)
-        cp = Checkpoint(
-            self.committee.committee_id,
-            state.next_index,
-            state.next_tx_index,
-            state.chain,
-            state.digest(self.gc_depth),
-            cut,
-        )
+        cp = checkpoint_of(self.committee.committee_id, state, self.gc_depth, cut)
         sig = cp.sign(self.signing_key)
         self.stats["checkpoints_signed"] += 1
         self.collector.position = state.next_index

@@ -29,20 +29,13 @@ from dagrider.node.service import StorageCorrupt
 from dagrider.node.store import Store
 from dagrider.params import Limits
 from dagrider.persistence import GcRules, MemoryStore, Restart, restart_from
+from node.test_restored_backup import _copy
 
 COMMITTEE = b"f" * 32
 
 
 def _store(path: Path) -> Store:
     return Store(path, Codec(N, Limits()), COMMITTEE, gc_depth=GC_DEPTH)
-
-
-def _copy(src: Path, dst: Path) -> None:
-    with (
-        contextlib.closing(sqlite3.connect(src)) as a,
-        contextlib.closing(sqlite3.connect(dst)) as b,
-    ):
-        a.backup(b)
 
 
 def _stored_round(store: Store) -> int:
