@@ -29,6 +29,9 @@ class TransportConfig:
     rate_bytes_per_s: float = 1e9
     rate_frames_per_s: float = 200_000
     handshake_timeout: float = 10.0
+    retire_timeout: float = 20.0
+    """How long a replaced link may drain (``p2p.link.Link.retire``): the peer must finish
+    the new link's handshake and switch to it. Past it, the link is reported lost."""
     max_handshaking: int = 64
     """Concurrent inbound TLS handshakes from strangers; more are dropped at once (cheap
     flood defence)."""
@@ -73,6 +76,7 @@ class TransportConfig:
         need(self.rate_bytes_per_s > 0, "rate_bytes_per_s", "must be positive")
         need(self.rate_frames_per_s > 0, "rate_frames_per_s", "must be positive")
         need(self.handshake_timeout > 0, "handshake_timeout", "must be positive")
+        need(self.retire_timeout > 0, "retire_timeout", "must be positive")
         need(self.max_handshaking > 0, "max_handshaking", "must be positive")
         need(self.max_handshaking_per_ip > 0, "max_handshaking_per_ip", "must be positive")
         need(self.reserved_handshaking >= 0, "reserved_handshaking", "must be >= 0")

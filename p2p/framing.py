@@ -28,8 +28,9 @@ MAX_LENGTH: Final = 2**32 - 1
 class FrameKind(IntEnum):
     """Frame kinds.
 
-    DATA carries the consensus messages; PING/PONG are link keep-alives; every other
-    kind is an application channel (CRDT sync, ...) with its own handler, so one
+    DATA carries the consensus messages; PING/PONG are link keep-alives; GOAWAY and
+    GOAWAY_ACK hand a replaced link over without losing a frame; every other kind is an
+    application channel (CRDT sync, ...) with its own handler, so one
     subsystem's decoder never sees another's bytes. 16..255 are reserved.
     """
 
@@ -41,9 +42,13 @@ class FrameKind(IntEnum):
     DHT = 5
     CONTENT = 6
     STATE = 7  # consensus checkpoints and state transfer (dagrider.statesync)
+    GOAWAY = 8  # "nothing more from me on this link": it was replaced (p2p.link.Link.retire)
+    GOAWAY_ACK = 9  # "I have your GOAWAY, so everything you sent before it"
 
 
-LINK_KINDS: Final = frozenset({FrameKind.DATA, FrameKind.PING, FrameKind.PONG})
+LINK_KINDS: Final = frozenset(
+    {FrameKind.DATA, FrameKind.PING, FrameKind.PONG, FrameKind.GOAWAY, FrameKind.GOAWAY_ACK}
+)
 KNOWN_KINDS: Final = frozenset(int(k) for k in LINK_KINDS)
 """Kinds every link understands; channel kinds are added by whoever registers them."""
 

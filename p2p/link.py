@@ -11,6 +11,14 @@ A ``Link`` exists only after the TLS handshake and the key pin succeeded; the tr
 - the keep-alive sends PING every interval (PONG gives the RTT) and closes a link that
   has been silent for ``keepalive_timeout``.
 
+A link the transport replaced (the peer dialled again, both ends dialled at once, a
+relayed path became direct) is *retired*, not aborted: frames already queued on it, and
+frames the peer sends on it before it switches, are still delivered. ``retire`` queues
+GOAWAY after the last frame; each end answers a GOAWAY with GOAWAY_ACK; once a retired
+link has the peer's GOAWAY (so every frame the peer sent on it) and the ACK of its own
+(so the peer has every frame we sent), it is ``drained`` and closes. A link that ends
+before that may have lost frames in flight, and the transport reports it as lost.
+
 Anything a peer can cause (bad framing, oversize frame, rate exceeded, reset) closes this
 link with a logged reason. Nothing escapes into the event loop.
 """
@@ -39,8 +47,12 @@ reads rather than five (``STREAM_LIMIT`` lets the reader buffer 2 MiB)."""
 MIN_BURST_BYTES: Final = 1024 * 1024
 COALESCE_BYTES: Final = 256 * 1024
 MAX_CONTROL_PAYLOAD: Final = 64
+RETIRED_CLOSE_S: Final = 1.0
+"""After a retired link drained: how long its TLS close may take before it is aborted."""
 _PING_STAMP: Final = struct.Struct(">d")
 _DATA: Final = int(FrameKind.DATA)
+_GOAWAY: Final = encode_frame(FrameKind.GOAWAY, b"")
+_GOAWAY_ACK: Final = encode_frame(FrameKind.GOAWAY_ACK, b"")
 
 Direction = Literal["outbound", "inbound"]
 
@@ -110,6 +122,7 @@ class Link:
             config.rate_frames_per_s, config.rate_frames_per_s, loop.time()
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._senders: tuple[asyncio.Task[None], ...] = ()
         self.max_frame = config.max_frame if max_frame is None else max_frame
         self._decoder = FrameDecoder(self.max_frame, KNOWN_KINDS | self._channels.keys())
         self._budget = budget
@@ -118,6 +131,14 @@ class Link:
         """Application frames (DATA or channel) sent or received; keep-alives do not count."""
         self.idle_mark: tuple[int, float] = (0, self.opened_at)
         """(``activity``, time) when the transport's idle check last saw it change."""
+        self.retired = False
+        """Replaced by another link to the same peer: draining, no new frames go here."""
+        self.drained = False
+        """Retired, and both ends have everything the other sent on it (GOAWAY both ways,
+        ours acknowledged): closing it now loses nothing."""
+        self._goaway_in = False
+        self._goaway_acked = False
+        self._drained_event = asyncio.Event()
 
     @property
     def is_closed(self) -> bool:
@@ -131,12 +152,11 @@ class Link:
     def start(self) -> None:
         """Spawn the reader, writer and keep-alive tasks."""
         sid = short_id(self.key)
-        for name, coro in (
-            ("read", self._read_loop()),
-            ("write", self._write_loop()),
-            ("keepalive", self._keepalive_loop()),
-        ):
-            self._tasks.append(asyncio.create_task(coro, name=f"p2p-{name}-{sid}"))
+        read = asyncio.create_task(self._read_loop(), name=f"p2p-read-{sid}")
+        write = asyncio.create_task(self._write_loop(), name=f"p2p-write-{sid}")
+        keepalive = asyncio.create_task(self._keepalive_loop(), name=f"p2p-keepalive-{sid}")
+        self._tasks += (read, write, keepalive)
+        self._senders = (write, keepalive)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -250,6 +270,15 @@ class Link:
                         self.enqueue(encode_frame(FrameKind.PONG, payload))
                     elif kind == FrameKind.PONG:
                         self._on_pong(payload)
+                    elif kind == FrameKind.GOAWAY:
+                        # The peer moved to another link and sends nothing more here; we
+                        # may still send here until our side switches too.
+                        self._goaway_in = True
+                        self.enqueue(_GOAWAY_ACK)
+                        self._check_drained()
+                    elif kind == FrameKind.GOAWAY_ACK and self.retired:
+                        self._goaway_acked = True
+                        self._check_drained()
         except Exception as exc:
             self.close(f"read failed: {exc!r}", error=True)
 
@@ -294,6 +323,53 @@ class Link:
         except Exception as exc:
             self.close(f"keepalive failed: {exc!r}", error=True)
 
+    # -- retiring ------------------------------------------------------------------------
+
+    def retire(self, timeout: float) -> None:
+        """Stop being the peer's link without losing what is in flight on it.
+
+        The caller sends nothing more here. GOAWAY goes after every queued frame; the
+        link keeps reading (and delivering) until it is ``drained``, then closes. If that
+        does not happen within ``timeout`` (the peer never switched, or it was a
+        half-open leftover of a peer restart), the link closes undrained.
+        """
+        if self.retired or self.is_closed:
+            return
+        self.retired = True
+        self.enqueue(_GOAWAY)
+        self._check_drained()
+        sid = short_id(self.key)
+        self._tasks.append(
+            asyncio.create_task(self._retire_watch(timeout), name=f"p2p-retire-{sid}")
+        )
+
+    def _check_drained(self) -> None:
+        if self.retired and self._goaway_in and self._goaway_acked and not self.drained:
+            self.drained = True
+            self._drained_event.set()
+
+    async def _retire_watch(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained_event.wait()
+                # We may still owe the peer the ACK of its GOAWAY: flush, then close TLS.
+                while self.queued_bytes > 0 and not self.is_closed:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            self.close(f"retired link not drained within {timeout:g}s", error=True)
+            return
+        except Exception as exc:
+            self.close(f"retiring failed: {exc!r}", error=True)
+            return
+        for task in self._senders:
+            task.cancel()  # nothing more is written: the TLS close must come last
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(RETIRED_CLOSE_S):
+                self._writer.close()
+                await self._writer.wait_closed()
+        self.close("retired: drained", error=False)
+
     # -- closing -------------------------------------------------------------------------
 
     def close(self, reason: str, *, error: bool) -> None:
@@ -316,6 +392,7 @@ class Link:
             # stream buffers (up to 2 MiB per link) in it. Forgetting finished tasks breaks
             # it, so a closed link's memory goes back as soon as the last reference does.
             task.add_done_callback(self._forget_task)
+        self._senders = ()
         with contextlib.suppress(Exception):
             self._writer.transport.abort()
         self._queue.clear()

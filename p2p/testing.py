@@ -27,6 +27,7 @@ FAST_TIMINGS: dict[str, Any] = {
     "reconnect_initial": 0.02,
     "reconnect_max": 0.2,
     "handshake_timeout": 3.0,
+    "retire_timeout": 3.0,
 }
 
 

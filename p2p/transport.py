@@ -11,7 +11,14 @@ Link policy, in one place:
   key is allowed (e.g. a peer that is not in our ``peers`` map).
 - **Duplicates.** If two links to one peer ever exist, both ends keep the one dialled by
   the smaller key and close the other; between two links of the same kind the newer one
-  wins (the older is most likely a half-open leftover of a peer restart).
+  wins (the older is most likely a half-open leftover of a peer restart). A relayed link
+  gives way to a direct one, never the reverse.
+- **Replacement is not loss.** A replaced link is retired (``Link.retire``): what was
+  queued on it still goes out, what the peer still sends on it is still delivered, and
+  ``on_disconnected`` does not fire. Only a retired link that closes before both ends
+  drained it (``retire_timeout``, a half-open leftover, a reset) is reported, as
+  ``on_disconnected`` then ``on_connected``: frames may have been lost, callers resend.
+  A peer has at most one retired link draining at a time.
 - **Source port.** Outgoing connections leave from the listening port (``p2p.sockets``)
   so that a NAT keeps one mapping per node; NAT traversal will punch holes from it.
 - **TLS from the first byte.** Both ends hand the raw socket to the loop's TLS layer
@@ -84,6 +91,8 @@ class _Peer:
     stats: PeerStats = field(default_factory=PeerStats)
     task: asyncio.Task[None] | None = None
     failures: int = 0
+    retiring: Link | None = None
+    """The replaced link still draining (``Link.retire``), if any: at most one."""
 
 
 class PeerTransport:
@@ -163,6 +172,8 @@ class PeerTransport:
         self.inbound_dropped = 0
         """Inbound connections closed at once for want of a handshake slot."""
         self._dropped_logged_at = -DROP_LOG_PERIOD_S
+        self._retired: set[Link] = set()
+        """Retired links still draining, whether or not their peer is still known."""
         self._dropped_unlogged = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -220,6 +231,7 @@ class PeerTransport:
         if self._listener is not None:
             self._listener.close()  # after the acceptor stopped watching it
         links = [p.link for p in self._peers.values() if p.link is not None]
+        links += self._retired
         await asyncio.gather(*(link.shutdown(SHUTDOWN_FLUSH_S) for link in links))
         await asyncio.gather(*(link.wait_tasks() for link in links))
         log_event(self._log, logging.INFO, "transport closed", peer=self.identity.short_id)
@@ -292,9 +304,15 @@ class PeerTransport:
         frame = self._data_frame(payload, kind)
         while not link.has_room(len(frame)):
             await link.wait_room(len(frame))
-            if link.is_closed:
+            if link.retired:  # replaced while we waited: the frame goes on its successor
+                successor = self._live_link(peer)
+                if successor is not None:
+                    link = successor
+                    continue
+            if link.is_closed or link.retired:
                 raise PeerNotConnected(
-                    f"link to peer {short_id(peer)} closed while waiting: {link.close_reason}"
+                    f"link to peer {short_id(peer)} closed while waiting:"
+                    f" {link.close_reason or 'replaced'}"
                 )
         link.enqueue(frame)
         link.activity += 1
@@ -313,8 +331,9 @@ class PeerTransport:
             raise ValueError(f"frame kind {kind} already has a channel handler")
         self._channels[kind] = handler
         for peer in self._peers.values():
-            if peer.link is not None:
-                peer.link.add_channel(kind, handler)
+            for link in (peer.link, peer.retiring):
+                if link is not None:
+                    link.add_channel(kind, handler)
 
     def subscribe(
         self,
@@ -498,6 +517,7 @@ class PeerTransport:
                 "local_addr": link.local_addr if link is not None else None,
                 "remote_addr": link.remote_addr if link is not None else peer.address,
                 "queued_bytes": link.queued_bytes if link is not None else 0,
+                "draining": peer.retiring is not None,
                 "bytes_in": s.bytes_in,
                 "bytes_out": s.bytes_out,
                 "frames_in": s.frames_in,
@@ -776,9 +796,7 @@ class PeerTransport:
             writer.transport.abort()  # never trade a direct path for a relayed one
             return False
         if old is not None and old.path != "direct" and not relayed:
-            peer.link = None  # a replacement, not a loss: no on_disconnected for it
-            old.close("upgraded to a direct link", error=False)
-            self._peers[key] = peer
+            self._retire(peer, old, "upgraded to a direct link")
         elif old is not None:
             if self._prefers(key, old.direction) and not self._prefers(key, direction):
                 writer.transport.abort()
@@ -791,8 +809,7 @@ class PeerTransport:
                     closed=direction,
                 )
                 return False
-            old.close(f"replaced by a newer {direction} link", error=False)
-            self._peers[key] = peer  # closing may have forgotten an inbound-only peer
+            self._retire(peer, old, f"replaced by a newer {direction} link")
         max_frame, budget = self._frame_limits(key)
         link = Link(
             key=key,
@@ -838,7 +855,43 @@ class PeerTransport:
             return self.config.max_frame, None
         return min(self.config.stranger_max_frame, self._max_frame), self.stranger_frames
 
+    def _retire(self, peer: _Peer, old: Link, reason: str) -> None:
+        """``old`` stops being ``peer``'s link (a replacement, not a loss) and drains."""
+        peer.link = None
+        earlier, peer.retiring = peer.retiring, old
+        self._retired.add(old)
+        if earlier is not None:  # a churning peer keeps one draining link, not many
+            earlier.close("replaced again while draining", error=True)
+        log_event(self._log, logging.INFO, "link retired", peer=short_id(old.key), reason=reason)
+        old.retire(self.config.retire_timeout)
+
+    def _retired_link_closed(self, link: Link, reason: str) -> None:
+        """A retired link ended; if undrained, frames in flight on it may be lost."""
+        self._retired.discard(link)
+        peer = self._peers.get(link.key)
+        if peer is not None and peer.retiring is link:
+            peer.retiring = None
+        if link.drained or not self._running:
+            return
+        log_event(
+            self._log,
+            logging.WARNING,
+            "retired link lost",
+            peer=short_id(link.key),
+            reason=reason,
+        )
+        self._callback(self._on_disconnected, link.key)
+        for listener in list(self._disconnected_listeners):
+            self._callback(listener, link.key)
+        if self._live_link(link.key) is not None:  # the successor is up: resend on it
+            self._callback(self._on_connected, link.key)
+            for listener in list(self._connected_listeners):
+                self._callback(listener, link.key)
+
     def _link_closed(self, link: Link, reason: str, error: bool) -> None:
+        if link.retired:
+            self._retired_link_closed(link, reason)
+            return
         peer = self._peers.get(link.key)
         if peer is None or peer.link is not link:
             return

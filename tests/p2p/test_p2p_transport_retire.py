@@ -1,0 +1,186 @@
+"""A replaced link drains instead of dying: nothing in flight is lost, nothing is reported.
+
+Two peers that dial each other, a peer that dials again, a relayed path that becomes
+direct: the transport keeps one link per peer and retires the other (``Link.retire``).
+Before, the older link was aborted while it was still the peer's link: queued frames
+were dropped and ``on_disconnected`` fired, so every RPC call in flight failed with
+"link ... lost during the call" although the peer never went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from p2p.framing import FrameKind, encode_frame
+from p2p.identity import Identity
+from p2p.rpc import RpcEndpoint
+from p2p.testing import (
+    LoopFactory,
+    raw_dial,
+    read_until_closed,
+    run,
+    running,
+    wait_until,
+)
+from p2p.transport import PeerTransport
+
+SMALL, LARGE = sorted(
+    (Identity.from_seed(bytes([90 + i]) * 32) for i in range(2)), key=lambda i: i.public_key
+)
+STRANGER = Identity.from_seed(b"\x5e" * 32)
+KIND = FrameKind.DHT
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+
+async def replace_link(sm: PeerTransport, lg: PeerTransport) -> None:
+    """Give SMALL a second link to LARGE, dialled by SMALL (so the keeper at both ends),
+    while LARGE's on-demand link to SMALL is live: both ends retire LARGE's link."""
+    reader, writer = await raw_dial(SMALL, lg.listen_address, expected=LARGE.public_key)
+    assert sm.adopt(LARGE.public_key, "outbound", reader, writer)
+    await wait_until(
+        lambda: lg.stats()[SMALL.peer_id]["direction"] == "inbound", what="LARGE switched"
+    )
+
+
+def test_frames_in_flight_on_a_replaced_link_all_arrive_and_nothing_is_reported(
+    loop_factory: LoopFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="p2p.transport")
+    count = 3000
+
+    async def pump(transport: PeerTransport, to: bytes, tag: bytes) -> None:
+        for i in range(count):
+            while not transport.send(to, tag + i.to_bytes(4, "big") + bytes(200)):
+                await asyncio.sleep(0.001)  # between two links for a moment
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        async with (
+            running(SMALL, allowed=None, retire_timeout=10) as (sm, sm_rec),
+            running(LARGE, allowed=None, retire_timeout=10) as (lg, lg_rec),
+        ):
+            await lg.connect(SMALL.public_key, sm.listen_address, timeout=3)
+            await wait_until(lambda: sm.has_link(LARGE.public_key), what="linked")
+            assert sm.stats()[LARGE.peer_id]["direction"] == "inbound"
+            pumps = asyncio.gather(
+                pump(sm, LARGE.public_key, b"s"), pump(lg, SMALL.public_key, b"l")
+            )
+            await asyncio.sleep(0.01)
+            await replace_link(sm, lg)
+            await pumps
+            await wait_until(
+                lambda: len(lg_rec.frames) == count and len(sm_rec.frames) == count,
+                timeout=10,
+                what="every frame delivered",
+            )
+            for rec, tag in ((lg_rec, b"s"), (sm_rec, b"l")):
+                got = sorted(int.from_bytes(p[1:5], "big") for _, p in rec.frames)
+                assert got == list(range(count)), "a frame was lost or duplicated"
+                assert all(p[:1] == tag for _, p in rec.frames)
+            assert sm_rec.downs == [] and lg_rec.downs == []
+            await wait_until(
+                lambda: (
+                    not sm.stats()[LARGE.peer_id]["draining"]
+                    and not lg.stats()[SMALL.peer_id]["draining"]
+                ),
+                what="retired links closed",
+            )
+            assert sm.stats()[LARGE.peer_id]["direction"] == "outbound"
+            assert sm.connected() == [LARGE.public_key] and lg.connected() == [SMALL.public_key]
+
+    run(main(), timeout=30, loop_factory=loop_factory)
+    assert len(events(caplog, "link retired")) == 2  # one at each end
+    assert events(caplog, "retired link lost") == []
+
+
+def test_an_rpc_call_in_flight_survives_a_link_replacement(loop_factory: LoopFactory) -> None:
+    """The failure seen on a loaded run: the caller linked first, the callee dialled back
+    during the call. The answer must arrive, on whichever link is current."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+        started = asyncio.Event()
+
+        async def slow(_peer: bytes, body: bytes) -> bytes:
+            started.set()
+            await release.wait()
+            return body[::-1]
+
+        async with (
+            running(SMALL, allowed=None) as (sm, _),
+            running(LARGE, allowed=None) as (lg, lg_rec),
+        ):
+            server = RpcEndpoint(sm, KIND, {"slow": slow})
+            client = RpcEndpoint(lg, KIND, {})
+            try:
+                await lg.connect(SMALL.public_key, sm.listen_address, timeout=3)
+                small = SMALL.public_key
+                call = asyncio.create_task(client.call(small, "slow", b"abc", timeout=10))
+                await started.wait()
+                queued = asyncio.create_task(client.call(small, "slow", b"xyz", timeout=10))
+                await replace_link(sm, lg)
+                release.set()
+                assert await call == b"cba"
+                assert await queued == b"zyx"
+                assert lg_rec.downs == []
+            finally:
+                await client.close()
+                await server.close()
+
+    run(main(), timeout=30, loop_factory=loop_factory)
+
+
+def test_a_peer_keeps_one_draining_link_however_often_it_redials(
+    loop_factory: LoopFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redialling in a loop must not pile up draining links (each holds buffers): the
+    earlier one is closed when the next is retired, long before ``retire_timeout``."""
+    caplog.set_level(logging.INFO, logger="p2p.transport")
+
+    async def main() -> None:
+        async with running(SMALL, allowed=None, retire_timeout=60) as (sm, rec):
+            conns = []
+            for i in range(4):
+                conns.append(await raw_dial(STRANGER, sm.listen_address))
+                await wait_until(lambda n=i + 1: len(rec.ups) >= n, what=f"link {i} up")
+            for reader, _ in conns[:2]:  # retired, then closed by the next retirement
+                assert await read_until_closed(reader, timeout=5) != b""
+            assert sm.stats()[STRANGER.peer_id]["draining"]
+            for _, writer in conns:
+                writer.close()
+
+    run(main(), timeout=30, loop_factory=loop_factory)
+    assert len(events(caplog, "retired link lost")) >= 2
+
+
+def test_a_goaway_on_the_current_link_is_acknowledged_and_the_link_stays(
+    loop_factory: LoopFactory,
+) -> None:
+    """The peer switched first (its side of the new link finished first): we answer its
+    GOAWAY and keep using the link until our side switches, or the peer gives up."""
+
+    async def main() -> None:
+        async with running(SMALL, allowed=None) as (sm, rec):
+            reader, writer = await raw_dial(STRANGER, sm.listen_address)
+            await wait_until(lambda: rec.ups == [STRANGER.public_key])
+            writer.write(encode_frame(FrameKind.GOAWAY, b""))
+            ack = encode_frame(FrameKind.GOAWAY_ACK, b"")
+            seen = b""
+            async with asyncio.timeout(5):
+                while ack not in seen:
+                    seen += await reader.read(4096)
+            assert sm.send(STRANGER.public_key, b"still here")
+            async with asyncio.timeout(5):
+                while encode_frame(FrameKind.DATA, b"still here") not in seen:
+                    seen += await reader.read(4096)
+            assert rec.downs == []
+            writer.close()
+
+    run(main(), timeout=20, loop_factory=loop_factory)
