@@ -13,12 +13,13 @@ Link policy, in one place:
   the smaller key and close the other; between two links of the same kind the newer one
   wins (the older is most likely a half-open leftover of a peer restart). A relayed link
   gives way to a direct one, never the reverse.
-- **Replacement is not loss.** A replaced link is retired (``Link.retire``): what was
-  queued on it still goes out, what the peer still sends on it is still delivered, and
-  ``on_disconnected`` does not fire. Only a retired link that closes before both ends
+- **Replacement is not loss.** A replaced link, and a duplicate that loses (the peer
+  may have used it for a moment), is retired (``Link.retire``): what was queued on it
+  still goes out, what the peer still sends on it is still delivered, and
+  ``on_disconnected`` does not fire. Only a replaced link that closes before both ends
   drained it (``retire_timeout``, a half-open leftover, a reset) is reported, as
   ``on_disconnected`` then ``on_connected``: frames may have been lost, callers resend.
-  A peer has at most one retired link draining at a time.
+  A peer has at most ``MAX_DRAINING`` retired links draining at a time.
 - **Source port.** Outgoing connections leave from the listening port (``p2p.sockets``)
   so that a NAT keeps one mapping per node; NAT traversal will punch holes from it.
 - **TLS from the first byte.** Both ends hand the raw socket to the loop's TLS layer
@@ -70,6 +71,9 @@ SHUTDOWN_FLUSH_S: Final = 1.0
 ACCEPT_RETRY_S: Final = 0.5
 """Pause after a failed ``accept`` (e.g. out of file descriptors) before accepting again."""
 DROP_LOG_PERIOD_S: Final = 1.0
+MAX_DRAINING: Final = 2
+"""Retired links one peer may have draining at once (a replaced one and a losing
+duplicate); a peer that redials in a loop cannot pile up more."""
 """At most one "inbound dropped" line per this many seconds (every drop is counted)."""
 
 _DATA: Final = int(FrameKind.DATA)
@@ -91,8 +95,9 @@ class _Peer:
     stats: PeerStats = field(default_factory=PeerStats)
     task: asyncio.Task[None] | None = None
     failures: int = 0
-    retiring: Link | None = None
-    """The replaced link still draining (``Link.retire``), if any: at most one."""
+    draining: list[Link] = field(default_factory=list)
+    """Retired links still draining (``Link.retire``), oldest first: at most
+    ``MAX_DRAINING``."""
 
 
 class PeerTransport:
@@ -172,8 +177,9 @@ class PeerTransport:
         self.inbound_dropped = 0
         """Inbound connections closed at once for want of a handshake slot."""
         self._dropped_logged_at = -DROP_LOG_PERIOD_S
-        self._retired: set[Link] = set()
-        """Retired links still draining, whether or not their peer is still known."""
+        self._retired: dict[Link, bool] = {}
+        """Retired links still draining, whether or not their peer is still known, each
+        with whether it was the peer's link (only then is its loss reported)."""
         self._dropped_unlogged = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -231,7 +237,7 @@ class PeerTransport:
         if self._listener is not None:
             self._listener.close()  # after the acceptor stopped watching it
         links = [p.link for p in self._peers.values() if p.link is not None]
-        links += self._retired
+        links += self._retired.keys()
         await asyncio.gather(*(link.shutdown(SHUTDOWN_FLUSH_S) for link in links))
         await asyncio.gather(*(link.wait_tasks() for link in links))
         log_event(self._log, logging.INFO, "transport closed", peer=self.identity.short_id)
@@ -331,7 +337,7 @@ class PeerTransport:
             raise ValueError(f"frame kind {kind} already has a channel handler")
         self._channels[kind] = handler
         for peer in self._peers.values():
-            for link in (peer.link, peer.retiring):
+            for link in (peer.link, *peer.draining):
                 if link is not None:
                     link.add_channel(kind, handler)
 
@@ -517,7 +523,7 @@ class PeerTransport:
                 "local_addr": link.local_addr if link is not None else None,
                 "remote_addr": link.remote_addr if link is not None else peer.address,
                 "queued_bytes": link.queued_bytes if link is not None else 0,
-                "draining": peer.retiring is not None,
+                "draining": len(peer.draining),
                 "bytes_in": s.bytes_in,
                 "bytes_out": s.bytes_out,
                 "frames_in": s.frames_in,
@@ -796,36 +802,17 @@ class PeerTransport:
             writer.transport.abort()  # never trade a direct path for a relayed one
             return False
         if old is not None and old.path != "direct" and not relayed:
-            self._retire(peer, old, "upgraded to a direct link")
+            self._retire(peer, old, "upgraded to a direct link", was=True)
         elif old is not None:
             if self._prefers(key, old.direction) and not self._prefers(key, direction):
-                writer.transport.abort()
-                log_event(
-                    self._log,
-                    logging.INFO,
-                    "duplicate link closed",
-                    peer=short_id(key),
-                    kept=old.direction,
-                    closed=direction,
-                )
+                # The peer may have taken this one for its link for a moment (its side
+                # of ``old`` was not up yet) and sent on it: drain it, do not abort it.
+                duplicate = self._new_link(peer, direction, reader, writer, path)
+                duplicate.start()
+                self._retire(peer, duplicate, f"duplicate of the {old.direction} link", was=False)
                 return False
-            self._retire(peer, old, f"replaced by a newer {direction} link")
-        max_frame, budget = self._frame_limits(key)
-        link = Link(
-            key=key,
-            direction=direction,
-            reader=reader,
-            writer=writer,
-            config=self.config,
-            stats=peer.stats,
-            on_frame=self._on_frame,
-            on_closed=self._link_closed,
-            logger=self._log,
-            channels=self._channels,
-            max_frame=max_frame,
-            budget=budget,
-        )
-        link.path = path
+            self._retire(peer, old, f"replaced by a newer {direction} link", was=True)
+        link = self._new_link(peer, direction, reader, writer, path)
         peer.link = link
         peer.state = "connected"
         peer.stats.links += 1
@@ -842,10 +829,34 @@ class PeerTransport:
         for waiter in self._link_waiters.pop(key, ()):
             if not waiter.done():
                 waiter.set_result(None)
-        self._callback(self._on_connected, key)
-        for listener in list(self._connected_listeners):
-            self._callback(listener, key)
+        self._report(key, up=True)
         return True
+
+    def _new_link(
+        self,
+        peer: _Peer,
+        direction: Direction,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: str,
+    ) -> Link:
+        max_frame, budget = self._frame_limits(peer.key)
+        link = Link(
+            key=peer.key,
+            direction=direction,
+            reader=reader,
+            writer=writer,
+            config=self.config,
+            stats=peer.stats,
+            on_frame=self._on_frame,
+            on_closed=self._link_closed,
+            logger=self._log,
+            channels=self._channels,
+            max_frame=max_frame,
+            budget=budget,
+        )
+        link.path = path
+        return link
 
     def _frame_limits(self, key: bytes) -> tuple[int, FrameBudget | None]:
         """Inbound frame size and budget for a link to ``key``: configured peers may send
@@ -855,23 +866,26 @@ class PeerTransport:
             return self.config.max_frame, None
         return min(self.config.stranger_max_frame, self._max_frame), self.stranger_frames
 
-    def _retire(self, peer: _Peer, old: Link, reason: str) -> None:
-        """``old`` stops being ``peer``'s link (a replacement, not a loss) and drains."""
-        peer.link = None
-        earlier, peer.retiring = peer.retiring, old
-        self._retired.add(old)
-        if earlier is not None:  # a churning peer keeps one draining link, not many
-            earlier.close("replaced again while draining", error=True)
-        log_event(self._log, logging.INFO, "link retired", peer=short_id(old.key), reason=reason)
-        old.retire(self.config.retire_timeout)
+    def _retire(self, peer: _Peer, link: Link, reason: str, *, was: bool) -> None:
+        """``link`` drains instead of closing: it was ``peer``'s link (``was``: a
+        replacement, not a loss) or a duplicate that lost to it."""
+        if was:
+            peer.link = None
+        peer.draining.append(link)
+        self._retired[link] = was
+        log_event(self._log, logging.INFO, "link retired", peer=short_id(peer.key), reason=reason)
+        link.retire(self.config.retire_timeout)
+        if len(peer.draining) > MAX_DRAINING:  # a churning peer cannot pile them up
+            peer.draining[0].close("too many links draining", error=True)
 
     def _retired_link_closed(self, link: Link, reason: str) -> None:
-        """A retired link ended; if undrained, frames in flight on it may be lost."""
-        self._retired.discard(link)
+        """A retired link ended; if it was the peer's link and did not drain, frames in
+        flight on it may be lost."""
+        was = self._retired.pop(link, False)
         peer = self._peers.get(link.key)
-        if peer is not None and peer.retiring is link:
-            peer.retiring = None
-        if link.drained or not self._running:
+        if peer is not None and link in peer.draining:
+            peer.draining.remove(link)
+        if link.drained or not was or not self._running:
             return
         log_event(
             self._log,
@@ -880,13 +894,9 @@ class PeerTransport:
             peer=short_id(link.key),
             reason=reason,
         )
-        self._callback(self._on_disconnected, link.key)
-        for listener in list(self._disconnected_listeners):
-            self._callback(listener, link.key)
+        self._report(link.key, up=False)
         if self._live_link(link.key) is not None:  # the successor is up: resend on it
-            self._callback(self._on_connected, link.key)
-            for listener in list(self._connected_listeners):
-                self._callback(listener, link.key)
+            self._report(link.key, up=True)
 
     def _link_closed(self, link: Link, reason: str, error: bool) -> None:
         if link.retired:
@@ -906,9 +916,14 @@ class PeerTransport:
         )
         if self._allowed is None and peer.address is None:
             del self._peers[link.key]  # open mode: forget inbound-only peers (stays bounded)
-        self._callback(self._on_disconnected, link.key)
-        for listener in list(self._disconnected_listeners):
-            self._callback(listener, link.key)
+        self._report(link.key, up=False)
+
+    def _report(self, key: bytes, *, up: bool) -> None:
+        """``on_connected`` / ``on_disconnected`` and then their subscribed listeners."""
+        first = self._on_connected if up else self._on_disconnected
+        listeners = self._connected_listeners if up else self._disconnected_listeners
+        for fn in (first, *listeners):
+            self._callback(fn, key)
 
     def _callback(self, fn: Callable[[bytes], None], key: bytes) -> None:
         try:

@@ -25,7 +25,7 @@ from p2p.testing import (
     running,
     wait_until,
 )
-from p2p.transport import PeerTransport
+from p2p.transport import MAX_DRAINING, PeerTransport
 
 SMALL, LARGE = sorted(
     (Identity.from_seed(bytes([90 + i]) * 32) for i in range(2)), key=lambda i: i.public_key
@@ -137,27 +137,59 @@ def test_an_rpc_call_in_flight_survives_a_link_replacement(loop_factory: LoopFac
     run(main(), timeout=30, loop_factory=loop_factory)
 
 
-def test_a_peer_keeps_one_draining_link_however_often_it_redials(
+def test_a_peer_keeps_few_draining_links_however_often_it_redials(
     loop_factory: LoopFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redialling in a loop must not pile up draining links (each holds buffers): the
-    earlier one is closed when the next is retired, long before ``retire_timeout``."""
+    """Redialling in a loop must not pile up draining links (each holds buffers): past
+    ``MAX_DRAINING`` the oldest is closed, long before ``retire_timeout``."""
     caplog.set_level(logging.INFO, logger="p2p.transport")
 
     async def main() -> None:
         async with running(SMALL, allowed=None, retire_timeout=60) as (sm, rec):
             conns = []
-            for i in range(4):
+            for i in range(MAX_DRAINING + 3):
                 conns.append(await raw_dial(STRANGER, sm.listen_address))
                 await wait_until(lambda n=i + 1: len(rec.ups) >= n, what=f"link {i} up")
-            for reader, _ in conns[:2]:  # retired, then closed by the next retirement
+            for reader, _ in conns[:2]:  # retired, then closed by later retirements
                 assert await read_until_closed(reader, timeout=5) != b""
-            assert sm.stats()[STRANGER.peer_id]["draining"]
+            assert sm.stats()[STRANGER.peer_id]["draining"] == MAX_DRAINING
             for _, writer in conns:
                 writer.close()
 
     run(main(), timeout=30, loop_factory=loop_factory)
     assert len(events(caplog, "retired link lost")) >= 2
+
+
+def test_a_losing_duplicate_is_drained_not_aborted(loop_factory: LoopFactory) -> None:
+    """Both ends dialled at once; at the far end our losing link was, for a moment, its
+    link, and it sent on it. What it sent is delivered, and the link closes drained."""
+
+    async def main() -> None:
+        async with (
+            running(LARGE, allowed={SMALL.public_key}) as (lg, _),
+            running(SMALL, peers={LARGE.public_key: lg.listen_address}, retire_timeout=60) as (
+                sm,
+                rec,
+            ),
+        ):
+            await wait_until(lambda: sm.connected() == [LARGE.public_key], what="linked")
+            reader, writer = await raw_dial(LARGE, sm.listen_address, SMALL.public_key)
+            writer.write(encode_frame(FrameKind.DATA, b"sent on the loser"))
+            seen = b""
+            goaway = encode_frame(FrameKind.GOAWAY, b"")
+            async with asyncio.timeout(5):
+                while goaway not in seen:
+                    seen += await reader.read(4096)
+            writer.write(encode_frame(FrameKind.GOAWAY, b""))
+            writer.write(encode_frame(FrameKind.GOAWAY_ACK, b""))
+            seen += await read_until_closed(reader, timeout=15)  # drained: not the timeout
+            assert encode_frame(FrameKind.GOAWAY_ACK, b"") in seen
+            assert (LARGE.public_key, b"sent on the loser") in rec.frames
+            assert rec.ups == [LARGE.public_key] and rec.downs == []
+            assert sm.stats()[LARGE.peer_id]["direction"] == "outbound"
+            writer.close()
+
+    run(main(), timeout=30, loop_factory=loop_factory)
 
 
 def test_a_goaway_on_the_current_link_is_acknowledged_and_the_link_stays(
