@@ -83,6 +83,14 @@ async def main(args: argparse.Namespace) -> None:
             )
             return reader, writer
 
+    def _connected(sock: socket.socket) -> bool:
+        """Whether the kernel completed the connect, whatever the coroutine saw."""
+        try:
+            sock.getpeername()
+        except OSError:
+            return False
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
     async def reissued_dial(period: float) -> Streams:
         """The strategy we do not use: close a pending connect and issue it again every
         ``period`` s. Only the connect is on the timer; once the 4-tuple is connected the
@@ -100,10 +108,16 @@ async def main(args: argparse.Namespace) -> None:
                 async with asyncio.timeout_at(window_end):
                     await loop.sock_connect(sock, addr)
             except TimeoutError:
-                sock.close()
-                if loop.time() >= deadline:
-                    raise PunchTimeout(f"reissued connects to {addr} until the deadline") from None
-                continue
+                if not _connected(sock):
+                    sock.close()
+                    if loop.time() >= deadline:
+                        raise PunchTimeout(
+                            f"reissued connects to {addr} until the deadline"
+                        ) from None
+                    continue
+                # The connect completed as the window closed (a loaded machine runs the
+                # timer late): closing it would leave the 4-tuple in TIME_WAIT at both
+                # ends and every later connect with EADDRNOTAVAIL. Use it.
             except OSError as exc:
                 sock.close()
                 if exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
