@@ -720,6 +720,8 @@ class NatService:
             "peers": peers,
             "punches": dict(self.punch_counts),
             "faults": self.faults,
+            "reach_client": self.reach.report(),
+            "reach_server": self.server.report() if self.server is not None else None,
         }
 
 

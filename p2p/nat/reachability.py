@@ -99,6 +99,7 @@ class _Probe:
     dialed_back: bool = False
     addr: Addr | None = None
     local: Addr | None = None  # where the dial-back landed (our side of it)
+    why: str = ""  # the server's refusal code, for ``report``
 
 
 class ReachabilityClient:
@@ -119,6 +120,11 @@ class ReachabilityClient:
         self._probes: dict[int, _Probe] = {}
         self._asked: set[bytes] = set()
         self._next_round: float | None = 0.0
+        self.abandoned = 0
+        """Probes dropped unanswered because the network changed (``recheck``)."""
+        self.last_round: dict[bytes, str] = {}
+        """Each server's answer in the last finished round ("ok", "failed", "none" with
+        the refusal code or "no answer"): why a round decided what it did."""
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -143,6 +149,7 @@ class ReachabilityClient:
 
     def recheck(self, now: float) -> list[ClientEffect]:
         """The network changed: abandon the current round and start another now."""
+        self.abandoned += sum(1 for p in self._probes.values() if p.answer == "pending")
         self._probes.clear()
         self._next_round = now
         return self._maybe_start(now)
@@ -161,6 +168,7 @@ class ReachabilityClient:
             probe.answer = "failed"
         else:  # refused, rate limited, bad request: this server tells us nothing
             probe.answer = "none"
+            probe.why = _status_name(msg.status)
             effects = self._ask_more(now)
             return effects + self._maybe_finish(now)
         probe.addr = msg.addr or probe.local
@@ -184,6 +192,16 @@ class ReachabilityClient:
         probe.answer = "ok"  # the response came first
         return self._maybe_finish(now)
 
+    def report(self) -> dict[str, object]:
+        """Rounds so far, the probes of the current round and the last round's answers
+        (server keys cut to 16 hex digits), for the node's status."""
+        return {
+            "rounds": self.rounds,
+            "abandoned_probes": self.abandoned,
+            "pending": {p.server.hex()[:16]: p.answer for p in self._probes.values()},
+            "last_round": {k.hex()[:16]: v for k, v in self.last_round.items()},
+        }
+
     def probing(self, server: bytes) -> bool:
         """Whether a probe to ``server`` is waiting for its dial-back (the shell diverts
         inbound connections from that server to :meth:`on_dial_back`)."""
@@ -196,6 +214,7 @@ class ReachabilityClient:
             if probe.answer == "pending" and now >= probe.deadline:
                 # a dial-back proves reachability even if the server's answer was lost
                 probe.answer = "ok" if probe.dialed_back else "none"
+                probe.why = "" if probe.dialed_back else "no answer"
                 probe.addr = probe.addr or probe.local
                 expired = True
         if expired:
@@ -246,6 +265,7 @@ class ReachabilityClient:
         failed = sum(1 for p in probes if p.answer == "failed")
         need = self.config.min_agree
         new = self.status
+        self.last_round = {p.server: f"{p.answer} ({p.why})" if p.why else p.answer for p in probes}
         if len(ok) >= need and len(ok) > failed:
             new = "public"
         elif failed >= need and not ok:
@@ -285,6 +305,7 @@ class ReachabilityServer:
         self._dials: dict[int, _Dial] = {}
         self._token = 0
         self.refused: dict[Status, int] = {}
+        self.dial_backs = {"ok": 0, "failed": 0}
 
     def on_request(
         self, peer: bytes, peer_addr: Addr | None, msg: DialRequest, now: float
@@ -314,7 +335,16 @@ class ReachabilityServer:
         if dial is None:
             return []
         status = Status.OK if ok else Status.DIAL_FAILED
+        self.dial_backs["ok" if ok else "failed"] += 1
         return [Send(dial.peer, DialResponse(dial.nonce, status, dial.addr))]
+
+    def report(self) -> dict[str, object]:
+        """Dial-backs done and requests refused (by code), for the node's status."""
+        return {
+            "dial_backs": dict(self.dial_backs),
+            "dialing": len(self._dials),
+            "refused": {_status_name(k): v for k, v in self.refused.items()},
+        }
 
     def tick(self, now: float) -> list[ServerEffect]:
         """Dials past their deadline count as failed (the shell may report them late)."""
@@ -337,3 +367,7 @@ class ReachabilityServer:
     def _refuse(self, peer: bytes, msg: DialRequest, status: Status) -> list[ServerEffect]:
         self.refused[status] = self.refused.get(status, 0) + 1
         return [Send(peer, DialResponse(msg.nonce, status))]
+
+
+def _status_name(status: Status) -> str:
+    return status.name.lower().replace("_", "-")

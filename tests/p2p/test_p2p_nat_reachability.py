@@ -132,3 +132,34 @@ def test_server_times_out_dials() -> None:
     assert srv.tick(4.9) == []
     assert srv.tick(5.0) == [Send(S[0], DialResponse(5, Status.DIAL_FAILED, ("192.0.2.1", 4000)))]
     assert srv.dial_result(d.token, True, 6.0) == []  # type: ignore[union-attr]
+
+
+def test_reports_say_why_a_round_decided_nothing() -> None:
+    """An undecided round leaves no event; the status must still say what each server
+    answered (a loaded run stayed "unknown" for 30 s and nothing said why)."""
+    c, reqs = client()
+    first, *rest = reqs.items()
+    assert c.report()["pending"] == {s.hex()[:16]: "pending" for s in reqs}
+    c.on_response(first[0], DialResponse(first[1].nonce, Status.RATE_LIMITED), 1.0)
+    c.tick(100.0)  # the others never answer
+    report = c.report()
+    assert report["rounds"] == 1 and report["pending"] == {}
+    assert report["last_round"] == {
+        first[0].hex()[:16]: "none (rate-limited)",
+        **{s.hex()[:16]: "none (no answer)" for s, _ in rest},
+    }
+    c.set_candidates([("192.0.2.9", 4000)], 200.0)  # a new round starts...
+    c.set_candidates([ME], 201.0)  # ...and is abandoned at once
+    assert c.report()["abandoned_probes"] == 3
+
+    server = ReachabilityServer(0.0)
+    (dial,) = server.on_request(S[0], ME, DialRequest(7, (ME,)), 0.0)
+    assert server.report()["dialing"] == 1
+    server.on_request(S[0], ME, DialRequest(8, (ME,)), 0.0)  # one at a time per peer
+    assert isinstance(dial, DialBackTo)
+    server.dial_result(dial.token, True, 1.0)
+    assert server.report() == {
+        "dial_backs": {"ok": 1, "failed": 0},
+        "dialing": 0,
+        "refused": {"rate-limited": 1},
+    }
