@@ -131,6 +131,9 @@ class Link:
         """Application frames (DATA or channel) sent or received; keep-alives do not count."""
         self.idle_mark: tuple[int, float] = (0, self.opened_at)
         """(``activity``, time) when the transport's idle check last saw it change."""
+        self.generation = 0
+        """Set by the transport: which of its links this is (it counts them), so that a
+        caller can tell whether a frame went out on the peer's current link."""
         self.retired = False
         """Replaced by another link to the same peer: draining, no new frames go here."""
         self.drained = False

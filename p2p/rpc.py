@@ -21,7 +21,9 @@ Policy, in one place:
   ``max_response_bytes`` answers ``"internal"`` too, never a dropped link.
 - **Back-pressure.** Responses (up to ~1 MiB chunks) go out with ``send_wait``.
 - **Links.** A lost link fails the peer's pending calls with ``PeerNotConnected`` and
-  cancels its handlers. ``call`` never dials: the caller makes the link first.
+  cancels its handlers. A replaced link is not a loss (the transport drains it); if one
+  is lost undrained while its successor is live, only the calls sent on it fail.
+  ``call`` never dials: the caller makes the link first.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class RpcConfig:
 class _Pending:
     peer: bytes
     future: asyncio.Future[bytes | memoryview]
+    link: int | None = None
+    """The transport's ``link_generation`` the request went out on (None: not sent yet)."""
 
 
 def _remote_error(code: str, message: str) -> RpcRemoteError:
@@ -246,11 +250,12 @@ class RpcEndpoint:
         deadline_ms = min(U32, max(1, int(timeout * 1000)))
         frame = encode(Request(call_id, method, deadline_ms, body))
         future: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = _Pending(peer, future)
+        pending = self._pending[call_id] = _Pending(peer, future)
         self._stats["calls"] += 1
         try:
             async with asyncio.timeout(timeout):
                 await self._transport.send_wait(peer, frame, self._kind)
+                pending.link = self._transport.link_generation(peer)
                 result = await future
         except TimeoutError:
             self._stats["timeouts"] += 1
@@ -443,7 +448,22 @@ class RpcEndpoint:
     # -- links and lifecycle ---------------------------------------------------------------
 
     def on_disconnected(self, peer: bytes) -> None:
-        """The link to ``peer`` is gone: fail its pending calls, cancel its handlers."""
+        """The link to ``peer`` is gone: fail its pending calls, cancel its handlers.
+
+        If the peer still has a live link (a replaced link that did not drain was lost),
+        only the calls whose request went out on an older link fail; calls on the live
+        one, and the handlers (whose answers go out on it), carry on."""
+        live = self._transport.link_generation(peer)
+        if live is not None:
+            for pending in self._pending.values():
+                stale = pending.link is not None and pending.link != live
+                if pending.peer == peer and stale and not pending.future.done():
+                    pending.future.set_exception(
+                        PeerNotConnected(
+                            f"the link to peer {short_id(peer)} that carried the call was lost"
+                        )
+                    )
+            return
         self._buckets.pop(peer, None)
         lost = [p for p in self._pending.values() if p.peer == peer and not p.future.done()]
         for pending in lost:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import random
 import socket
@@ -177,6 +178,7 @@ class PeerTransport:
         self.inbound_dropped = 0
         """Inbound connections closed at once for want of a handshake slot."""
         self._dropped_logged_at = -DROP_LOG_PERIOD_S
+        self._generations = itertools.count(1)
         self._retired: dict[Link, bool] = {}
         """Retired links still draining, whether or not their peer is still known, each
         with whether it was the peer's link (only then is its loss reported)."""
@@ -357,6 +359,14 @@ class PeerTransport:
     def has_link(self, key: bytes) -> bool:
         """Whether ``key`` has a live link now."""
         return self._live_link(key) is not None
+
+    def link_generation(self, key: bytes) -> int | None:
+        """Which link ``key`` has now (a number that changes with every new link), or
+        None without one. Read right after ``send``/``send_wait``: the link the frame
+        went out on. A loss reported while the peer still has a link of another
+        generation concerns only frames sent on the older one (``on_disconnected``)."""
+        link = self._live_link(key)
+        return None if link is None else link.generation
 
     def protect(self, key: bytes) -> None:
         """Never close ``key``'s link for idleness (e.g. a content transfer in progress)."""
@@ -856,6 +866,7 @@ class PeerTransport:
             budget=budget,
         )
         link.path = path
+        link.generation = next(self._generations)
         return link
 
     def _frame_limits(self, key: bytes) -> tuple[int, FrameBudget | None]:

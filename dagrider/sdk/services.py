@@ -180,7 +180,13 @@ class Services:
         for method, handler in self._server.handlers().items():
             endpoint.add_handler(method, handler)
         self._endpoint = endpoint
-        runtime.transport.subscribe(on_disconnected=self._server.peer_gone)
+        runtime.transport.subscribe(on_disconnected=self._peer_gone)
+
+    def _peer_gone(self, peer: bytes) -> None:
+        """A peer's streams end with its link; a lost link it already replaced (the new
+        one is live) ends nothing: the streams' next calls go over the new link."""
+        if self._server is not None and not self._runtime().transport.has_link(peer):
+            self._server.peer_gone(peer)
 
     async def detach(self) -> None:
         """Stop serving and end the streams (called by ``stop``, before the mesh)."""

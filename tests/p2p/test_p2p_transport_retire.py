@@ -14,6 +14,7 @@ import logging
 
 import pytest
 
+from p2p.errors import PeerNotConnected
 from p2p.framing import FrameKind, encode_frame
 from p2p.identity import Identity
 from p2p.rpc import RpcEndpoint
@@ -130,6 +131,48 @@ def test_an_rpc_call_in_flight_survives_a_link_replacement(loop_factory: LoopFac
                 assert await call == b"cba"
                 assert await queued == b"zyx"
                 assert lg_rec.downs == []
+            finally:
+                await client.close()
+                await server.close()
+
+    run(main(), timeout=30, loop_factory=loop_factory)
+
+
+def test_a_lost_replaced_link_fails_only_the_calls_it_carried(loop_factory: LoopFactory) -> None:
+    """A replaced link that did not drain is reported lost while its successor is live
+    (``on_disconnected``, as the transport calls it then): the call sent on the lost link
+    fails, the call on the live link is answered."""
+
+    async def main() -> None:
+        release = asyncio.Event()
+        started: list[bytes] = []
+
+        async def slow(_peer: bytes, body: bytes) -> bytes:
+            started.append(body)
+            await release.wait()
+            return body[::-1]
+
+        async with (
+            running(SMALL, allowed=None) as (sm, _),
+            running(LARGE, allowed=None) as (lg, _),
+        ):
+            server = RpcEndpoint(sm, KIND, {"slow": slow})
+            client = RpcEndpoint(lg, KIND, {})
+            small = SMALL.public_key
+            try:
+                await lg.connect(small, sm.listen_address, timeout=3)
+                first = lg.link_generation(small)
+                old = asyncio.create_task(client.call(small, "slow", b"old", timeout=10))
+                await wait_until(lambda: started == [b"old"], what="first call served")
+                await replace_link(sm, lg)
+                assert lg.link_generation(small) not in (None, first)
+                new = asyncio.create_task(client.call(small, "slow", b"new", timeout=10))
+                await wait_until(lambda: len(started) == 2, what="second call served")
+                client.on_disconnected(small)  # what the transport reports for link 1
+                with pytest.raises(PeerNotConnected, match="carried the call was lost"):
+                    await old
+                release.set()
+                assert await new == b"wen"
             finally:
                 await client.close()
                 await server.close()
