@@ -32,6 +32,9 @@ class TransportConfig:
     retire_timeout: float = 20.0
     """How long a replaced link may drain (``p2p.link.Link.retire``): the peer must finish
     the new link's handshake and switch to it. Past it, the link is reported lost."""
+    max_draining: int = 64
+    """Replaced links draining at once across all peers; past it the oldest is closed
+    (as undrained). Strangers forgotten in open mode cannot pile them up either."""
     max_handshaking: int = 64
     """Concurrent inbound TLS handshakes from strangers; more are dropped at once (cheap
     flood defence)."""
@@ -77,6 +80,7 @@ class TransportConfig:
         need(self.rate_frames_per_s > 0, "rate_frames_per_s", "must be positive")
         need(self.handshake_timeout > 0, "handshake_timeout", "must be positive")
         need(self.retire_timeout > 0, "retire_timeout", "must be positive")
+        need(self.max_draining > 0, "max_draining", "must be positive")
         need(self.max_handshaking > 0, "max_handshaking", "must be positive")
         need(self.max_handshaking_per_ip > 0, "max_handshaking_per_ip", "must be positive")
         need(self.reserved_handshaking >= 0, "reserved_handshaking", "must be >= 0")

@@ -888,6 +888,8 @@ class PeerTransport:
         link.retire(self.config.retire_timeout)
         if len(peer.draining) > MAX_DRAINING:  # a churning peer cannot pile them up
             peer.draining[0].close("too many links draining", error=True)
+        if len(self._retired) > self.config.max_draining:  # nor many peers together
+            next(iter(self._retired)).close("too many links draining", error=True)
 
     def _retired_link_closed(self, link: Link, reason: str) -> None:
         """A retired link ended; if it was the peer's link and did not drain, frames in

@@ -259,3 +259,27 @@ def test_a_goaway_on_the_current_link_is_acknowledged_and_the_link_stays(
             writer.close()
 
     run(main(), timeout=20, loop_factory=loop_factory)
+
+
+def test_draining_links_are_bounded_across_peers(loop_factory: LoopFactory) -> None:
+    """In open mode a stranger's entry is forgotten with its link, so the per-peer bound
+    alone would not hold: ``max_draining`` bounds them all together."""
+    strangers = [Identity.from_seed(bytes([200 + i]) * 32) for i in range(4)]
+
+    async def main() -> None:
+        async with running(SMALL, allowed=None, retire_timeout=60, max_draining=2) as (sm, _):
+            first, second = [], []
+            for who in strangers:  # each stranger's first link is replaced by its second
+                first.append(await raw_dial(who, sm.listen_address))
+                await wait_until(lambda w=who: sm.has_link(w.public_key), what="first link")
+                second.append(await raw_dial(who, sm.listen_address))
+                await wait_until(
+                    lambda w=who: sm.stats()[w.peer_id]["draining"] == 1, what="retired"
+                )
+            for reader, _ in first[:2]:  # the oldest, closed by the bound
+                assert await read_until_closed(reader, timeout=5) != b""
+            assert sum(s["draining"] for s in sm.stats().values()) == 2
+            for _, writer in first + second:
+                writer.close()
+
+    run(main(), timeout=30, loop_factory=loop_factory)
