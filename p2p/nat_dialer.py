@@ -45,6 +45,7 @@ listening port (a NAT mapping towards our listening port would fake reachability
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import random
@@ -227,8 +228,10 @@ async def dial_back(
     """
     frame = encode_frame(NAT_CHANNEL_KIND, encode(DialBack(nonce)))
     writer: asyncio.StreamWriter | None = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             # no bind: an ephemeral port, never the listening one (see reachability)
             _, writer = await asyncio.open_connection(
                 addr[0],
@@ -241,12 +244,17 @@ async def dial_back(
             check_pin(peer_public_key(writer.get_extra_info("ssl_object")), expected=expected_key)
             writer.write(frame)
             await writer.drain()
-            writer.close()
-            await writer.wait_closed()
     except (OSError, ssl.SSLError, P2PError, TimeoutError, EOFError):
         if writer is not None:
             writer.transport.abort()
         return False
+    # Written: the dial-back happened. The requester aborts once it has read the frame,
+    # so how the close goes (a reset, a missing close_notify) says nothing about it.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout_at(max(deadline, loop.time() + 0.5)):
+            writer.close()
+            await writer.wait_closed()
+    writer.transport.abort()
     return True
 
 

@@ -164,6 +164,10 @@ class ReachabilityClient:
             else:
                 probe.addr = msg.addr  # not proven yet: the DialBack may still be on its way
                 return []
+        elif msg.status == Status.DIAL_FAILED and probe.dialed_back:
+            # Our nonce came back over the dial: that is the proof, whatever the server
+            # concluded (its dial may have outlived its own deadline on a busy machine).
+            probe.answer = "ok"
         elif msg.status == Status.DIAL_FAILED:
             probe.answer = "failed"
         else:  # refused, rate limited, bad request: this server tells us nothing

@@ -264,6 +264,34 @@ def test_dial_back_delivers_its_nonce_from_an_ephemeral_port(loop_factory: LoopF
     run(main(), loop_factory=loop_factory)
 
 
+def test_a_dial_back_the_requester_aborts_after_reading_still_succeeded(
+    loop_factory: LoopFactory,
+) -> None:
+    """The node's requester reads the DialBack and aborts the connection (no TLS close).
+    Once the frame is written the dial-back has happened; how the close goes must not
+    turn it into a failure (it used to be inside the success criterion)."""
+
+    async def main() -> None:
+        read: asyncio.Event = asyncio.Event()
+
+        async def requester(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            decoder = FrameDecoder(1024, kinds={NAT_CHANNEL_KIND})
+            while not decoder.feed(await reader.read(4096)):
+                pass
+            writer.transport.abort()  # what NatService._read_dial_back does
+            read.set()
+
+        server = await asyncio.start_server(requester, "127.0.0.1", 0, ssl=server_context(SMALL))
+        async with server:
+            addr = server.sockets[0].getsockname()[:2]
+            for nonce in range(20):
+                read.clear()
+                assert await dial_back(addr, nonce, client_context(LARGE), SMALL.public_key, 3.0)
+                await asyncio.wait_for(read.wait(), 3)
+
+    run(main(), loop_factory=loop_factory)
+
+
 def test_dial_back_to_nobody_is_false_within_the_timeout(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

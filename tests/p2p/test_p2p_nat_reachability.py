@@ -163,3 +163,21 @@ def test_reports_say_why_a_round_decided_nothing() -> None:
         "dialing": 0,
         "refused": {"rate-limited": 1},
     }
+
+
+def test_a_dial_back_that_arrived_is_proof_even_if_the_server_says_it_failed() -> None:
+    """A loaded run: the server's dial delivered our nonce, then the server reported
+    DIAL_FAILED (its close raced our abort, or its own deadline passed). One probe "ok",
+    one "failed" decided nothing, and the node stayed "unknown" for the next 60 s."""
+    c, reqs = client(2)
+    effects: list[object] = []
+    for server, req in reqs.items():
+        effects += c.on_dial_back(req.nonce, ME, 1.0)
+        effects += c.on_response(server, DialResponse(req.nonce, Status.DIAL_FAILED, ME), 1.1)
+    assert ReachabilityChanged("unknown", "public", (ME,)) in effects
+    assert set(c.last_round.values()) == {"ok"}
+    # without the nonce, DIAL_FAILED stays a failure
+    c2, reqs2 = client(2)
+    for server, req in reqs2.items():
+        c2.on_response(server, DialResponse(req.nonce, Status.DIAL_FAILED, ME), 1.0)
+    assert c2.status == "private"
