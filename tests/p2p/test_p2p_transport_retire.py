@@ -10,7 +10,10 @@ were dropped and ``on_disconnected`` fired, so every RPC call in flight failed w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -20,6 +23,7 @@ from p2p.identity import Identity
 from p2p.rpc import RpcEndpoint
 from p2p.testing import (
     LoopFactory,
+    Recorder,
     raw_dial,
     read_until_closed,
     run,
@@ -101,39 +105,57 @@ def test_frames_in_flight_on_a_replaced_link_all_arrive_and_nothing_is_reported(
     assert events(caplog, "retired link lost") == []
 
 
+@dataclass
+class SlowPair:
+    """LARGE (client) linked to SMALL, whose ``slow`` handler waits for ``release``."""
+
+    sm: PeerTransport
+    lg: PeerTransport
+    lg_rec: Recorder
+    client: RpcEndpoint
+    started: list[bytes]
+    release: asyncio.Event
+
+
+@contextlib.asynccontextmanager
+async def slow_pair() -> AsyncIterator[SlowPair]:
+    release = asyncio.Event()
+    started: list[bytes] = []
+
+    async def slow(_peer: bytes, body: bytes) -> bytes:
+        started.append(body)
+        await release.wait()
+        return body[::-1]
+
+    async with (
+        running(SMALL, allowed=None) as (sm, _),
+        running(LARGE, allowed=None) as (lg, lg_rec),
+    ):
+        server = RpcEndpoint(sm, KIND, {"slow": slow})
+        client = RpcEndpoint(lg, KIND, {})
+        try:
+            await lg.connect(SMALL.public_key, sm.listen_address, timeout=3)
+            yield SlowPair(sm, lg, lg_rec, client, started, release)
+        finally:
+            await client.close()
+            await server.close()
+
+
 def test_an_rpc_call_in_flight_survives_a_link_replacement(loop_factory: LoopFactory) -> None:
     """The failure seen on a loaded run: the caller linked first, the callee dialled back
     during the call. The answer must arrive, on whichever link is current."""
 
     async def main() -> None:
-        release = asyncio.Event()
-        started = asyncio.Event()
-
-        async def slow(_peer: bytes, body: bytes) -> bytes:
-            started.set()
-            await release.wait()
-            return body[::-1]
-
-        async with (
-            running(SMALL, allowed=None) as (sm, _),
-            running(LARGE, allowed=None) as (lg, lg_rec),
-        ):
-            server = RpcEndpoint(sm, KIND, {"slow": slow})
-            client = RpcEndpoint(lg, KIND, {})
-            try:
-                await lg.connect(SMALL.public_key, sm.listen_address, timeout=3)
-                small = SMALL.public_key
-                call = asyncio.create_task(client.call(small, "slow", b"abc", timeout=10))
-                await started.wait()
-                queued = asyncio.create_task(client.call(small, "slow", b"xyz", timeout=10))
-                await replace_link(sm, lg)
-                release.set()
-                assert await call == b"cba"
-                assert await queued == b"zyx"
-                assert lg_rec.downs == []
-            finally:
-                await client.close()
-                await server.close()
+        async with slow_pair() as p:
+            small = SMALL.public_key
+            call = asyncio.create_task(p.client.call(small, "slow", b"abc", timeout=10))
+            await wait_until(lambda: p.started == [b"abc"], what="first call served")
+            queued = asyncio.create_task(p.client.call(small, "slow", b"xyz", timeout=10))
+            await replace_link(p.sm, p.lg)
+            p.release.set()
+            assert await call == b"cba"
+            assert await queued == b"zyx"
+            assert p.lg_rec.downs == []
 
     run(main(), timeout=30, loop_factory=loop_factory)
 
@@ -144,38 +166,20 @@ def test_a_lost_replaced_link_fails_only_the_calls_it_carried(loop_factory: Loop
     fails, the call on the live link is answered."""
 
     async def main() -> None:
-        release = asyncio.Event()
-        started: list[bytes] = []
-
-        async def slow(_peer: bytes, body: bytes) -> bytes:
-            started.append(body)
-            await release.wait()
-            return body[::-1]
-
-        async with (
-            running(SMALL, allowed=None) as (sm, _),
-            running(LARGE, allowed=None) as (lg, _),
-        ):
-            server = RpcEndpoint(sm, KIND, {"slow": slow})
-            client = RpcEndpoint(lg, KIND, {})
+        async with slow_pair() as p:
             small = SMALL.public_key
-            try:
-                await lg.connect(small, sm.listen_address, timeout=3)
-                first = lg.link_generation(small)
-                old = asyncio.create_task(client.call(small, "slow", b"old", timeout=10))
-                await wait_until(lambda: started == [b"old"], what="first call served")
-                await replace_link(sm, lg)
-                assert lg.link_generation(small) not in (None, first)
-                new = asyncio.create_task(client.call(small, "slow", b"new", timeout=10))
-                await wait_until(lambda: len(started) == 2, what="second call served")
-                client.on_disconnected(small)  # what the transport reports for link 1
-                with pytest.raises(PeerNotConnected, match="carried the call was lost"):
-                    await old
-                release.set()
-                assert await new == b"wen"
-            finally:
-                await client.close()
-                await server.close()
+            first = p.lg.link_generation(small)
+            old = asyncio.create_task(p.client.call(small, "slow", b"old", timeout=10))
+            await wait_until(lambda: p.started == [b"old"], what="first call served")
+            await replace_link(p.sm, p.lg)
+            assert p.lg.link_generation(small) not in (None, first)
+            new = asyncio.create_task(p.client.call(small, "slow", b"new", timeout=10))
+            await wait_until(lambda: len(p.started) == 2, what="second call served")
+            p.client.on_disconnected(small)  # what the transport reports for link 1
+            with pytest.raises(PeerNotConnected, match="carried the call was lost"):
+                await old
+            p.release.set()
+            assert await new == b"wen"
 
     run(main(), timeout=30, loop_factory=loop_factory)
 
