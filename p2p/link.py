@@ -140,8 +140,10 @@ class Link:
         """Retired, and both ends have everything the other sent on it (GOAWAY both ways,
         ours acknowledged): closing it now loses nothing."""
         self._goaway_in = False
-        self._goaway_acked = False
+        self._goaways_out = 0
+        self._acks_in = 0  # each GOAWAY we send is acknowledged once, in order
         self._drained_event = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -279,8 +281,8 @@ class Link:
                         self._goaway_in = True
                         self.enqueue(_GOAWAY_ACK)
                         self._check_drained()
-                    elif kind == FrameKind.GOAWAY_ACK and self.retired:
-                        self._goaway_acked = True
+                    elif kind == FrameKind.GOAWAY_ACK:
+                        self._acks_in += 1
                         self._check_drained()
         except Exception as exc:
             self.close(f"read failed: {exc!r}", error=True)
@@ -340,14 +342,28 @@ class Link:
             return
         self.retired = True
         self.enqueue(_GOAWAY)
+        self._goaways_out += 1
         self._check_drained()
         sid = short_id(self.key)
-        self._tasks.append(
-            asyncio.create_task(self._retire_watch(timeout), name=f"p2p-retire-{sid}")
-        )
+        self._watch = asyncio.create_task(self._retire_watch(timeout), name=f"p2p-retire-{sid}")
+        self._tasks.append(self._watch)
+
+    def unretire(self) -> bool:
+        """Be the peer's link again, if the peer never said GOAWAY here (it still uses
+        this link: its side of the replacement never came up) and we are not closed.
+        The link that replaced it died; without this the pair had no working link until
+        the drain timed out. Frames after our GOAWAY are still read and delivered."""
+        if not self.retired or self.is_closed or self._goaway_in or self.drained:
+            return False
+        self.retired = False
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        return True
 
     def _check_drained(self) -> None:
-        if self.retired and self._goaway_in and self._goaway_acked and not self.drained:
+        done = self._goaway_in and self._acks_in >= self._goaways_out
+        if self.retired and done and not self.drained:
             self.drained = True
             self._drained_event.set()
 

@@ -919,6 +919,11 @@ class PeerTransport:
         if peer is None or peer.link is not link:
             return
         peer.link = None
+        if self._running and self._reinstate(peer):
+            # frames sent on the lost link may be gone: down then up, callers resend
+            self._report(link.key, up=False)
+            self._report(link.key, up=True)
+            return
         peer.state = "disconnected"
         log_event(
             self._log,
@@ -930,6 +935,18 @@ class PeerTransport:
         if self._allowed is None and peer.address is None:
             del self._peers[link.key]  # open mode: forget inbound-only peers (stays bounded)
         self._report(link.key, up=False)
+
+    def _reinstate(self, peer: _Peer) -> bool:
+        """The peer's link died: a replaced link the peer still uses (no GOAWAY from it)
+        becomes its link again (``Link.unretire``)."""
+        for old in reversed(peer.draining):
+            if self._retired.get(old) and old.unretire():
+                peer.draining.remove(old)
+                del self._retired[old]
+                peer.link = old
+                log_event(self._log, logging.INFO, "link reinstated", peer=short_id(peer.key))
+                return True
+        return False
 
     def _report(self, key: bytes, *, up: bool) -> None:
         """``on_connected`` / ``on_disconnected`` and then their subscribed listeners."""

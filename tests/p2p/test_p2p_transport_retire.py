@@ -30,6 +30,7 @@ from p2p.testing import (
     running,
     wait_until,
 )
+from p2p.tls import server_context
 from p2p.transport import MAX_DRAINING, PeerTransport
 
 SMALL, LARGE = sorted(
@@ -287,3 +288,46 @@ def test_draining_links_are_bounded_across_peers(loop_factory: LoopFactory) -> N
                 writer.close()
 
     run(main(), timeout=30, loop_factory=loop_factory)
+
+
+def test_a_replaced_link_the_peer_still_uses_is_reinstated_when_its_successor_dies(
+    loop_factory: LoopFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SMALL switches to a new link that LARGE never sees (LARGE's side of it never came
+    up: here a stand-in endpoint with LARGE's key), and that link dies. LARGE still uses
+    the old one, so SMALL takes it back at once instead of waiting ``retire_timeout``
+    with no working link (a loaded run's DHT mesh did not start that way)."""
+    caplog.set_level(logging.INFO, logger="p2p.transport")
+
+    async def main() -> None:
+        conns: list[asyncio.StreamWriter] = []
+
+        async def stand_in(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conns.append(writer)
+
+        fake = await asyncio.start_server(stand_in, "127.0.0.1", 0, ssl=server_context(LARGE))
+        async with (
+            fake,
+            running(SMALL, allowed=None, retire_timeout=60) as (sm, sm_rec),
+            running(LARGE, allowed=None, retire_timeout=60) as (lg, lg_rec),
+        ):
+            await lg.connect(SMALL.public_key, sm.listen_address, timeout=3)
+            await wait_until(lambda: sm.has_link(LARGE.public_key), what="linked")
+            reader, writer = await raw_dial(
+                SMALL, fake.sockets[0].getsockname()[:2], expected=LARGE.public_key
+            )
+            assert sm.adopt(LARGE.public_key, "outbound", reader, writer)
+            await wait_until(lambda: len(conns) == 1, what="stand-in linked")
+            conns[0].transport.abort()  # the new link dies; LARGE never knew of it
+            await wait_until(
+                lambda: sm.stats()[LARGE.peer_id]["direction"] == "inbound", what="reinstated"
+            )
+            assert sm.send(LARGE.public_key, b"over the old link")
+            assert lg.send(SMALL.public_key, b"and back")
+            await wait_until(lambda: lg_rec.payloads(SMALL.public_key) == [b"over the old link"])
+            await wait_until(lambda: sm_rec.payloads(LARGE.public_key) == [b"and back"])
+            assert lg_rec.downs == []
+
+    run(main(), timeout=30, loop_factory=loop_factory)
+    said = [getattr(r, "event", None) for r in caplog.records]
+    assert "link reinstated" in said
