@@ -10,7 +10,8 @@ Policy, in one place:
   reserved, usually private, peer) initiates a hole punch (``punch.HolePunch``); the
   other side answers. The first direct link that authenticates wins: the path becomes
   direct and the relayed link is closed. A failed punch leaves the relayed path in
-  place; ``max_upgrade_rounds`` rounds of punching are tried, ``upgrade_retry`` apart.
+  place; ``max_upgrade_rounds`` rounds of punching are tried, ``upgrade_retry`` apart at
+  first, the pause doubling up to ``upgrade_retry_max``.
 - **Loss.** When the path in use goes down, a wanted peer is reconnected by the same
   rules.
 
@@ -59,6 +60,10 @@ class Path:
     circuit: int | None = None
 
 
+MAX_OPEN_CIRCUITS = 4
+"""Circuits per peer whose side is remembered until their link comes up; older ones
+are forgotten (their links, if any ever came up, then keep the previous side)."""
+
 NO_PATH = Path("none")
 DIRECT = Path("direct")
 
@@ -81,13 +86,22 @@ class ManagerConfig:
     relay_timeout: float = 15.0
     retry_after: float = 30.0
     upgrade_delay: float = 0.0
-    upgrade_retry: float = 600.0
-    max_upgrade_rounds: int = 3
+    upgrade_retry: float = 30.0
+    upgrade_retry_max: float = 600.0
+    max_upgrade_rounds: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("dial_timeout", "relay_timeout", "retry_after", "upgrade_retry"):
+        for name in (
+            "dial_timeout",
+            "relay_timeout",
+            "retry_after",
+            "upgrade_retry",
+            "upgrade_retry_max",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ManagerConfig.{name}={getattr(self, name)}: must be > 0")
+        if self.upgrade_retry_max < self.upgrade_retry:
+            raise ValueError("ManagerConfig.upgrade_retry_max: must be >= upgrade_retry")
         if self.upgrade_delay < 0 or self.max_upgrade_rounds < 0:
             raise ValueError("ManagerConfig: upgrade_delay and max_upgrade_rounds must be >= 0")
 
@@ -160,7 +174,11 @@ class PeerStatus:
     pending: Literal["", "dial", "relay", "circuit"] = ""
     pending_deadline: float = 0.0
     relays_tried: tuple[bytes, ...] = ()
-    circuit_side: Literal["", "initiator", "target"] = ""
+    circuit_side: Literal["", "initiator", "target"] = ""  # of the path's circuit
+    pending_side: Literal["", "initiator", "target"] = ""  # of the circuit being set up
+    sides: dict[tuple[bytes, int], Literal["initiator", "target"]] = field(
+        default_factory=dict
+    )  # circuits handed to the shell, until their link is up (bounded: MAX_OPEN_CIRCUITS)
     punch: HolePunch | None = None
     next_upgrade: float | None = None
     retry_at: float | None = None
@@ -196,6 +214,15 @@ class ConnectionManager:
         seed = self.own + peer + attempt.to_bytes(8, "big")
         draw = int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big") / 2**64
         return self.config.retry_after * (1.0 + 0.5 * draw)
+
+    def upgrade_delay(self, rounds: int) -> float:
+        """Pause before punch round ``rounds + 1``: ``upgrade_retry`` doubling per round,
+        capped at ``upgrade_retry_max``. A punch round can fail for a passing reason (a
+        loaded host misses the SYN window); a fixed 10-minute wait kept such a pair on the
+        relay for minutes, while a NAT that never punches costs only a few more dials."""
+        return float(
+            min(self.config.upgrade_retry_max, self.config.upgrade_retry * 2 ** (rounds - 1))
+        )
 
     def _peer(self, peer: bytes) -> PeerStatus:
         st = self.peers.get(peer)
@@ -272,6 +299,8 @@ class ConnectionManager:
         if st.path.kind == "direct":  # a late relayed link: the direct one already won
             return self._close_relayed(peer, path)
         old, st.path, st.pending = st.path, path, ""
+        assert path.relay is not None and path.circuit is not None
+        st.circuit_side = st.sides.pop((path.relay, path.circuit), st.circuit_side)
         effects: list[ManagerEffect] = [PathChanged(peer, old, path)]
         if st.circuit_side == "target" and st.upgrade_rounds < self.config.max_upgrade_rounds:
             st.next_upgrade = now + self.config.upgrade_delay
@@ -367,7 +396,9 @@ class ConnectionManager:
         st = self._peer(src) if allowed else None
         if st is None or src == self.own or st.path.kind == "direct":
             return [Send(relay, StopResponse(msg.circuit, Status.TARGET_REFUSED))]
-        st.circuit_side = "target"
+        if self._own_circuit_wins(src, st):
+            return [Send(relay, StopResponse(msg.circuit, Status.TARGET_REFUSED))]
+        self._open_circuit(st, relay, msg.circuit, "target")
         st.pending = "circuit"
         st.pending_deadline = now + self.config.relay_timeout
         return [
@@ -375,19 +406,55 @@ class ConnectionManager:
             RunRelayedTls(src, relay, msg.circuit, "server"),
         ]
 
+    @staticmethod
+    def _open_circuit(
+        st: PeerStatus, relay: bytes, circuit: int, side: Literal["initiator", "target"]
+    ) -> None:
+        """Remember our side of a circuit until its link is up: the path's side (who
+        punches) is that of the circuit the link runs on, not of the last one opened."""
+        st.pending_side = side
+        st.sides[(relay, circuit)] = side
+        while len(st.sides) > MAX_OPEN_CIRCUITS:
+            del st.sides[next(iter(st.sides))]
+
+    def _own_circuit_wins(self, src: bytes, st: PeerStatus) -> bool:
+        """Whether a circuit ``src`` opens to us loses to our own attempt towards it.
+
+        Two peers that want each other at once both send ``ConnectRequest``; each then
+        gets the other's ``StopConnect``. Accepting both made each side a TLS server on
+        the other's circuit while ignoring its own ``ConnectResponse`` (no link for
+        ``relay_timeout``, then the same collision again), or, in another order, made
+        both sides the circuit's "target", so both initiated the hole punch (seen as a
+        committee pair behind two EIM NATs staying relayed in a loaded CI run). One
+        circuit must win, the same one on both sides: ours if our request already got
+        its circuit (the peer accepted it, so it gives up its own), else the one of the
+        smaller key."""
+        if st.pending == "circuit" and st.pending_side == "initiator":
+            return True
+        return st.pending == "relay" and self.own < src
+
     def _connect_response(
         self, relay: bytes, msg: ConnectResponse, now: float
     ) -> list[ManagerEffect]:
         st = self.peers.get(msg.dst)
-        if st is None or st.pending != "relay" or not st.relays_tried:
+        in_use = (
+            st is not None
+            and st.pending == "relay"
+            and bool(st.relays_tried)
+            and st.relays_tried[-1] == relay
+        )
+        if not in_use:
+            # a circuit we no longer want (the peer's crossing circuit won, or this
+            # request timed out): free it at the relay rather than leave it open
+            if msg.status == Status.OK:
+                return [Send(relay, CircuitClose(msg.circuit, Status.CLOSED))]
             return []
-        if st.relays_tried[-1] != relay:
-            return []
+        assert st is not None
         if msg.status != Status.OK:
             st.last_failure = f"relay refused: {msg.status.name}"
             st.pending = ""
             return self._connect(msg.dst, st, now)
-        st.circuit_side = "initiator"
+        self._open_circuit(st, relay, msg.circuit, "initiator")
         st.pending = "circuit"
         st.pending_deadline = now + self.config.relay_timeout
         return [RunRelayedTls(msg.dst, relay, msg.circuit, "client")]
@@ -435,7 +502,7 @@ class ConnectionManager:
                     st.circuit_side == "target"
                     and st.upgrade_rounds < self.config.max_upgrade_rounds
                 ):
-                    st.next_upgrade = now + self.config.upgrade_retry
+                    st.next_upgrade = now + self.upgrade_delay(st.upgrade_rounds)
                     out.append(StartTimer("upgrade", st.next_upgrade))
             assert isinstance(
                 e, Send | StartTimer | Dial | Expect | CancelDials | PunchSucceeded | PunchFailed
@@ -451,7 +518,9 @@ class ConnectionManager:
             if st.pending in ("dial", "relay", "circuit") and now >= st.pending_deadline:
                 kind, st.pending = st.pending, ""
                 st.last_failure = f"{kind} timed out"
-                if kind == "dial":
+                if st.path.kind != "none":
+                    pass  # a crossing circuit that never came up; the path still works
+                elif kind == "dial":
                     effects += self._connect_via_relays(peer, st, now)
                 elif st.wanted:
                     effects += self._connect(peer, st, now)

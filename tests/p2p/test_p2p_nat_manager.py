@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from p2p.nat import Dial, Send, StartTimer
 from p2p.nat.manager import (
     DIRECT,
@@ -157,3 +162,89 @@ def test_two_public_peers_that_collide_retry_out_of_step() -> None:
     assert all(abs(a - b) > 0.05 for a, b in zip(retries[ME], retries[PEER], strict=True))
     # a pure function of the keys and the attempt: the simulator replays it
     assert me.retry_delay(PEER, 3) == ConnectionManager(ME, cfg).retry_delay(PEER, 3)
+
+
+def test_upgrade_rounds_back_off_from_upgrade_retry_to_its_cap() -> None:
+    mgr = ConnectionManager(ME, ManagerConfig(upgrade_retry=30.0, upgrade_retry_max=100.0))
+    assert [mgr.upgrade_delay(r) for r in (1, 2, 3, 4)] == [30.0, 60.0, 100.0, 100.0]
+
+
+def test_an_unused_circuit_is_closed_at_the_relay() -> None:
+    mgr = ConnectionManager(ME)
+    # a ConnectResponse for a request we no longer wait on (never sent, or timed out)
+    effects = mgr.on_message(R1, ConnectResponse(Status.OK, PEER, 7, 1000, 1000), 0.0)
+    assert effects == [Send(R1, CircuitClose(7, Status.CLOSED))]
+    assert mgr.on_message(R1, ConnectResponse(Status.NO_RESERVATION, PEER), 0.0) == []
+
+
+@dataclass
+class _CrossingRelay:
+    """Two managers that want each other at once through one relay, the relay's
+    signalling in flight as a bag the test delivers in any order."""
+
+    mgrs: dict[bytes, ConnectionManager]
+    in_flight: list[tuple[bytes, object]] = field(default_factory=list)
+    circuits: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    tls: dict[int, dict[bytes, str]] = field(default_factory=dict)
+    closed: set[int] = field(default_factory=set)
+    accepted: set[int] = field(default_factory=set)
+    up: dict[bytes, Path] = field(default_factory=dict)
+    punch_starts: dict[bytes, int] = field(default_factory=dict)
+
+    def perform(self, node: bytes, effects: list[object]) -> None:
+        for e in effects:
+            if isinstance(e, Send) and e.peer == R1:
+                self.relay(node, e.msg)
+            elif isinstance(e, Send) and isinstance(e.msg, PunchConnect):
+                self.punch_starts[node] = self.punch_starts.get(node, 0) + 1
+            elif isinstance(e, RunRelayedTls):
+                self.tls.setdefault(e.circuit, {})[node] = e.tls_role
+                roles = self.tls[e.circuit]
+                if sorted(roles.values()) == ["client", "server"]:
+                    for side in roles:
+                        path = Path("relayed", R1, e.circuit)
+                        self.up[side] = path
+                        other = next(k for k in self.mgrs if k != side)
+                        self.perform(side, self.mgrs[side].link_up(other, path, 1.0))
+
+    def relay(self, node: bytes, msg: object) -> None:
+        if isinstance(msg, ConnectRequest):
+            circuit = len(self.circuits) + 1
+            self.circuits[circuit] = (node, msg.dst)
+            self.in_flight.append((msg.dst, StopConnect(node, circuit, 1000, 1000)))
+        elif isinstance(msg, StopResponse):
+            src, dst = self.circuits[msg.circuit]
+            if msg.status == Status.OK:
+                self.accepted.add(msg.circuit)
+            self.in_flight.append((src, ConnectResponse(msg.status, dst, msg.circuit)))
+        elif isinstance(msg, CircuitClose):
+            self.closed.add(msg.circuit)
+
+
+@given(order=st.lists(st.integers(min_value=0, max_value=7), min_size=8, max_size=8))
+def test_crossing_circuit_requests_settle_on_one_circuit_and_one_puncher(
+    order: list[int],
+) -> None:
+    """Both peers ask the relay for a circuit to the other at once; whatever order the
+    relay's messages arrive in, one circuit carries the link, the other is refused or
+    closed, the two ends agree on who accepted it, and exactly one of them starts the
+    hole punch (two punch initiators each took the other's CONNECT for an answer)."""
+    net = _CrossingRelay({ME: ConnectionManager(ME), PEER: ConnectionManager(PEER)})
+    for node, other in ((ME, PEER), (PEER, ME)):
+        mgr = net.mgrs[node]
+        mgr.set_own_addrs(((f"192.0.2.{node[0]}", 4000),))
+        mgr.link_up(R1, DIRECT, 0.0)
+        mgr.learn(other, PeerInfo((), False, (R1,)), 0.0)
+    for node, other in ((ME, PEER), (PEER, ME)):
+        net.perform(node, net.mgrs[node].want(other, 0.0))
+    picks = iter(order)
+    while net.in_flight:
+        node, msg = net.in_flight.pop(next(picks, 0) % len(net.in_flight))
+        net.perform(node, net.mgrs[node].on_message(R1, msg, 0.5))  # type: ignore[arg-type]
+    assert set(net.up) == {ME, PEER} and net.up[ME] == net.up[PEER]
+    used = net.up[ME].circuit
+    assert [c for c, roles in net.tls.items() if len(roles) == 2] == [used]
+    assert net.accepted - {used} <= net.closed  # no circuit left open at the relay
+    sides = {net.mgrs[ME].peers[PEER].circuit_side, net.mgrs[PEER].peers[ME].circuit_side}
+    assert sides == {"initiator", "target"}
+    assert sum(net.punch_starts.values()) == 1
