@@ -383,10 +383,7 @@ class Link:
             return
         for task in self._senders:
             task.cancel()  # nothing more is written: the TLS close must come last
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(RETIRED_CLOSE_S):
-                self._writer.close()
-                await self._writer.wait_closed()
+        await self._close_tls(RETIRED_CLOSE_S)
         self.close("retired: drained", error=False)
 
     # -- closing -------------------------------------------------------------------------
@@ -428,14 +425,30 @@ class Link:
         """Graceful close for transport shutdown: flush what is queued, then TLS close."""
         if self.is_closed:
             return
+        deadline = asyncio.get_running_loop().time() + timeout
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 while self.queued_bytes > 0 and not self.is_closed:
                     self._space.clear()
                     await self._space.wait()
-                self._writer.close()
-                await self._writer.wait_closed()
+        if not self.is_closed:
+            await self._close_tls(max(0.0, deadline - asyncio.get_running_loop().time()))
         self.close("transport shut down", error=False)
+
+    async def _close_tls(self, timeout: float) -> None:
+        """Send TLS close_notify and wait up to ``timeout`` for the connection to end.
+
+        Two coroutines may close one link at once (a retired link's drain watch and
+        the transport's shutdown). The stream has one close future, and cancelling a
+        task that awaits it (a timeout firing) cancels that future: every other waiter
+        then raises ``CancelledError`` although nobody cancelled it, which aborted the
+        whole transport shutdown. So each waits through a shield and the future is only
+        ever resolved by the connection ending (``close`` aborts it at the latest).
+        """
+        with contextlib.suppress(Exception):
+            self._writer.close()
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._writer.wait_closed())
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):

@@ -240,7 +240,12 @@ class PeerTransport:
             self._listener.close()  # after the acceptor stopped watching it
         links = [p.link for p in self._peers.values() if p.link is not None]
         links += self._retired.keys()
-        await asyncio.gather(*(link.shutdown(SHUTDOWN_FLUSH_S) for link in links))
+        links = list(dict.fromkeys(links))  # a link is shut down once
+        # Every link gets its shutdown whatever another's does: one raising must not
+        # leave the rest open (and the caller's stores unclosed).
+        await asyncio.gather(
+            *(link.shutdown(SHUTDOWN_FLUSH_S) for link in links), return_exceptions=True
+        )
         await asyncio.gather(*(link.wait_tasks() for link in links))
         log_event(self._log, logging.INFO, "transport closed", peer=self.identity.short_id)
 

@@ -28,16 +28,48 @@ EXPECTED = {
 }
 
 
+# Runs an example as ``python examples/x.py`` does, plus two things for a failure seen
+# once on a loaded machine: warnings of the nodes on stderr (the example asks for
+# errors only; configuring logging first makes its basicConfig a no-op), and on SIGUSR1
+# every asyncio task's stack, which says where a hung example waits.
+_WRAPPER = """
+import asyncio, logging, runpy, signal, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                    format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _dump(signum, frame):
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        tasks = set()
+    print(f"=== {len(tasks)} asyncio tasks when the test timed out", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=6, file=sys.stderr)
+    sys.stderr.flush()
+signal.signal(signal.SIGUSR1, _dump)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def _run(script: str, *args: str, timeout: float = 90) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        capture_output=True,
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRAPPER, str(EXAMPLES / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=EXAMPLES.parent,
     )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        proc.kill()
+        out, err = proc.communicate()
+        tail = "\n".join(err.splitlines()[-300:])
+        pytest.fail(f"{script} did not finish in {timeout:g} s:\n{out}\n{tail}")
+    assert proc.returncode == 0, f"{script} failed:\n{out}\n{err}"
+    return out
 
 
 def test_every_example_is_tested() -> None:
