@@ -116,14 +116,17 @@ class PeerNode:
         )
 
     async def stop(self) -> None:
-        if self.crdt is not None:
-            await self.crdt.stop()
-        await self.mesh.close()
-        if self.nat is not None:
-            await self.nat.close()
-        await self.transport.close()
-        if self.crdt is not None:
-            self.crdt.store.close()
+        """Stop the network side, then close the store, even if a network step raised."""
+        try:
+            if self.crdt is not None:
+                await self.crdt.stop()
+            await self.mesh.close()
+            if self.nat is not None:
+                await self.nat.close()
+            await self.transport.close()
+        finally:
+            if self.crdt is not None:
+                self.crdt.store.close()
         self.logger.info("peer stopped")
 
     # -- transport events ---------------------------------------------------------------

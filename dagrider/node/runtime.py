@@ -248,15 +248,23 @@ class Node:
             self.crdt.start()
 
     async def stop(self) -> None:
-        if self._catchup_task is not None:
-            self._catchup_task.cancel()
-        if self.crdt is not None:
-            await self.crdt.stop()
-        if self.mesh is not None:
-            await self.mesh.close()
-        if self.nat is not None:
-            await self.nat.close()
-        await self.transport.close()
+        """Stop the network side, then flush and close the stores: the stores are closed
+        even if a network step raised (or the caller was cancelled), so the writes
+        already made reach the disk and the files are released."""
+        try:
+            if self._catchup_task is not None:
+                self._catchup_task.cancel()
+            if self.crdt is not None:
+                await self.crdt.stop()
+            if self.mesh is not None:
+                await self.mesh.close()
+            if self.nat is not None:
+                await self.nat.close()
+            await self.transport.close()
+        finally:
+            self._close_stores()
+
+    def _close_stores(self) -> None:
         self._flush()
         self._stopped = True
         self.store.close()

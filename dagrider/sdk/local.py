@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +89,21 @@ async def local_network(
         await _linked(net, ready_timeout)
         yield net
     finally:
-        for endpoint in [*net.peers, *reversed(net.nodes)]:
+        await _stop_all([*net.peers, *reversed(net.nodes)])
+
+
+async def _stop_all(endpoints: Sequence[Node | Peer]) -> None:
+    """Stop every endpoint, even if stopping one raises (then the first error is raised
+    after the rest stopped): a node left running keeps its tasks and store threads, and
+    ``asyncio.run``'s clean-up then waits for them forever."""
+    first: BaseException | None = None
+    for endpoint in endpoints:
+        try:
             await endpoint.stop()
+        except BaseException as exc:  # re-raised below, after the rest stopped
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 async def _linked(net: LocalNetwork, timeout: float) -> None:

@@ -287,6 +287,30 @@ def test_local_network_checks_its_arguments(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_local_network_stops_every_node_when_stopping_one_fails(tmp_path: Path) -> None:
+    """One node's stop raising (its transport's, here) does not leave the rest running:
+    a node left running kept tasks and store threads that ``asyncio.run``'s clean-up
+    then waited for forever (an example hung on a loaded machine). The failing node's
+    stores are still closed, and the error reaches the caller."""
+
+    async def scenario() -> None:
+        with pytest.raises(RuntimeError, match="link teardown failed"):
+            async with local_network(tmp_path, members=4, peers=1) as net:
+                endpoints = [*net.nodes, *net.peers]
+                broken = net.nodes[3]._impl  # the first member stopped
+                real_close = broken.transport.close
+
+                async def failing_close() -> None:
+                    await real_close()
+                    raise RuntimeError("link teardown failed")
+
+                broken.transport.close = failing_close
+        assert not any(e.running for e in endpoints)
+        assert broken._stopped  # stores flushed and closed in spite of the error
+
+    asyncio.run(scenario())
+
+
 def test_not_running_until_started(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with local_network(tmp_path, members=4, peers=1) as net:
