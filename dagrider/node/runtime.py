@@ -152,7 +152,7 @@ class Node:
             self.process,
             self.store,
             self.transport,
-            self._emit,
+            self._on_state_installed,
             self._misbehaviour,
             log.getChild("state"),
             accept_suffix=cfg.keep_log_entries > 0,
@@ -162,6 +162,8 @@ class Node:
         self._shares: list[CoinShare] = []
         self._flush_handle: asyncio.Handle | None = None
         self._log_changed = asyncio.Event()
+        self._stored_head = -1
+        """The last log index on disk: what readers can be given (see ``log_head``)."""
         # Ids, submit times and stage times of client transactions, per ingest batch
         # (dagrider.node.mempool), and admission from the measured drain rate.
         self.ledger = Ledger()
@@ -224,6 +226,7 @@ class Node:
             self.process.fence(restart.fence)
         self.ledger.added(batch_ids(mempool), time.time())
         self.process.mempool.extend(mempool)
+        self._stored_head = self.store.log_head()
         self._emit(self.process.recover(recovery))
         self.state_sync.load()
         self.logger.info(
@@ -232,7 +235,7 @@ class Node:
                 "node": self.me,
                 "resumed": resumed,
                 "round": self.process.round,
-                "log_head": self.store.log_head(),
+                "log_head": self._stored_head,
                 "mempool": len(mempool),
             },
         )
@@ -619,6 +622,7 @@ class Node:
 
     def _on_commit(self, e: Commit, now: float) -> None:
         count = len(e.vertex.block)
+        self._stored_head = max(self._stored_head, e.tx_index + count - 1)  # flushed
         self.m_commits.inc()
         self.m_committed_txs.inc(count)
         delivered, flight = self.ledger.committed(e.vertex.digest)
@@ -740,7 +744,22 @@ class Node:
             raise
 
     def log_head(self) -> int:
-        return self.process.ordering.next_tx_index - 1
+        """The last committed transaction on disk, which ``log`` can return.
+
+        Not the ordering's head: it runs ahead of the store from a step to its flush
+        (the next loop iteration), and for as long as the disk is down. A reader told
+        of a head it could not read polled again at once, never yielding, so the flush
+        it waited for never ran: ``committed()`` spun forever (a hung example)."""
+        return self._stored_head
+
+    def _on_state_installed(self, effects: list[Effect]) -> None:
+        """State transfer wrote a checkpoint's log rows: the stored head jumps there."""
+        head = self.store.log_head()
+        if head > self._stored_head:
+            self._stored_head = head
+            self._log_changed.set()
+            self._log_changed = asyncio.Event()
+        self._emit(effects)
 
     async def wait_for_log(self, after: int, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

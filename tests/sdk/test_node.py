@@ -29,6 +29,8 @@ from dagrider import (
     local_network,
     unary,
 )
+from dagrider.effects import Commit
+from dagrider.node.service import StorageUnavailable
 from p2p.testing import wait_until
 
 
@@ -307,6 +309,45 @@ def test_local_network_stops_every_node_when_stopping_one_fails(tmp_path: Path) 
                 broken.transport.close = failing_close
         assert not any(e.running for e in endpoints)
         assert broken._stopped  # stores flushed and closed in spite of the error
+
+    asyncio.run(scenario())
+
+
+def test_log_head_is_what_is_on_disk(tmp_path: Path) -> None:
+    """The head a reader is told is the head it can read. The ordering runs ahead of
+    the store until the flush (here: for as long as the disk refuses the commit); a
+    head taken from it made ``committed()`` poll without ever yielding, so the flush
+    it waited for never ran (the commit_watcher example hung on loaded machines)."""
+
+    async def scenario() -> None:
+        async with local_network(tmp_path, members=4) as net:
+            node = net.nodes[0]
+            rt = node._impl
+            real_apply = rt.store.apply
+            disk = {"down": True}
+
+            def apply(effects: list[object], *rest: object) -> object:
+                if disk["down"] and any(isinstance(e, Commit) and e.vertex.block for e in effects):
+                    raise StorageUnavailable("disk full (test)")
+                return real_apply(effects, *rest)
+
+            rt.store.apply = apply
+            got: list[bytes] = []
+
+            async def follow() -> None:
+                async for entry in node.committed(start=0):
+                    got.append(entry.data)
+                    return
+
+            follower = asyncio.ensure_future(follow())
+            await net.nodes[1].wait_committed(net.nodes[1].submit(b"ordered, not yet stored"))
+            await wait_until(lambda: rt.process.ordering.next_tx_index > 0, what="ordered")
+            assert node.log_head == -1 and rt.log(-1, 10) == []
+            await asyncio.wait_for(asyncio.sleep(0.3), 5)  # the loop is not spun by the follower
+            assert got == [] and not follower.done()
+            disk["down"] = False  # the storage retry flushes the held commit
+            await asyncio.wait_for(follower, 20)
+            assert got == [b"ordered, not yet stored"] and node.log_head >= 0
 
     asyncio.run(scenario())
 
