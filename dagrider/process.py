@@ -8,7 +8,7 @@ touches I/O; the coin's unpredictability comes from the threshold key.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -271,7 +271,32 @@ class Process:
         out += self._advance()
         return [e for e in out if not isinstance(e, Delivered)]
 
-    def install_checkpoint(self, state: OrderingState) -> list[Effect]:
+    def _dropped_own(self, floor: int) -> list[Vertex]:
+        """Our vertices below ``floor`` not ordered as far as this process knows, by
+        round: installing a checkpoint with that floor drops them, ordered by the
+        history it skips or never (their transactions must then be proposed again)."""
+        mine = {**self._replayed_own, **self._own}
+        return [
+            mine[r]
+            for r in sorted(mine)
+            if r < floor and not self.ordering.is_ordered(mine[r].digest)
+        ]
+
+    def own_dropped_by(self, state: OrderingState) -> tuple[int, int] | None:
+        """The rounds ``(since, until]`` of our vertices that ``install_checkpoint(state)``
+        drops without knowing whether the skipped history ordered them, or None. The
+        shell reads what our vertices of those rounds carried into the installed log
+        (from vertex index ``ordering.next_index`` on) and passes it as ``carried``."""
+        if state.next_index <= self.ordering.next_index:
+            return None
+        dropped = self._dropped_own(max(0, state.last_leader_round - self.cfg.params.gc_depth))
+        if not dropped:
+            return None
+        return dropped[0].round - 1, dropped[-1].round
+
+    def install_checkpoint(
+        self, state: OrderingState, carried: Iterable[bytes] = ()
+    ) -> list[Effect]:
         """Resume ordering from a certified checkpoint instead of replaying history.
 
         The shell has verified ``state`` against a certificate (f+1 members signed its
@@ -279,9 +304,16 @@ class Process:
         is dropped; this process enters the floor round without a vertex of its own and
         walks up with the vertices its peers still hold (catch-up), proposing again only
         once it is near the committee's proven round (the skip rule in ``_advance``).
+
+        Our dropped vertices (see :meth:`own_dropped_by`) give their transactions back
+        to the mempool (``Requeued``), but those ``carried`` into the installed log: a
+        member that proposed while catching up, then jumped past those rounds, lost a
+        client's accepted batch for good (seen on a loaded e2e run). Counted, not
+        matched: the same bytes submitted twice are two transactions.
         """
         if state.next_index <= self.ordering.next_index:
             return []
+        dropped = self._dropped_own(max(0, state.last_leader_round - self.cfg.params.gc_depth))
         self.ordering.import_state(state)
         floor = self.ordering.floor()
         self.dag.prune(floor)
@@ -289,10 +321,16 @@ class Process:
         self.ordering.prune(floor)
         self._coins = {w: c for w, c in self._coins.items() if w >= self.ordering.next_wave}
         self._own = {r: v for r, v in self._own.items() if r >= floor}
-        self._replayed_own = {}
+        # Kept above the floor: a round we proposed in before a restart must be
+        # proposed in with that same vertex, never a new one.
+        self._replayed_own = {r: v for r, v in self._replayed_own.items() if r >= floor}
+        requeued = _requeue_dropped(dropped, carried)
+        for _, txs in reversed(requeued):
+            self.mempool.extendleft(reversed(txs))
         self._work = {d: r for d, r in self._work.items() if r >= floor}
         self.started = True
-        out: list[Effect] = []
+        # Highest round first, as the mempool gets them: each goes back at the front.
+        out: list[Effect] = [Requeued(txs, v.digest) for v, txs in reversed(requeued)]
         if self.round < floor:
             self.awaiting_batch = False
             self.completed_wave = max(self.completed_wave, (floor - 1) // 4)
@@ -574,3 +612,21 @@ class Process:
             "buffered_vertices": self.dag.buffered(),
             "mempool": len(self.mempool),
         }
+
+
+def _requeue_dropped(
+    dropped: list[Vertex], carried: Iterable[bytes]
+) -> list[tuple[Vertex, tuple[bytes, ...]]]:
+    """Each dropped vertex with its transactions that the log did not take (one copy of
+    a transaction per copy ``carried``), lowest round first."""
+    gone = Counter(carried)
+    out: list[tuple[Vertex, tuple[bytes, ...]]] = []
+    for v in dropped:
+        kept: list[bytes] = []
+        for tx in v.block:
+            if gone[tx] > 0:
+                gone[tx] -= 1
+            else:
+                kept.append(tx)
+        out.append((v, tuple(kept)))
+    return out

@@ -690,6 +690,7 @@ class _Run:
         assert node.disk is not None
         state = inst.state
         start = node.process.ordering.next_index
+        dropped = node.process.own_dropped_by(state)
         node.disk.install(inst.certificate, state, list(inst.rows))
         node.store.apply([], state)
         rows = {r.index: r for r in inst.rows}
@@ -713,7 +714,13 @@ class _Run:
                 node.log.append(digest)
                 self.log_sets[i].add(digest)
         node.installs += 1
-        self.apply(i, node.process.install_checkpoint(state))
+        carried: list[bytes] = []
+        if dropped is not None and committed is not None:
+            since, until = dropped
+            for c in committed:  # what the daemon reads with ``Store.proposed_by``
+                if c.vertex.source == i and since < c.vertex.round <= until:
+                    carried += c.vertex.block
+        self.apply(i, node.process.install_checkpoint(state, carried))
 
     def _committed(self, first: int, stop: int) -> list[Commit] | None:
         """The log entries [first, stop) as a correct member committed them (a member

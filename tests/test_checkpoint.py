@@ -9,6 +9,7 @@ from an honest one; a process that installs the state orders the same log as the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import nacl.signing
@@ -25,7 +26,16 @@ from dagrider.checkpoint import (
     chain_next,
     pack_block,
 )
-from dagrider.effects import CheckpointReached, Commit
+from dagrider.effects import (
+    Broadcast,
+    CheckpointReached,
+    Commit,
+    Effect,
+    Proposed,
+    Requeued,
+    Send,
+)
+from dagrider.messages import Vertex
 from dagrider.ordering import OrderingState
 from dagrider.params import Parameters
 from dagrider.process import Process
@@ -316,6 +326,69 @@ def test_a_process_installing_a_checkpoint_orders_the_same_log() -> None:
     by_index = {e.index: e.vertex.digest for e in c.logs[0]}
     assert all(by_index[e.index] == e.vertex.digest for e in joined if e.index in by_index)
     check_logs_agree(c, nodes=[0, 1, 2])
+
+
+def _cut_off_after_proposing(c: Cluster, i: int, txs: list[bytes]) -> Vertex:
+    """Member ``i`` takes ``txs`` into a vertex whose VAL reaches nobody, and goes down
+    (what a member catching up after a restart proposes and then jumps past). Returns
+    that vertex."""
+    seen: list[Vertex] = []
+
+    def cut(k: int, effects: list[Effect]) -> None:
+        if k != i:
+            return
+        seen.extend(
+            e.vertex for e in effects if isinstance(e, Proposed) and set(txs) & set(e.vertex.block)
+        )
+        if seen:  # from the proposal on, nothing of member i leaves
+            effects[:] = [e for e in effects if not isinstance(e, (Broadcast, Send))]
+
+    c.on_effects = cut
+    c.apply(i, c.procs[i].submit(txs))
+    c.run_until(lambda: bool(seen))
+    c.on_effects = None
+    c.crash(i)
+    assert len(seen) == 1 and set(txs) <= set(seen[0].block)
+    return seen[0]
+
+
+def test_a_checkpoint_jump_gives_back_what_our_dropped_vertex_carried() -> None:
+    """The loaded e2e run's lost batch: a member proposed a client's batch, its vertex
+    was never delivered, and it then installed a checkpoint past that round. The
+    dropped vertex's transactions go back to the mempool (``Requeued``) and are ordered
+    exactly once everywhere; what the installed log did take from it is not requeued."""
+    params = Parameters(checkpoint_interval=16, gc_depth=12)
+    c = Cluster(seed=7, params=params)
+    c.start()
+    c.run_until(c.waves_done(2))
+    txs = [b"accepted-then-cut-off-%d" % k for k in range(3)]
+    lost = _cut_off_after_proposing(c, 3, txs)
+    c.run_until(c.waves_done(10, nodes=[0, 1, 2]))
+    state = checkpoints_of(c, 0)[-1]
+    p3 = c.procs[3]
+    window = p3.own_dropped_by(state)
+    assert window is not None and window[0] < lost.round <= window[1]
+
+    partial = copy.deepcopy(p3)  # had the log taken one of them: that one stays out
+    out = partial.install_checkpoint(state, carried=[txs[1]])
+    assert Requeued((txs[0], txs[2]), lost.digest) in out
+    assert list(partial.mempool)[:2] == [txs[0], txs[2]]
+
+    c.down.discard(3)
+    c.apply(3, p3.install_checkpoint(state, carried=[]))
+    assert list(p3.mempool)[:3] == txs
+    for peer in range(3):  # peers resend their live rounds (resync) on reconnect
+        c.apply(peer, c.procs[peer].resync(3))
+    c.run_until(
+        lambda: all(set(txs) <= {t for e in c.logs[k] for t in e.vertex.block} for k in range(3)),
+        max_steps=400_000,
+    )
+    for k in range(4):
+        ordered = [t for e in c.logs[k] for t in e.vertex.block if t in txs]
+        assert len(ordered) == len(set(ordered)), f"node {k} ordered a transaction twice"
+    check_logs_agree(c, nodes=[0, 1, 2])
+    by_index = {e.index: e.vertex.digest for e in c.logs[0]}
+    assert all(by_index[e.index] == e.vertex.digest for e in c.logs[3] if e.index in by_index)
 
 
 def test_a_transfer_rebased_on_a_certified_base_fetches_only_the_suffix(cluster: Cluster) -> None:

@@ -359,6 +359,8 @@ class StateSync:
             # cut than this log implies: refuse rather than install something odd.
             self.logger.error("state transfer: CRDT cut does not match the certificate")
             return
+        dropped = self.process.own_dropped_by(t.state)
+        start = self.process.ordering.next_index
         self.store.install(t.certificate, t.state, t.rows, time.time(), start_chain=t.start_chain)
         self.store.set_crdt_cut(cut)
         self.collector.adopt(t.certificate)
@@ -369,4 +371,9 @@ class StateSync:
             extra={"index": t.target.index, "rows": len(t.rows), "tx_index": t.target.tx_index},
         )
         self._behind_periods = 0
-        self.emit(self.process.install_checkpoint(t.state))
+        # What our vertices that the jump drops carried into the installed log: the rest
+        # of their transactions go back to the mempool (see install_checkpoint).
+        carried = (
+            [] if dropped is None else self.store.proposed_by(self.process.me, *dropped, start)
+        )
+        self.emit(self.process.install_checkpoint(t.state, carried))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from e2e.helpers import assert_same_log, wait_for_logs
 
-from dagrider.node.client import ApiError, submit_batch
+from dagrider.node.client import ApiError, full_log, submit_batch
 from dagrider.node.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
@@ -68,17 +69,46 @@ class _Load:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.k = 0
+        self.t0 = time.monotonic()
+        self.batches: list[tuple[float, int, frozenset[bytes]]] = []
+        """(when, which node, what) of every accepted batch: a failure says where the
+        missing transactions went in and when, against ``events``."""
+        self.events: list[tuple[float, str]] = []
+
+    def mark(self, what: str) -> None:
+        self.events.append((time.monotonic() - self.t0, what))
+
+    def account(self, missing: set[bytes]) -> str:
+        """The test's timeline with the batches that ``missing`` came in."""
+        lines = [(t, what) for t, what in self.events]
+        lines += [
+            (t, f"node {i} accepted a batch of {len(b)}: {len(b & missing)} missing")
+            for t, i, b in self.batches
+            if b & missing
+        ]
+        return "\n".join(f"{t:8.3f}s {what}" for t, what in sorted(lines))
+
+    def wait_committed(self, timeout: float) -> dict[int, list[bytes]]:
+        """Every accepted transaction in every node's log (``wait_for_logs``); a failure
+        carries the timeline of the batches that are missing."""
+        try:
+            return wait_for_logs(self.cluster, list(range(self.cluster.n)), self.accepted, timeout)
+        except AssertionError as exc:
+            log = {base64.b64decode(e["data"]) for e in full_log(self.cluster.api_url(0))}
+            raise AssertionError(f"{exc}\n{self.account(self.accepted - log)}") from None
 
     def _run(self) -> None:
         while not self.stop.is_set():
             i = self.k % self.cluster.n
             self.k += 1
             batch = [os.urandom(8) + b"load" + os.urandom(20) for _ in range(50)]
+            sent = time.monotonic() - self.t0
             try:
                 submit_batch(self.cluster.api_url(i), batch)
             except (ApiError, OSError):
                 continue  # node down or pushing back: not accepted, not promised
             self.accepted |= set(batch)
+            self.batches.append((sent, i, frozenset(batch)))
             time.sleep(0.02)
 
     def __enter__(self) -> _Load:
@@ -103,12 +133,15 @@ def test_sigkill_under_load_and_restart(make_cluster: Callable[..., LocalCluster
     cluster = make_cluster()
     with _Load(cluster) as load:
         load.wait_accepted(250)  # in flight when the node dies
+        load.mark("kill 2")
         cluster.kill(2)
         time.sleep(3.0)  # down for a while, under load (the scenario, not a verdict)
+        load.mark("start 2")
         cluster.start(2)
         cluster.wait_ready(60, [2])
+        load.mark("2 ready")
         load.wait_accepted(250)  # and more after its restart
-    logs = wait_for_logs(cluster, list(range(cluster.n)), load.accepted, timeout=120)
+    logs = load.wait_committed(timeout=120)
     assert_same_log(logs)
 
 
@@ -119,12 +152,15 @@ def test_each_node_killed_and_restarted_in_turn(
     with _Load(cluster) as load:
         for i in range(cluster.n):
             time.sleep(1.0)
+            load.mark(f"kill {i}")
             cluster.kill(i)
             time.sleep(1.5)
+            load.mark(f"start {i}")
             cluster.start(i)
             cluster.wait_ready(60, [i])
+            load.mark(f"{i} ready")
         time.sleep(1.0)
-    logs = wait_for_logs(cluster, list(range(cluster.n)), load.accepted, timeout=150)
+    logs = load.wait_committed(timeout=150)
     assert_same_log(logs)
 
 
