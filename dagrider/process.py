@@ -614,19 +614,23 @@ class Process:
         }
 
 
+def not_carried(txs: Iterable[bytes], gone: Counter[bytes]) -> list[bytes]:
+    """``txs`` less one copy per copy still counted in ``gone`` (used up as it goes):
+    what a log that took ``gone`` did not take. Counted, not matched by id alone: a
+    client that submitted the same bytes twice had two transactions."""
+    kept: list[bytes] = []
+    for tx in txs:
+        if gone[tx] > 0:
+            gone[tx] -= 1
+        else:
+            kept.append(tx)
+    return kept
+
+
 def _requeue_dropped(
     dropped: list[Vertex], carried: Iterable[bytes]
 ) -> list[tuple[Vertex, tuple[bytes, ...]]]:
     """Each dropped vertex with its transactions that the log did not take (one copy of
     a transaction per copy ``carried``), lowest round first."""
     gone = Counter(carried)
-    out: list[tuple[Vertex, tuple[bytes, ...]]] = []
-    for v in dropped:
-        kept: list[bytes] = []
-        for tx in v.block:
-            if gone[tx] > 0:
-                gone[tx] -= 1
-            else:
-                kept.append(tx)
-        out.append((v, tuple(kept)))
-    return out
+    return [(v, tuple(not_carried(v.block, gone))) for v in dropped]

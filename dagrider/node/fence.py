@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagrider.node.service import StorageCorrupt, StorageUnavailable
+from dagrider.process import not_carried
 
 FENCE_FILE = "fence"
 _PERSON = b"dagrider/fence"
@@ -167,14 +168,7 @@ class Doubt:
         """The transactions to propose again, in order: all but one copy of each that
         our lost vertices carried into the log (``committed``). Counted, not matched by
         id alone: a client that submitted the same bytes twice had two transactions."""
-        gone = Counter(committed)
-        out: list[bytes] = []
-        for tx in self.txs:
-            if gone[tx] > 0:
-                gone[tx] -= 1
-            else:
-                out.append(tx)
-        return out
+        return not_carried(self.txs, Counter(committed))
 
     def merged(self, since: int, until: int, first_index: int, txs: Iterable[bytes]) -> Doubt:
         """A second restart behind the fence before this doubt settled: one doubt over
