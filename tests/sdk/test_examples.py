@@ -33,7 +33,7 @@ EXPECTED = {
 # errors only; configuring logging first makes its basicConfig a no-op), and on SIGUSR1
 # every asyncio task's stack, which says where a hung example waits.
 _WRAPPER = """
-import asyncio, logging, runpy, signal, sys
+import asyncio, logging, os, runpy, signal, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
 def _dump(signum, frame):
@@ -47,6 +47,7 @@ def _dump(signum, frame):
     sys.stderr.flush()
 signal.signal(signal.SIGUSR1, _dump)
 sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])  # as `python examples/x.py` sets it
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
