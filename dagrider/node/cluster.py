@@ -8,6 +8,7 @@ one place knows how to lay out a committee directory, write node configs, start,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -15,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -374,30 +377,89 @@ class LocalCluster:
         self.stop_all()
 
 
+PORT_REGISTRY = Path(tempfile.gettempdir()) / "dagrider-port-blocks.json"
+"""Blocks handed out by :func:`free_port_block` on this machine, shared by processes."""
+PORT_HOLD_S = 900.0
+"""How long a block handed out stays reserved (less if the process that took it ends)."""
+
+
 def free_port_block(count: int) -> int:
     """A base port such that base..base+count-1 are free on 127.0.0.1 right now (tests,
     benchmarks: a cluster laid out on consecutive ports).
 
     The block lies below the kernel's ephemeral range, so that the daemons' own outgoing
     connections cannot take a port before the daemon that should listen on it started.
+    It is also recorded in a registry file (:data:`PORT_REGISTRY`, under an exclusive
+    lock) and no other live process gets an overlapping block for :data:`PORT_HOLD_S`:
+    a probe sees only ports bound now, and a block's daemons bind a second later, so
+    parallel test workers (two suites side by side) picked the same ports ("address
+    already in use" on a loaded run).
     """
     low = 32768
     with contextlib.suppress(OSError, ValueError):
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10_000, max(10_001, low - count))
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + count):
-                t = socket.socket()
-                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                t.bind(("127.0.0.1", p))
-                socks.append(t)
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
+    with _port_registry() as taken:
+        for _ in range(200):
+            base = rng.randrange(10_000, max(10_001, low - count))
+            if any(b < base + count and base < b + n for b, n, *_ in taken):
+                continue
+            if _bindable(base, count):
+                taken.append([base, count, os.getpid(), time.time()])
+                return base
     raise RuntimeError("no free port block")
+
+
+def _bindable(base: int, count: int) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for p in range(base, base + count):
+            t = socket.socket()
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind(("127.0.0.1", p))
+            socks.append(t)
+        return True
+    except OSError:
+        return False
+    finally:
+        for t in socks:
+            t.close()
+
+
+@contextlib.contextmanager
+def _port_registry() -> Iterator[list[list[Any]]]:
+    """The live reservations ``[base, count, pid, time]``, locked; written back after.
+    An unreadable file counts as empty (it is only a hint between cooperating tests)."""
+    fd = os.open(PORT_REGISTRY, os.O_RDWR | os.O_CREAT, 0o666)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            entries = json.loads(f.read() or "[]")
+            assert isinstance(entries, list)
+        except (ValueError, AssertionError):
+            entries = []
+        now = time.time()
+        taken = [
+            e
+            for e in entries
+            if isinstance(e, list)
+            and len(e) == 4
+            and all(type(x) is int and x > 0 for x in e[:3])
+            and isinstance(e[3], int | float)
+            and now - e[3] < PORT_HOLD_S
+            and _alive(e[2])
+        ]
+        yield taken
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(taken))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
