@@ -94,8 +94,8 @@ async def local_network(
 
 async def _stop_all(endpoints: Sequence[Node | Peer]) -> None:
     """Stop every endpoint, even if stopping one raises (then the first error is raised
-    after the rest stopped): a node left running keeps its tasks and store threads, and
-    ``asyncio.run``'s clean-up then waits for them forever."""
+    after the rest stopped): a node left running would keep its ports, tasks and open
+    stores until the process ends."""
     first: BaseException | None = None
     for endpoint in endpoints:
         try:

@@ -290,10 +290,9 @@ def test_local_network_checks_its_arguments(tmp_path: Path) -> None:
 
 
 def test_local_network_stops_every_node_when_stopping_one_fails(tmp_path: Path) -> None:
-    """One node's stop raising (its transport's, here) does not leave the rest running:
-    a node left running kept tasks and store threads that ``asyncio.run``'s clean-up
-    then waited for forever (an example hung on a loaded machine). The failing node's
-    stores are still closed, and the error reaches the caller."""
+    """One node's stop raising (its transport's, here; CI saw a CancelledError there)
+    does not leave the rest running with their ports and stores open. The failing
+    node's stores are still closed, and the error reaches the caller."""
 
     async def scenario() -> None:
         with pytest.raises(RuntimeError, match="link teardown failed"):
