@@ -137,7 +137,8 @@ class NodeService(Protocol):
         ...
 
     def log_head(self) -> int:
-        """Index of the last committed transaction, -1 if none."""
+        """Index of the last committed transaction that ``log`` can return (it is on
+        disk), -1 if none."""
         ...
 
     async def wait_for_log(self, after: int, timeout: float) -> None:

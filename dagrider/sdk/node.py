@@ -248,7 +248,8 @@ class Node(_Endpoint):
 
     @property
     def log_head(self) -> int:
-        """The position of the last committed transaction (-1 when none)."""
+        """The position of the last committed transaction (-1 when none): the last one
+        on disk, so ``log`` and ``committed`` can return everything up to it."""
         return self._member().log_head()
 
     async def committed(
