@@ -123,6 +123,7 @@ class Link:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._senders: tuple[asyncio.Task[None], ...] = ()
+        self._closing: asyncio.Future[None] | None = None  # the TLS close, once begun
         self.max_frame = config.max_frame if max_frame is None else max_frame
         self._decoder = FrameDecoder(self.max_frame, KNOWN_KINDS | self._channels.keys())
         self._budget = budget
@@ -442,13 +443,19 @@ class Link:
         the transport's shutdown). The stream has one close future, and cancelling a
         task that awaits it (a timeout firing) cancels that future: every other waiter
         then raises ``CancelledError`` although nobody cancelled it, which aborted the
-        whole transport shutdown. So each waits through a shield and the future is only
-        ever resolved by the connection ending (``close`` aborts it at the latest).
+        whole transport shutdown. So there is one close task per link, each caller waits
+        for it through a shield, and only the connection ending resolves it (``close``
+        aborts it at the latest). It may end in an error after every waiter gave up (a
+        reset by a peer shutting down too); that is expected, so the task's outcome is
+        consumed rather than reported as "Task exception was never retrieved".
         """
         with contextlib.suppress(Exception):
-            self._writer.close()
+            if self._closing is None:
+                self._writer.close()
+                self._closing = asyncio.ensure_future(self._writer.wait_closed())
+                self._closing.add_done_callback(_consume_outcome)
             async with asyncio.timeout(timeout):
-                await asyncio.shield(self._writer.wait_closed())
+                await asyncio.shield(self._closing)
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):
@@ -458,3 +465,9 @@ class Link:
         """Wait for the link's tasks to finish after ``close`` (tests, shutdown)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    """Mark a finished future's exception as seen (the caller expects it may fail)."""
+    if not future.cancelled():
+        future.exception()
