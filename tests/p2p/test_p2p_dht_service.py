@@ -22,6 +22,9 @@ from p2p.rpc import RpcRemoteError
 from p2p.testing import DhtNode, LoopFactory, run, start_dht_node, stop_dht_node, wait_until
 
 FAST = DhtConfig(request_timeout=2.0, slow_after=0.5)
+HANG_S = 90.0
+"""Hang limit of a test: twelve nodes bootstrap in about 2 s, but once a loaded run took
+over 10 s (the whole suite twice over on two cores), which is slow, not wrong."""
 
 
 Node = DhtNode
@@ -47,7 +50,7 @@ async def mesh(
         nodes += await asyncio.gather(
             *(start_node(i, seed, config, server=i not in clients) for i in range(1, n))
         )
-        await asyncio.gather(*(asyncio.wait_for(x.dht.ready.wait(), 10) for x in nodes))
+        await asyncio.gather(*(asyncio.wait_for(x.dht.ready.wait(), HANG_S) for x in nodes))
         yield nodes
     finally:
         await asyncio.gather(*(stop_node(x) for x in nodes), return_exceptions=True)
@@ -101,7 +104,7 @@ def test_bootstrap_find_peer_records_and_providers(loop_factory: LoopFactory) ->
             )
             assert isinstance(status["rpc"], dict) and status["rpc"]["answers"] > 0
 
-    run(main(), timeout=25, loop_factory=loop_factory)
+    run(main(), timeout=HANG_S, loop_factory=loop_factory)
 
 
 def test_a_killed_node_does_not_break_lookups() -> None:
@@ -124,7 +127,7 @@ def test_a_killed_node_does_not_break_lookups() -> None:
             # whoever tried the dead node counted a failure, and lookups went on
             assert sum(stat(x, "query_failures") for x in nodes if x is not victim) >= 1
 
-    run(main(), timeout=25)
+    run(main(), timeout=HANG_S)
 
 
 def test_client_mode_node_looks_up_but_is_in_nobody_s_table() -> None:
@@ -145,7 +148,7 @@ def test_client_mode_node_looks_up_but_is_in_nobody_s_table() -> None:
                 assert client.key not in table_keys(server)
             assert await servers[2].dht.find_peer(client.key) is None
 
-    run(main(), timeout=25)
+    run(main(), timeout=HANG_S)
 
 
 def test_forged_expired_and_malformed_requests_are_refused_with_a_reason(
@@ -180,7 +183,7 @@ def test_forged_expired_and_malformed_requests_are_refused_with_a_reason(
             assert b.dht.status()["records"] == before
             assert stat(b, "malformed_requests") == 1 and stat(b, "refused_requests") == 1
 
-    run(main(), timeout=25)
+    run(main(), timeout=HANG_S)
 
 
 def test_records_expire_and_providers_are_reannounced() -> None:
@@ -206,4 +209,4 @@ def test_records_expire_and_providers_are_reannounced() -> None:
             assert await nodes[3].dht.get_record(nodes[2].key, b"short") is None
             assert nodes[2].dht.status()["own_records"] == 0
 
-    run(main(), timeout=25)
+    run(main(), timeout=HANG_S)
