@@ -40,6 +40,22 @@ def _txs(tag: str, count: int, size: int = 64) -> list[bytes]:
     return [f"{tag}-{k}-".encode().ljust(size, b".") for k in range(count)]
 
 
+RETRY_HANG_S = 60.0
+
+
+def _submit_until_taken(api: str, batch: list[bytes]) -> None:
+    """Submit ``batch``; on 507 or 429 (nothing was accepted) try again shortly."""
+    give_up = time.monotonic() + RETRY_HANG_S  # hang limit only
+    while True:
+        try:
+            submit_batch(api, batch)
+            return
+        except ApiError as exc:
+            if exc.status not in (429, 507) or time.monotonic() > give_up:
+                raise
+        time.sleep(0.2)
+
+
 def _load(
     cluster: LocalCluster,
     nodes: list[int],
@@ -48,14 +64,16 @@ def _load(
     by_node: dict[int, set[bytes]] | None = None,
 ) -> set[bytes]:
     """Submit batches of 20 round-robin for ``seconds``; what was sent (and, in
-    ``by_node``, to whom)."""
+    ``by_node``, to whom). A batch refused as a whole (507: the store was busy, as when
+    this test checkpoints the node's file from outside; 429) is sent again, as a client
+    would."""
     sent: set[bytes] = set()
     deadline = time.monotonic() + seconds
     k = 0
     while time.monotonic() < deadline:
         batch = _txs(f"{tag}-{k}", 20)
         node = nodes[k % len(nodes)]
-        submit_batch(cluster.api_url(node), batch)
+        _submit_until_taken(cluster.api_url(node), batch)
         sent |= set(batch)
         if by_node is not None:
             by_node.setdefault(node, set()).update(batch)
@@ -122,7 +140,7 @@ def test_a_member_that_lost_its_wal_never_equivocates(
         # Pending in the backup, proposed by the member after it: what the member's
         # restored mempool offers again (this decided one run in six before).
         doubtful = _txs("in-doubt", 40)
-        submit_batch(cluster.api_url(3), doubtful)
+        _submit_until_taken(cluster.api_url(3), doubtful)
         _pending_in(cluster, backup, doubtful)
         before |= set(doubtful)
     rnd = cluster.get_json(3, "/v1/status")["round"]
@@ -154,7 +172,7 @@ def test_a_member_that_lost_its_wal_never_equivocates(
         while not _logs_say(cluster, [3], "transactions in doubt settled"):
             assert time.monotonic() < deadline, "the doubt never settled"
             batch = _txs(f"settle-{k}", 5)
-            submit_batch(cluster.api_url(k % 4), batch)
+            _submit_until_taken(cluster.api_url(k % 4), batch)
             after |= set(batch)
             k += 1
             time.sleep(0.05)
